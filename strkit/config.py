@@ -1,0 +1,348 @@
+"""YAML configuration: ``_base_`` inheritance, ``a.b.c=value`` overrides and one typed schema.
+
+A config file is a YAML mapping. ``_base_`` (a path or a list of paths, relative to the file) names
+files merged first, in order; the file's own keys are merged on top (mappings merge recursively,
+everything else replaces). Command-line overrides ``a.b.c=value`` are applied last; ``value`` is
+parsed as YAML (``3`` is an int, ``[1,2]`` a list, ``null`` None).
+
+The merged mapping is validated against :class:`Config`, a tree of dataclasses. An unknown key or a
+value of the wrong type raises :class:`ConfigError` naming the dotted key and the file (or
+``command line``) that set it. Slots that select a registered module (``model.backbone`` ...) are
+plain mappings ``{name: ..., **kwargs}``; their keys are checked against the module's constructor
+when the model is built (see :meth:`strkit.registry.Registry.build`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is invalid. The message names the key and where it was set."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SourceConfig:
+    """One training / validation data source.
+
+    ``kind`` is ``lmdb`` (a folder holding an LMDB, or a folder of LMDB folders), ``folder``
+    (``images/`` + ``labels.tsv``), ``synth`` (on-the-fly synthetic rendering, ``path`` is a preset
+    name or YAML file) or ``benchmark`` (evaluation only).
+    """
+
+    path: str = ""
+    kind: str = "lmdb"
+    ratio: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Data sources, image geometry and loading."""
+
+    train: list[SourceConfig] = field(default_factory=list)
+    val: list[SourceConfig] = field(default_factory=list)
+    # Fraction of the training sources held out for validation when ``val`` is empty.
+    val_fraction: float = 0.0
+    img_h: int = 32
+    img_w: int = 100
+    channels: int = 1  # 1 = gray, 3 = RGB
+    keep_ratio: bool = False
+    augment: str = "none"
+    workers: int = 2
+    benchmark_root: str = "../shared/benchmarks"
+
+
+@dataclass
+class ModelConfig:
+    """The four stages, each ``{name: <registered name>, **kwargs}``, and the charset."""
+
+    charset: str = "36_lowercase"
+    max_length: int = 25  # longest label (characters); longer training labels are skipped and counted
+    rectifier: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "vgg"})
+    sequence: dict[str, Any] = field(default_factory=lambda: {"name": "bilstm"})
+    decoder: dict[str, Any] = field(default_factory=lambda: {"name": "ctc"})
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adadelta | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+    rho: float = 0.95
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "onecycle"  # onecycle | cosine | constant
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, logging and checkpointing."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    seed: int = 0
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    grad_clip: float = 5.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = False
+    threads: int = 0  # 0 = leave torch's default
+    val_every: int = 500
+    val_batches: int = 0  # 0 = the whole validation set
+    save_every: int = 500
+    log_every: int = 50
+    max_minutes: float = 0.0  # 0 = no wall-clock limit
+    out_dir: str = "runs/default"
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(default_factory=lambda: ["IIIT5K_3000", "SVT_647", "IC13_857",
+                                                            "IC13_1015", "IC15_2077"])
+    protocol: str = "36"
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    """The whole, resolved configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Sections owned by later stages of the product (search, synthetic data); validated there.
+    search: dict[str, Any] = field(default_factory=dict)
+    synth: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+    def dump(self, path: str | Path | None = None) -> str:
+        """Return the resolved config as YAML, and write it to ``path`` if given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and merging
+# ----------------------------------------------------------------------------------------------
+Provenance = dict[str, str]  # dotted key -> file (or "command line") that set it last
+
+
+def _record(prov: Provenance, data: Any, prefix: str, source: str) -> None:
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            prov[key] = source
+            _record(prov, v, key, source)
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, other values replace).
+
+    A mapping holding ``_delete_: true`` replaces the base mapping instead of merging into it (useful
+    to swap a module: ``backbone: {_delete_: true, name: resnet}``).
+    """
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and v.get("_delete_"):
+            out[k] = {kk: copy.deepcopy(vv) for kk, vv in v.items() if kk != "_delete_"}
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_yaml_tree(path: str | Path, prov: Provenance | None = None,
+                   _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load ``path`` with its ``_base_`` files merged in, recording where each key came from."""
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"_base_ cycle: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    prov = {} if prov is None else prov
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = merge(merged, load_yaml_tree(path.parent / b, prov, (*_stack, path)))
+    _record(prov, data, "", str(path))
+    return merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into (``["a", "b", "c"]``, parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': bad key '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
+                    prov: Provenance | None = None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a copy of ``data``."""
+    out = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+        if prov is not None:
+            prov[".".join(parts)] = "command line"
+            _record(prov, value, ".".join(parts), "command line")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation against the schema
+# ----------------------------------------------------------------------------------------------
+def _where(key: str, prov: Provenance) -> str:
+    src = prov.get(key)
+    return f"'{key}' (set in {src})" if src else f"'{key}'"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, prov: Provenance) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, prov)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{_where(key, prov)}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{_where(key, prov)} must be a mapping, got {value!r}")
+        return _build_dataclass(tp, value, key, prov)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{_where(key, prov)} must be a list, got {value!r}")
+        (item_tp,) = args or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]", prov) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{_where(key, prov)} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{_where(key, prov)} must be true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{_where(key, prov)} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{_where(key, prov)} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{_where(key, prov)} must be a string, got {value!r}")
+    raise ConfigError(f"{_where(key, prov)}: unsupported schema type {_type_name(tp)}")
+
+
+def _build_dataclass(cls: type, data: Mapping[str, Any], prefix: str, prov: Provenance) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key {_where(key, prov)}. "
+                              f"Known keys{' of ' + prefix if prefix else ''}: {', '.join(names)}.{hint}")
+        kwargs[k] = _coerce(v, hints[k], key, prov)
+    return cls(**kwargs)
+
+
+def from_dict(data: Mapping[str, Any], prov: Provenance | None = None) -> Config:
+    """Validate a plain mapping against :class:`Config`."""
+    return _build_dataclass(Config, data, "", prov or {})
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config (with ``_base_`` files) and apply command-line overrides.
+
+    Args:
+        path: the YAML file; ``None`` starts from the schema defaults.
+        overrides: ``key.sub=value`` strings, applied in order.
+
+    Raises:
+        ConfigError: naming the bad key and the file that set it.
+    """
+    prov: Provenance = {}
+    data = load_yaml_tree(path, prov) if path is not None else {}
+    data = apply_overrides(data, overrides, prov)
+    return from_dict(data, prov)
