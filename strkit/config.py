@@ -106,6 +106,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_clip: float = 5.0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False
     threads: int = 0  # 0 = leave torch's default
@@ -343,6 +344,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         ConfigError: naming the bad key and the file that set it.
     """
     prov: Provenance = {}
-    data = load_yaml_tree(path, prov) if path is not None else {}
+    data = Config().to_dict()  # defaults first, so that `model.decoder.beam_width=5` extends the default spec
+    if path is not None:
+        data = merge(data, load_yaml_tree(path, prov))
     data = apply_overrides(data, overrides, prov)
     return from_dict(data, prov)
