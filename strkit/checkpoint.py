@@ -1,0 +1,85 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint is one ``torch.save`` file holding everything needed to rebuild and run the model: the
+resolved config, the charset, the architecture of a searched backbone, the weights and the metrics
+at save time; a ``last`` checkpoint also holds the full training state (optimiser, scheduler, step,
+RNG states, sampler position) for an exact resume.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "strkit-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable strkit checkpoint."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``.
+
+    A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict: dict[str, torch.Tensor],
+                    metrics: dict | None = None, step: int = 0, arch: dict | None = None,
+                    train_state: dict | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically. See the module docstring for what it holds."""
+    from strkit import __version__
+
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "strkit_version": __version__,
+        "torch_version": str(torch.__version__),
+        "config": config,
+        "charset": charset,
+        "arch": arch,
+        "state_dict": state_dict,
+        "metrics": metrics or {},
+        "step": int(step),
+        "train_state": train_state,
+        "extra": extra or {},
+    }
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}). "
+                              "Is the file complete and written by strkit?") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a strkit checkpoint (no '{FORMAT}' marker); "
+                              "pass a file written by tools/train.py")
+    if payload.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer strkit (checkpoint version "
+                              f"{payload['version']} > {VERSION}); upgrade strkit")
+    return payload

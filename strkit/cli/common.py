@@ -1,0 +1,22 @@
+"""Shared bits of the command-line tools."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log strkit messages to stderr (INFO, or DEBUG with ``verbose``)."""
+    logger = logging.getLogger("strkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def fail(message: str) -> int:
+    """Print a one-line error for the user and return the exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,667 @@
+"""LMDB datasets in the format every STR codebase shares, and a streaming writer for it.
+
+Format (the one of the four-stage benchmark, PARSeq, ABINet, CRNN ...): keys ``num-samples`` (ASCII
+integer), ``image-%09d`` (encoded image bytes: PNG, JPEG ...) and ``label-%09d`` (UTF-8 text), with
+indices starting at 1. Extra per-record keys ``<key>-%09d`` may sit beside them. Existing MJ/ST and
+evaluation LMDBs of those projects load as they are.
+
+Reading: the environment is opened lazily, read-only, without lock, readahead or meminit, in the
+process that reads. A dataset object never holds an open environment, so it pickles before and after
+first use and works with ``fork`` and ``spawn`` DataLoader workers. py-lmdb refuses to open the same
+files twice in one process, so open environments live in a small per-process cache keyed by the
+data file's identity; a forked child closes the ones it inherited and opens its own.
+
+Writing: :class:`LmdbWriter` streams records into ``<path>.partial``, commits every ``commit_every``
+records together with ``num-samples`` (so a killed writer leaves a readable, resumable partial DB),
+doubles the map size whenever LMDB reports it full, and renames the folder to ``<path>`` only when
+:meth:`LmdbWriter.close` completes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import lmdb
+import numpy as np
+import torch.utils.data
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+LabelFilter = Callable[[str], "str | None"]
+"""Maps a raw label to its cleaned form, or to ``None`` to drop the record."""
+
+NUM_SAMPLES_KEY = b"num-samples"
+PARTIAL_SUFFIX = ".partial"
+_READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+class LmdbError(RuntimeError):
+    """An LMDB could not be read or written. The message names the path and what to do."""
+
+
+class LmdbNotFoundError(LmdbError, FileNotFoundError):
+    """A path that should hold an LMDB (``data.mdb``) does not."""
+
+
+class CorruptRecordError(LmdbError):
+    """A record is missing, or its image or label cannot be decoded (raised in strict mode)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Keys and image decoding
+# ----------------------------------------------------------------------------------------------
+def record_key(kind: str, index: int) -> bytes:
+    """Key of record ``index`` (1-based) for ``kind`` (``image``, ``label`` or an extra key)."""
+    return f"{kind}-{index:09d}".encode()
+
+
+def decode_image(data: bytes, channels: int = 3) -> np.ndarray | None:
+    """Decode encoded image bytes (PNG, JPEG, BMP, GIF, ...).
+
+    Args:
+        data: the encoded file content.
+        channels: 1 for gray, 3 for RGB.
+
+    Returns:
+        uint8 array H×W (``channels=1``) or H×W×3 in RGB order (``channels=3``); ``None`` when the bytes
+        are empty or not a decodable image. OpenCV decodes; PIL is the fallback for what it cannot read.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+    if not data:
+        return None
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    if img is not None and channels == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img is None:
+        try:
+            with Image.open(io.BytesIO(data)) as pil:
+                img = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
+        except Exception:  # PIL raises many types for bad data; all mean "not an image"
+            return None
+    if img.size == 0:
+        return None
+    return img
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-process cache of read-only environments
+# ----------------------------------------------------------------------------------------------
+class _EnvCache:
+    """Read-only environments open in this process, keyed by (device, inode) of ``data.mdb``.
+
+    py-lmdb allows one open environment per file and process. After ``fork`` the child inherits the
+    parent's handles, which it must not use; :meth:`get` closes them and starts afresh. py-lmdb also
+    remembers the inode of ``lock.mdb`` at open time, so an environment whose folder was deleted can
+    block a new one that reuses a freed inode; :func:`open_env` then closes such stale handles.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.envs: dict[tuple[int, int], tuple[Path, lmdb.Environment]] = {}
+
+    @staticmethod
+    def key(path: Path) -> tuple[int, int]:
+        st = os.stat(path / "data.mdb")
+        return st.st_dev, st.st_ino
+
+    def _check_pid(self) -> None:
+        if self.pid != os.getpid():
+            for _, env in self.envs.values():
+                env.close()
+            self.envs.clear()
+            self.pid = os.getpid()
+
+    def get(self, path: Path) -> lmdb.Environment:
+        self._check_pid()
+        key = self.key(path)
+        entry = self.envs.get(key)
+        if entry is None:
+            entry = self.envs[key] = (path, open_env(path, **_READ_OPTIONS))
+        return entry[1]
+
+    def evict(self, path: Path) -> None:
+        """Close the cached environment of ``path`` (before it is written, moved or deleted)."""
+        self._check_pid()
+        try:
+            entry = self.envs.pop(self.key(path), None)
+        except OSError:
+            return
+        if entry is not None:
+            entry[1].close()
+
+    def purge_stale(self) -> None:
+        """Close the environments whose files were deleted or replaced since they were opened."""
+        self._check_pid()
+        for key, (path, env) in list(self.envs.items()):
+            try:
+                current = self.key(path)
+            except OSError:
+                current = None
+            if current != key:
+                del self.envs[key]
+                env.close()
+
+
+_ENVS = _EnvCache()
+
+
+def open_env(path: Path, **options: object) -> lmdb.Environment:
+    """``lmdb.open`` with a clear error, retried once after closing stale cached handles.
+
+    A truncated ``data.mdb`` (an interrupted copy or download) is refused here: reading a page past
+    the end of the file would kill the process with SIGBUS.
+    """
+    try:
+        env = lmdb.open(str(path), **options)
+    except lmdb.Error as exc:
+        if "already open" not in str(exc):
+            raise _open_error(path, exc) from None
+        _ENVS.purge_stale()
+        try:
+            env = lmdb.open(str(path), **options)
+        except lmdb.Error as exc2:
+            raise _open_error(path, exc2) from None
+    data = path / "data.mdb"
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if data.is_file() and data.stat().st_size < needed:
+        size = data.stat().st_size
+        env.close()
+        raise LmdbError(f"{data} is truncated ({size} bytes, its pages need {needed}): the copy or download "
+                        f"is incomplete. Copy it again (or re-create it with tools/create_lmdb.py).")
+    return env
+
+
+def _open_error(path: Path, exc: Exception) -> LmdbError:
+    return LmdbError(f"cannot open LMDB {path}: {exc}. Check that it is a complete LMDB (data.mdb), "
+                     f"readable, and not open elsewhere in this process.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared dataset behaviour: corrupt records are skipped and counted, or raise in strict mode
+# ----------------------------------------------------------------------------------------------
+class BadRecord(Exception):
+    """Internal signal from :meth:`RecordDataset._load`: record ``index`` is unusable (``reason``)."""
+
+
+class RecordDataset(torch.utils.data.Dataset):
+    """Base of the STR datasets: items are ``(image, label)``; unusable records are skipped.
+
+    Subclasses set ``self.path``, ``self.channels``, ``self.strict`` and implement
+    :meth:`__len__`, :meth:`_load` and :meth:`_describe`.
+
+    A record that cannot be read or decoded raises :class:`CorruptRecordError` when ``strict``;
+    otherwise it is logged (once per dataset and process), counted in :attr:`num_corrupt` (per
+    process) and the next valid record is returned instead (wrapping round at the end).
+    """
+
+    path: Path
+    channels: int
+    strict: bool
+
+    def _init_corrupt_tracking(self) -> None:
+        self._bad: set[int] = set()  # items found unusable in this process
+        self._dropped = 0  # records left out when the dataset was built (e.g. a missing label)
+        self._warned = False
+
+    @property
+    def num_corrupt(self) -> int:
+        """Unusable records: those left out at construction plus distinct ones met in this process."""
+        return self._dropped + len(self._bad)
+
+    def _note_bad(self, where: str, reason: str) -> None:
+        """Raise :class:`CorruptRecordError` when strict, else log (once per dataset and process)."""
+        if self.strict:
+            raise CorruptRecordError(f"{where}: {reason}. Re-create the dataset, or load it with "
+                                     f"strict=False to skip such records.")
+        if not self._warned:
+            self._warned = True
+            log.warning("skipping unusable record %s: %s (further ones are counted in num_corrupt)",
+                        where, reason)
+
+    def _load(self, i: int) -> tuple[np.ndarray, str]:
+        """Return item ``i`` or raise :class:`BadRecord`."""
+        raise NotImplementedError
+
+    def _describe(self, i: int) -> str:
+        """Where item ``i`` lives, for error messages."""
+        raise NotImplementedError
+
+    def _report_bad(self, i: int, reason: str) -> None:
+        self._note_bad(self._describe(i), reason)
+        self._bad.add(i)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
+        """Item ``i``: (uint8 image H×W or H×W×3 RGB, label)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for {self.path} ({n} records)")
+        i %= n
+        for step in range(n):
+            j = (i + step) % n
+            if j in self._bad:
+                continue
+            try:
+                return self._load(j)
+            except BadRecord as exc:
+                self._report_bad(j, str(exc))
+        raise CorruptRecordError(f"{self.path}: none of its {n} records can be decoded. "
+                                 f"Re-create the dataset.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {len(self)} records)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reader
+# ----------------------------------------------------------------------------------------------
+def lmdb_dir(path: str | Path) -> Path:
+    """The folder of an LMDB given the folder or its ``data.mdb``; raises :class:`LmdbNotFoundError`."""
+    path = Path(path)
+    if path.name == "data.mdb" and path.is_file():
+        path = path.parent
+    if not (path / "data.mdb").is_file():
+        what = "does not exist" if not path.exists() else "holds no data.mdb"
+        raise LmdbNotFoundError(f"{path} {what}: expected an LMDB folder (with data.mdb). Check the path, "
+                                f"or create one with tools/create_lmdb.py.")
+    return path
+
+
+def read_num_samples(txn: lmdb.Transaction, path: Path) -> int:
+    """The ``num-samples`` value of an open LMDB (0 if the key is absent in an empty DB)."""
+    raw = txn.get(NUM_SAMPLES_KEY)
+    if raw is None:
+        if txn.stat()["entries"] == 0:
+            return 0
+        raise LmdbError(f"{path} is an LMDB but has no 'num-samples' key: it is not in the STR format "
+                        f"(num-samples, image-%09d, label-%09d). Re-create it with tools/create_lmdb.py.")
+    try:
+        return int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise LmdbError(f"{path}: 'num-samples' is {raw[:40]!r}, not an integer. The LMDB is damaged; "
+                        f"re-create it.") from None
+
+
+def lmdb_num_samples(path: str | Path) -> int:
+    """The ``num-samples`` of the LMDB at ``path`` (the raw record count), without reading labels."""
+    path = lmdb_dir(path)
+    with _ENVS.get(path).begin() as txn:
+        return read_num_samples(txn, path)
+
+
+def _scan_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[int, bytes]]:
+    """Yield (index, raw label) for every ``label-%09d`` key with 1 <= index <= num_samples, in order."""
+    cursor = txn.cursor()
+    prefix = b"label-"
+    if not cursor.set_range(prefix + b"000000001"):
+        return
+    for key, value in cursor:
+        if not key.startswith(prefix):
+            break
+        try:
+            index = int(key[len(prefix):])
+        except ValueError:
+            continue
+        if index > num_samples:
+            break
+        yield index, value
+
+
+class LmdbDataset(RecordDataset):
+    """An STR LMDB (``num-samples``, ``image-%09d``, ``label-%09d``, 1-based).
+
+    All labels are read once at construction (one cursor pass) and passed through ``label_filter``;
+    records whose filtered label is ``None`` are dropped (counted in :attr:`num_filtered`), records
+    whose label is missing or not UTF-8 are skipped as corrupt (or raise when ``strict``). The kept
+    labels are stored as one UTF-8 blob plus offsets, which costs little memory and is not copied
+    page by page into forked workers the way a list of millions of strings is.
+
+    Args:
+        path: the LMDB folder (or its ``data.mdb``).
+        label_filter: ``raw label -> cleaned label or None``; ``None`` keeps every label as it is.
+        channels: 1 (gray, items H×W) or 3 (RGB, items H×W×3).
+        strict: raise :class:`CorruptRecordError` on an unusable record instead of skipping it.
+        extra_keys: extra per-record keys the caller needs (``<key>-%09d``, read with :meth:`get_extra`);
+            checked on the first kept record, so a DB written without them fails at once.
+
+    Items: ``(image uint8 H×W or H×W×3 RGB, label str)``.
+    """
+
+    def __init__(self, path: str | Path, label_filter: LabelFilter | None = None, channels: int = 3,
+                 strict: bool = False, extra_keys: Sequence[str] = ()) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+        self.path = lmdb_dir(path)
+        self.channels = channels
+        self.strict = strict
+        self.extra_keys = tuple(extra_keys)
+        self._init_corrupt_tracking()
+        self.num_filtered = 0
+        env = _ENVS.get(self.path)
+        with env.begin(buffers=False) as txn:
+            self.num_records = read_num_samples(txn, self.path)
+            self._read_labels(txn, label_filter)
+            for key in self.extra_keys:
+                if len(self) and txn.get(record_key(key, self.record_index(0))) is None:
+                    raise LmdbError(f"{self.path} has no '{key}-%09d' records (checked on record "
+                                    f"{self.record_index(0)}); it was written without that extra key.")
+
+    def _read_labels(self, txn: lmdb.Transaction, label_filter: LabelFilter | None) -> None:
+        """Fill ``_indices`` (1-based record index per item), ``_offsets`` and ``_label_blob``."""
+        indices = array("q")
+        ends = array("q", [0])
+        blob = bytearray()
+        expected = 1
+        for index, raw in _scan_labels(txn, self.num_records):
+            if index > expected:
+                self._drop(expected, index - expected, "label key is missing")
+            expected = index + 1
+            try:
+                label = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._drop(index, 1, f"label is not UTF-8 ({raw[:40]!r})")
+                continue
+            if label_filter is not None:
+                cleaned = label_filter(label)
+                if cleaned is None:
+                    self.num_filtered += 1
+                    continue
+                label = cleaned
+            indices.append(index)
+            blob += label.encode("utf-8")
+            ends.append(len(blob))
+        if self.num_records >= expected:
+            self._drop(expected, self.num_records + 1 - expected, "label key is missing")
+        self._indices = np.frombuffer(indices, dtype=np.int64) if indices else np.zeros(0, np.int64)
+        self._offsets = np.frombuffer(ends, dtype=np.int64)
+        self._label_blob = bytes(blob)
+
+    def _drop(self, first: int, count: int, reason: str) -> None:
+        """Leave out ``count`` records from index ``first`` on (their label is unusable)."""
+        more = f" (and the {count - 1} following)" if count > 1 else ""
+        self._note_bad(f"{self.path} record {first}{more}", reason)
+        self._dropped += count
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def record_index(self, i: int) -> int:
+        """The 1-based LMDB index of item ``i``."""
+        return int(self._indices[i])
+
+    def label(self, i: int) -> str:
+        """The (cleaned) label of item ``i``, without touching the image."""
+        return self._label_blob[self._offsets[i]:self._offsets[i + 1]].decode("utf-8")
+
+    @property
+    def labels(self) -> list[str]:
+        """The cleaned labels of the kept records, in order (a new list on every call)."""
+        ends = self._offsets.tolist()
+        blob = self._label_blob
+        return [blob[a:b].decode("utf-8") for a, b in zip(ends, ends[1:], strict=False)]
+
+    def _describe(self, i: int) -> str:
+        return f"{self.path} record {self.record_index(i)}"
+
+    def _load(self, i: int) -> tuple[np.ndarray, str]:
+        index = self.record_index(i)
+        with _ENVS.get(self.path).begin(buffers=False) as txn:
+            data = txn.get(record_key("image", index))
+        if data is None:
+            raise BadRecord("image key is missing")
+        img = decode_image(data, self.channels)
+        if img is None:
+            raise BadRecord(f"image bytes ({len(data)} bytes) cannot be decoded")
+        return img, self.label(i)
+
+    def raw_image(self, i: int) -> bytes | None:
+        """The stored (encoded) image bytes of item ``i``, or ``None`` if the key is missing."""
+        return self.get_extra(i, "image")
+
+    def get_extra(self, i: int, key: str) -> bytes | None:
+        """The value of extra key ``<key>-%09d`` for item ``i``, or ``None`` if that record has none."""
+        with _ENVS.get(self.path).begin(buffers=False) as txn:
+            return txn.get(record_key(key, self.record_index(i)))
+
+    def get_meta(self, key: str) -> bytes | None:
+        """A DB-level value written with :meth:`LmdbWriter.put_meta`, or ``None``."""
+        with _ENVS.get(self.path).begin(buffers=False) as txn:
+            return txn.get(key.encode())
+
+
+def find_lmdbs(root: str | Path) -> list[Path]:
+    """Every LMDB folder (holding ``data.mdb``) at or under ``root``, sorted; ``*.partial`` are skipped.
+
+    Symbolic links are followed once (a link cycle is not walked twice).
+    """
+    root = Path(root)
+    if root.name == "data.mdb" and root.is_file():
+        return [root.parent]
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        if "data.mdb" in filenames:
+            if dirpath.endswith(PARTIAL_SUFFIX):
+                log.warning("ignoring unfinished LMDB %s (finish it with tools/create_lmdb.py --resume)",
+                            dirpath)
+            else:
+                found.append(Path(dirpath))
+            dirnames[:] = []  # an LMDB folder is a leaf
+        else:
+            dirnames.sort()
+    return sorted(found)
+
+
+def open_lmdb_tree(root: str | Path, **kwargs: object) -> torch.utils.data.Dataset:
+    """Open ``root`` as one LMDB, or every LMDB under it at any depth (e.g. ``training/MJ/MJ_train``).
+
+    Args:
+        root: an LMDB folder, or a folder holding LMDB folders.
+        **kwargs: passed to :class:`LmdbDataset` (``label_filter``, ``channels``, ``strict`` ...).
+
+    Returns:
+        An :class:`LmdbDataset`, or a ``ConcatDataset`` of them in sorted path order.
+    """
+    paths = find_lmdbs(root)
+    if not paths:
+        what = "does not exist" if not Path(root).exists() else "holds no LMDB (no data.mdb below it)"
+        raise LmdbNotFoundError(f"{root} {what}. Point the source at an LMDB folder or a folder of them.")
+    datasets = [LmdbDataset(p, **kwargs) for p in paths]  # type: ignore[arg-type]
+    return datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writer
+# ----------------------------------------------------------------------------------------------
+class LmdbWriter:
+    """Stream records into an STR LMDB, safely.
+
+    Records go to ``<path>.partial``. Every ``commit_every`` records (or 64 MiB) are committed in one
+    transaction together with ``num-samples``, so the partial DB is always readable and a killed
+    writer can be resumed (``resume=True``). When LMDB reports the map full, the map size is doubled
+    and the transaction retried. :meth:`close` commits the rest and renames the folder to ``path``.
+
+    Args:
+        path: the final LMDB folder.
+        map_size: initial map size in bytes (it grows as needed).
+        overwrite: replace an existing LMDB at ``path`` (only once the new one is complete), and
+            discard an unfinished ``.partial`` unless ``resume``.
+        resume: continue an existing ``.partial`` after its committed ``num-samples``.
+        commit_every: records per transaction.
+
+    Used as a context manager, an exception commits what was written to the ``.partial`` folder and
+    leaves it there (nothing is renamed, nothing is lost).
+    """
+
+    _FLUSH_BYTES = 64 << 20
+
+    def __init__(self, path: str | Path, map_size: int = 1 << 30, overwrite: bool = False,
+                 resume: bool = False, commit_every: int = 1000) -> None:
+        if commit_every < 1:
+            raise ValueError(f"commit_every must be >= 1, got {commit_every}")
+        if map_size < 1 << 16:
+            raise ValueError(f"map_size must be at least 64 KiB, got {map_size}")
+        self.path = Path(path)
+        self.partial = Path(f"{self.path}{PARTIAL_SUFFIX}")
+        self.commit_every = commit_every
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace "
+                                  f"it, or choose another output path.")
+        if self.path.exists():
+            _check_replaceable(self.path)
+        if self.partial.exists() and not resume:
+            if not overwrite:
+                raise FileExistsError(f"an unfinished LMDB {self.partial} exists (an interrupted run); pass "
+                                      f"resume=True (--resume) to continue it or overwrite=True "
+                                      f"(--overwrite) to start again.")
+            _check_replaceable(self.partial)
+            shutil.rmtree(self.partial)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        _ENVS.evict(self.partial)
+        self._env: lmdb.Environment | None = open_env(self.partial, map_size=map_size, meminit=False)
+        with self._env.begin() as txn:
+            self._count = read_num_samples(txn, self.partial)
+        self._map_size = max(map_size, self._env.info()["map_size"])
+        self._pending: dict[bytes, bytes] = {}
+        self._pending_records = 0
+        self._pending_bytes = 0
+        self._final: Path | None = None
+
+    # -- writing ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, image: bytes, label: str, extra: dict[str, bytes] | None = None) -> int:
+        """Add one record; returns its 1-based index. ``extra`` keys are written as ``<key>-%09d``."""
+        if not isinstance(image, bytes | bytearray | memoryview):
+            raise TypeError(f"image must be encoded bytes, got {type(image).__name__}")
+        if not isinstance(label, str):
+            raise TypeError(f"label must be str, got {type(label).__name__}")
+        extra = extra or {}
+        for key in extra:
+            if key in ("image", "label"):
+                raise ValueError(f"extra key '{key}' would overwrite the record's {key}")
+        encoded = label.encode("utf-8")  # raises before anything is staged if the label cannot be stored
+        index = self._count + 1
+        self._stage(record_key("image", index), bytes(image))
+        self._stage(record_key("label", index), encoded)
+        for key, value in extra.items():
+            self._stage(record_key(key, index), bytes(value))
+        self._count = index
+        self._pending_records += 1
+        if self._pending_records >= self.commit_every or self._pending_bytes >= self._FLUSH_BYTES:
+            self.commit()
+        return index
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        """Store a DB-level value (committed with the next batch of records)."""
+        if key.encode() == NUM_SAMPLES_KEY:
+            raise ValueError("'num-samples' is maintained by the writer")
+        self._stage(key.encode(), bytes(value))
+
+    def get_meta(self, key: str) -> bytes | None:
+        """A DB-level value, staged or already committed, or ``None``."""
+        env = self._require_open()
+        if key.encode() in self._pending:
+            return self._pending[key.encode()]
+        with env.begin() as txn:
+            return txn.get(key.encode())
+
+    def _stage(self, key: bytes, value: bytes) -> None:
+        self._require_open()
+        self._pending[key] = value
+        self._pending_bytes += len(value) + len(key)
+
+    def _require_open(self) -> lmdb.Environment:
+        if self._env is None:
+            raise LmdbError(f"writer for {self.path} is closed")
+        return self._env
+
+    def commit(self) -> None:
+        """Write the staged records and ``num-samples`` in one transaction, growing the map if full."""
+        env = self._require_open()
+        if not self._pending and self._pending_records == 0:
+            return
+        items = [*self._pending.items(), (NUM_SAMPLES_KEY, str(self._count).encode())]
+        while True:
+            try:
+                with env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                self._map_size *= 2
+                env.set_mapsize(self._map_size)
+                log.debug("LMDB %s: map size grown to %d bytes", self.partial, self._map_size)
+        self._pending.clear()
+        self._pending_records = 0
+        self._pending_bytes = 0
+
+    # -- finishing ----------------------------------------------------------------------------
+    def close(self) -> Path:
+        """Commit, close and rename ``<path>.partial`` to ``<path>``; returns the final path."""
+        if self._final is not None:
+            return self._final
+        env = self._require_open()
+        self.commit()
+        with env.begin(write=True) as txn:  # an empty DB still gets num-samples = 0
+            if txn.get(NUM_SAMPLES_KEY) is None:
+                txn.put(NUM_SAMPLES_KEY, b"0")
+        env.sync(True)
+        env.close()
+        self._env = None
+        if self.path.exists():  # overwrite=True was checked in __init__: swap only now it is complete
+            _check_replaceable(self.path)
+            _ENVS.evict(self.path)
+            old = Path(f"{self.path}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(self.partial, self.path)
+            shutil.rmtree(old)
+        else:
+            os.replace(self.partial, self.path)
+        self._final = self.path
+        return self.path
+
+    def abandon(self) -> None:
+        """Commit what was written to ``<path>.partial`` and close it without renaming (resumable)."""
+        if self._env is None:
+            return
+        self.commit()
+        self._env.close()
+        self._env = None
+
+    def __enter__(self) -> LmdbWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abandon()
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to delete ``path`` unless it is an LMDB folder (or empty): never remove user data."""
+    if path.is_dir() and ((path / "data.mdb").is_file() or not any(path.iterdir())):
+        return
+    raise FileExistsError(f"{path} exists and is not an LMDB folder; refusing to replace it. "
+                          f"Choose another output path.")

@@ -1,0 +1,81 @@
+"""Build a dataset from one ``data.train`` / ``data.val`` entry (:class:`strkit.config.SourceConfig`).
+
+``SOURCES`` maps a source ``kind`` to a factory called as
+``factory(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset`` whose items
+are ``(uint8 image H×W or H×W×3 RGB, label str)``. ``lmdb`` and ``folder`` are registered here;
+``synth`` is registered by :mod:`strkit.data.synth`, which the registry imports on first lookup when
+it exists. ``benchmark`` sources (``path`` = a benchmark or group name) are for evaluation only.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch.utils.data
+
+from strkit.config import SourceConfig
+from strkit.data.benchmarks import BenchmarkLeakError, assert_not_benchmark, expand_benchmarks, load_benchmark
+from strkit.data.folder import FolderDataset
+from strkit.data.lmdb import LabelFilter, open_lmdb_tree
+from strkit.registry import Registry
+
+Dataset = torch.utils.data.Dataset
+GUARDED_PURPOSES = ("train", "search", "val")
+
+
+def _import_plugins() -> None:
+    """Import the modules that register further source kinds (``synth``), if they are installed."""
+    try:
+        importlib.import_module("strkit.data.synth")
+    except ImportError:
+        pass
+
+
+SOURCES: Registry[Dataset] = Registry("data source", loader=_import_plugins)
+
+
+@SOURCES.register("lmdb")
+def lmdb_source(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset:
+    """One LMDB, or every LMDB below ``path`` (concatenated in sorted path order)."""
+    return open_lmdb_tree(path, label_filter=label_filter, channels=channels)
+
+
+@SOURCES.register("folder")
+def folder_source(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset:
+    """A folder with ``labels.tsv``, or a gt file of ``path<TAB>label`` lines."""
+    return FolderDataset(path, label_filter=label_filter, channels=channels)
+
+
+def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: int,
+                 benchmark_root: str | None, purpose: str = "train") -> Dataset:
+    """The dataset of one configured source.
+
+    Args:
+        src: the source (``path``, ``kind``; ``ratio`` and ``name`` are used by the caller).
+        label_filter: ``raw label -> cleaned label or None`` (``None`` drops the sample).
+        channels: 1 (gray) or 3 (RGB).
+        benchmark_root: the benchmark folder (``data.benchmark_root``): nothing in it but ``*_train``
+            splits may be a training, search or validation source.
+        purpose: ``train``, ``search`` or ``val`` (benchmark sets refused), or ``eval``.
+
+    Raises:
+        BenchmarkLeakError: a benchmark set given for training, search or validation.
+        RegistryError: unknown ``kind``.
+    """
+    if src.kind == "benchmark":
+        if purpose in GUARDED_PURPOSES:
+            raise BenchmarkLeakError(f"source '{src.name or src.path}' has kind 'benchmark': benchmarks are "
+                                     f"for evaluation only and cannot be {purpose} data. Remove it from "
+                                     f"the {purpose} sources (evaluate with tools/eval.py).")
+        if benchmark_root is None:
+            raise ValueError(f"source '{src.path}' has kind 'benchmark' but no benchmark root is set "
+                             f"(data.benchmark_root)")
+        sets = [load_benchmark(name, benchmark_root, channels=channels, label_filter=label_filter)
+                for name in expand_benchmarks([src.path])]
+        return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
+    factory = SOURCES.get(src.kind)
+    if not src.path:
+        raise ValueError(f"a data source of kind '{src.kind}' needs a path")
+    if purpose in GUARDED_PURPOSES:
+        assert_not_benchmark(src.path, benchmark_root)
+    return factory(src.path, label_filter=label_filter, channels=channels)

@@ -1,0 +1,382 @@
+"""Image transforms: any word crop -> a normalised ``C×H×W`` tensor, with optional augmentation.
+
+The hot path of data loading. One :class:`ImageTransform` turns an image of any common layout
+(gray ``H×W``, ``H×W×1``, gray+alpha ``H×W×2``, RGB ``H×W×3``, RGBA ``H×W×4``; ``uint8``, 16-bit or
+float) into a float32 tensor ``C×H×W`` in ``[-1, 1]`` (``x / 127.5 - 1``):
+
+1. to ``uint8`` (16-bit images are scaled by 1/257; floats in ``[0, 1]`` by 255);
+2. to the target channels (alpha is composited over white; RGB -> gray uses the ITU-R 601 weights);
+3. resize with OpenCV to ``img_h × img_w`` (stretch), or with ``keep_ratio`` to height ``img_h`` and
+   width ``min(img_w, round(w * img_h / h))``, later padded on the right with ``pad_value``.
+   ``INTER_AREA`` when both sides shrink, ``INTER_LINEAR`` otherwise. Tall images (``h > w``, e.g.
+   vertical text) are not rotated: they are resized like any other crop;
+4. augmentation (a preset of :data:`AUGMENTATIONS`) on the *resized* ``uint8`` image. Augmenting the
+   small image is several times cheaper than augmenting the source crop (which can be 700×2500 px)
+   and keeps the strength of blur/noise constant relative to the text height;
+5. normalisation and padding.
+
+For training, steps 1-4 run per sample (:meth:`ImageTransform.prepare`, ``uint8``) and step 5 runs once
+per batch in :func:`collate`, which is much cheaper than per-sample float tensors.
+:class:`TransformedDataset` and :meth:`ImageTransform.collate` wire this up for a ``DataLoader``.
+
+Randomness: augmentation uses albumentations' own generators (not numpy's or torch's global RNG),
+seeded by ``ImageTransform(seed=...)``. A forked ``DataLoader`` worker inherits the parent's generator
+state, so every worker must be reseeded (:func:`seed_worker` does this from the per-worker torch seed);
+otherwise all workers would apply the same "random" augmentations.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from strkit.registry import Registry
+
+Augment = Callable[[np.ndarray], np.ndarray]
+
+#: Augmentation presets: ``factory(channels: int, seed: int | None) -> Augment``, where an
+#: ``Augment`` maps a ``uint8`` image (``H×W`` gray or ``H×W×3`` RGB) to one of the same shape.
+AUGMENTATIONS: Registry[Augment] = Registry("augmentation preset")
+
+
+def import_albumentations() -> ModuleType:
+    """Import albumentations without its network update check (it queries PyPI at import time)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+
+    return albumentations
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation presets
+# ----------------------------------------------------------------------------------------------
+class Identity:
+    """The ``none`` preset: returns the image unchanged (and costs nothing in :class:`ImageTransform`)."""
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return image
+
+    def reseed(self, seed: int | None) -> None:
+        """Nothing to seed."""
+
+
+class AlbumentationsPipeline:
+    """An albumentations ``Compose`` over a list of transforms, called on a single image.
+
+    Args:
+        transforms: albumentations transforms, applied in order.
+        seed: seed of the pipeline's own generators (``None``: fresh entropy).
+    """
+
+    def __init__(self, transforms: Sequence[Any], seed: int | None = None) -> None:
+        A = import_albumentations()
+        self.compose = A.Compose(list(transforms), seed=seed, is_check_shapes=False)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``uint8`` ``H×W`` or ``H×W×3`` -> augmented image of the same shape and dtype."""
+        return self.compose(image=image)["image"]
+
+    def reseed(self, seed: int | None) -> None:
+        """Reset the generators of the pipeline (and of each of its transforms) from ``seed``."""
+        self.compose.set_random_seed(seed)
+
+
+def _colour(A: ModuleType, channels: int, strength: float, p: float) -> Any:
+    """Brightness/contrast jitter for gray images, full colour jitter for RGB."""
+    if channels == 1:
+        return A.RandomBrightnessContrast(brightness_limit=strength, contrast_limit=strength, p=p)
+    return A.ColorJitter(brightness=strength, contrast=strength, saturation=strength,
+                         hue=min(0.5, strength / 4), p=p)
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation(channels: int = 1, seed: int | None = None) -> Augment:
+    """No augmentation (validation, evaluation, or training data that is already varied)."""
+    return Identity()
+
+
+@AUGMENTATIONS.register("light")
+def light_augmentation(channels: int = 1, seed: int | None = None) -> Augment:
+    """Mild geometry, blur, noise, colour and JPEG: for real training data or fine-tuning."""
+    A = import_albumentations()
+    return AlbumentationsPipeline([
+        A.Affine(rotate=(-3, 3), shear={"x": (-8, 8), "y": (-2, 2)}, scale=(0.95, 1.05),
+                 translate_percent={"x": (-0.02, 0.02), "y": (-0.05, 0.05)},
+                 border_mode=cv2.BORDER_REPLICATE, p=0.4),
+        A.OneOf([A.GaussianBlur(sigma_limit=(0.3, 0.8), p=1.0),
+                 A.MotionBlur(blur_limit=3, p=1.0)], p=0.15),
+        A.GaussNoise(std_range=(0.01, 0.04), p=0.15),
+        _colour(A, channels, 0.2, p=0.4),
+        A.ImageCompression(quality_range=(60, 95), p=0.15),
+    ], seed=seed)
+
+
+@AUGMENTATIONS.register("strong")
+def strong_augmentation(channels: int = 1, seed: int | None = None) -> Augment:
+    """The usual STR training set (after ABINet's geometry/deterioration/colour groups and PARSeq's
+    RandAugment ops): rotation, shear, scale, translation, perspective, grid distortion, Gaussian /
+    motion blur / down-up-scaling, Gaussian noise, colour jitter, gamma, JPEG, occasional inversion."""
+    A = import_albumentations()
+    return AlbumentationsPipeline([
+        A.OneOf([
+            A.Affine(rotate=(-10, 10), shear={"x": (-25, 25), "y": (-5, 5)}, scale=(0.8, 1.1),
+                     translate_percent={"x": (-0.05, 0.05), "y": (-0.1, 0.1)},
+                     border_mode=cv2.BORDER_REPLICATE, p=1.0),
+            A.Perspective(scale=(0.02, 0.08), border_mode=cv2.BORDER_REPLICATE, p=1.0),
+            A.GridDistortion(num_steps=4, distort_limit=(-0.2, 0.2), border_mode=cv2.BORDER_REPLICATE,
+                             p=1.0),
+        ], p=0.6),
+        A.OneOf([
+            A.GaussianBlur(sigma_limit=(0.5, 1.5), p=1.0),
+            A.MotionBlur(blur_limit=(3, 5), p=1.0),
+            A.Downscale(scale_range=(0.4, 0.8), p=1.0),
+        ], p=0.35),
+        A.GaussNoise(std_range=(0.02, 0.1), p=0.3),
+        _colour(A, channels, 0.4, p=0.5),
+        A.RandomGamma(gamma_limit=(70, 140), p=0.2),
+        A.ImageCompression(quality_range=(30, 90), p=0.25),
+        A.InvertImg(p=0.1),
+    ], seed=seed)
+
+
+def build_augmentation(name: str, channels: int = 1, seed: int | None = None) -> Augment:
+    """Build the augmentation preset ``name`` (see :data:`AUGMENTATIONS`) for gray or RGB images."""
+    return AUGMENTATIONS.get(name)(channels=channels, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixel format helpers
+# ----------------------------------------------------------------------------------------------
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Any numeric image -> ``uint8`` of the same shape.
+
+    ``uint16`` is scaled by 1/257 (65535 -> 255); ``bool`` maps to 0/255; floats whose maximum is at
+    most 1 are taken as ``[0, 1]`` and scaled by 255, other floats as ``[0, 255]``; other integer types
+    are clipped to ``[0, 255]``.
+    """
+    dtype = image.dtype
+    if dtype == np.uint8:
+        return image
+    if dtype == np.uint16:
+        return cv2.convertScaleAbs(image, alpha=1.0 / 257.0)
+    if dtype == np.bool_:
+        return image.astype(np.uint8) * np.uint8(255)
+    if np.issubdtype(dtype, np.floating):
+        scale = 255.0 if image.size and float(np.nanmax(image)) <= 1.0 else 1.0
+        return np.clip(np.nan_to_num(image) * scale + 0.5, 0, 255).astype(np.uint8)
+    if np.issubdtype(dtype, np.integer):
+        return np.clip(image, 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported image dtype {dtype}: expected uint8, uint16, bool, integer or float")
+
+
+def _over_white(colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite ``colour`` (``H×W`` or ``H×W×3`` uint8) over white with ``alpha`` (``H×W`` uint8)."""
+    if alpha.min() == 255:
+        return np.ascontiguousarray(colour)
+    a = alpha.astype(np.float32) * (1.0 / 255.0)
+    if colour.ndim == 3:
+        a = a[:, :, None]
+    return ((colour.astype(np.float32) - 255.0) * a + 255.5).astype(np.uint8)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """``uint8`` image of any layout -> ``H×W`` (``channels=1``) or ``H×W×3`` RGB (``channels=3``).
+
+    Accepted layouts: ``H×W``, ``H×W×1``, ``H×W×2`` (gray + alpha), ``H×W×3`` (RGB), ``H×W×4`` (RGBA).
+    Alpha is composited over a white background.
+    """
+    if image.ndim == 3:
+        c = image.shape[2]
+        if c == 1:
+            image = image[:, :, 0]
+        elif c == 2:
+            image = _over_white(image[:, :, 0], image[:, :, 1])
+        elif c == 4:
+            image = _over_white(image[:, :, :3], image[:, :, 3])
+        elif c != 3:
+            raise ValueError(f"image of shape {image.shape} has {c} channels: expected H×W, H×W×1, "
+                             "H×W×2 (gray+alpha), H×W×3 (RGB) or H×W×4 (RGBA)")
+    elif image.ndim != 2:
+        raise ValueError(f"image of shape {image.shape} has {image.ndim} dimensions: expected H×W or H×W×C")
+    if channels == 1:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+
+
+# ----------------------------------------------------------------------------------------------
+# The transform
+# ----------------------------------------------------------------------------------------------
+class ImageTransform:
+    """Word crop (numpy) -> normalised float tensor ``C×H×W`` in ``[-1, 1]``.
+
+    Args:
+        img_h: output height ``H``.
+        img_w: output width ``W``.
+        channels: 1 (gray) or 3 (RGB).
+        keep_ratio: keep the aspect ratio (resize to height ``H``, width ``min(W, round(w*H/h))``, pad
+            on the right to ``W``) instead of stretching to ``H×W``.
+        augment: name of an augmentation preset in :data:`AUGMENTATIONS` (``none``, ``light``,
+            ``strong``).
+        pad_value: value of the right padding, in normalised units (``-1`` black ... ``1`` white).
+        seed: seed of the augmentation generators (``None``: fresh entropy). See :func:`seed_worker`.
+    """
+
+    def __init__(self, img_h: int, img_w: int, channels: int = 1, keep_ratio: bool = False,
+                 augment: str = "none", pad_value: float = 0.0, seed: int | None = None) -> None:
+        if img_h < 1 or img_w < 1:
+            raise ValueError(f"image size must be positive, got img_h={img_h}, img_w={img_w}")
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+        if not -1.0 <= pad_value <= 1.0:
+            raise ValueError(f"pad_value is in normalised units and must lie in [-1, 1], got {pad_value}")
+        self.img_h = img_h
+        self.img_w = img_w
+        self.channels = channels
+        self.keep_ratio = keep_ratio
+        self.augment_name = augment
+        self.pad_value = float(pad_value)
+        augmentation = build_augmentation(augment, channels=channels, seed=seed)
+        self.augmentation: Augment | None = None if isinstance(augmentation, Identity) else augmentation
+
+    def __repr__(self) -> str:
+        return (f"ImageTransform(img_h={self.img_h}, img_w={self.img_w}, channels={self.channels}, "
+                f"keep_ratio={self.keep_ratio}, augment={self.augment_name!r}, pad_value={self.pad_value})")
+
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the augmentation generators (called in each DataLoader worker by :func:`seed_worker`)."""
+        reseed = getattr(self.augmentation, "reseed", None)
+        if reseed is not None:
+            reseed(seed)
+
+    def target_width(self, h: int, w: int) -> int:
+        """Width of the resized image (before padding) for a source image of ``h×w`` pixels."""
+        if not self.keep_ratio:
+            return self.img_w
+        return min(self.img_w, max(1, round(w * self.img_h / h)))
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Steps 1-4: any image -> resized, augmented ``uint8`` array ``H×w×C`` (``w <= W``; ``w == W``
+        unless ``keep_ratio``). Not padded, not normalised: :func:`collate` does both per batch.
+
+        Raises:
+            ValueError: the image is empty (a zero-size side) or of an unsupported layout/dtype.
+        """
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"expected a numpy array image, got {type(image).__name__}")
+        if image.ndim not in (2, 3):
+            raise ValueError(f"image of shape {image.shape} has {image.ndim} dimension(s): expected "
+                             "H×W or H×W×C")
+        if image.size == 0:
+            raise ValueError(f"empty image of shape {image.shape}: every word crop needs at least 1×1 "
+                             "pixels (check the record or file it came from)")
+        if image.dtype != np.uint8:
+            image = to_uint8(image)
+        if not (image.ndim == 2 and self.channels == 1):
+            image = to_channels(image, self.channels)
+        h, w = image.shape[:2]
+        tw = self.target_width(h, w)
+        if h != self.img_h or w != tw:
+            shrink = h >= self.img_h and w >= tw
+            image = cv2.resize(image, (tw, self.img_h),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        if self.augmentation is not None:
+            image = self.augmentation(image)
+        return image[:, :, None] if image.ndim == 2 else image
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """Any image (see :func:`to_channels`) -> float32 tensor ``C×H×W`` in ``[-1, 1]``."""
+        return collate([(self.prepare(image), "")], width=self.img_w, pad_value=self.pad_value)[0][0]
+
+    def collate(self, batch: Sequence[tuple[Any, str]]) -> tuple[torch.Tensor, list[str]]:
+        """:func:`collate` with this transform's width and pad value (a DataLoader ``collate_fn``)."""
+        return collate(batch, width=self.img_w, pad_value=self.pad_value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------
+def collate(batch: Sequence[tuple[Any, str]], width: int | None = None,
+            pad_value: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+    """Stack ``(image, label)`` items into ``(B×C×H×W float32 tensor, labels)``.
+
+    Items are either float tensors ``C×H×W`` (stacked as they are) or ``uint8`` arrays ``H×w×C`` from
+    :meth:`ImageTransform.prepare`, which are copied into one ``uint8`` batch, normalised once
+    (``x / 127.5 - 1``) and padded on the right to ``width`` (default: the widest item) with
+    ``pad_value`` (normalised units).
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    images = [item[0] for item in batch]
+    labels = [item[1] for item in batch]
+    first = images[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(images), labels
+    h, c = first.shape[0], first.shape[2]
+    widths = [img.shape[1] for img in images]
+    full = max(widths) if width is None else width
+    buf = np.empty((len(images), c, h, full), dtype=np.uint8)
+    for i, img in enumerate(images):
+        if img.shape[0] != h or img.shape[2] != c or img.shape[1] > full:
+            raise ValueError(f"cannot batch an image of shape {img.shape} with {first.shape} "
+                             f"(batch width {full})")
+        buf[i, :, :, : img.shape[1]] = img.transpose(2, 0, 1)
+    # numpy, single-threaded: torch's intra-op threads stall on a busy 2-core machine (or next to
+    # OpenCV's pool) and made these two element-wise ops ~100x slower in the loader.
+    out = np.empty(buf.shape, dtype=np.float32)
+    np.divide(buf, np.float32(127.5), out=out, dtype=np.float32)
+    out -= np.float32(1.0)
+    for i, w in enumerate(widths):
+        if w < full:
+            out[i, :, :, w:] = pad_value
+    return torch.from_numpy(out), labels
+
+
+class TransformedDataset(Dataset):
+    """Applies an image transform to the image of each ``(image, label)`` item of ``dataset``.
+
+    With an :class:`ImageTransform` (and ``batch_normalise``), items are ``(uint8 H×w×C array, label)``
+    from :meth:`ImageTransform.prepare`, to be batched by :meth:`ImageTransform.collate`, which
+    normalises and pads once per batch. With any other callable (or ``batch_normalise=False``), items
+    are ``(transform(image), label)``.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable[[np.ndarray], Any],
+                 batch_normalise: bool = True) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self._apply: Callable[[np.ndarray], Any] = transform
+        if batch_normalise and isinstance(transform, ImageTransform):
+            self._apply = transform.prepare
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, str]:
+        image, label = self.dataset[index]
+        return self._apply(image), label
+
+    def reseed(self, seed: int | None) -> None:
+        """Reseed the transform's augmentation, if it has any."""
+        reseed = getattr(self.transform, "reseed", None)
+        if reseed is not None:
+            reseed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: one OpenCV thread per worker, and augmentation reseeded from the
+    worker's torch seed (``base_seed + worker_id``, which the loader's generator makes deterministic)."""
+    cv2.setNumThreads(1)
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return
+    reseed = getattr(info.dataset, "reseed", None)
+    if reseed is not None:
+        reseed(info.seed % 2**32)
+

@@ -1,0 +1,99 @@
+"""Build the training and validation loaders of a run from its config.
+
+Joins :mod:`strkit.data` (sources, transforms, mixing) with the charset of the model: labels are
+normalised and filtered by the model's charset and maximum length, and every source is checked not
+to be a benchmark set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from strkit.charset import Charset, LabelFilter
+from strkit.config import Config
+from strkit.data.mixing import build_eval_loader, build_mixed_loader
+from strkit.data.sources import build_source
+from strkit.data.transforms import ImageTransform
+
+from .distributed import DistInfo
+
+log = logging.getLogger("strkit")
+
+
+@dataclass
+class RunData:
+    """The loaders of a run and what went into them."""
+
+    train: DataLoader
+    val: DataLoader | None
+    train_names: list[str]
+    train_sizes: list[int]
+    val_size: int
+    label_filter: LabelFilter
+    notes: list[str] = field(default_factory=list)
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Deterministically hold out ``fraction`` of ``dataset`` (a seeded permutation) for validation."""
+    n = len(dataset)
+    n_val = int(round(n * fraction))
+    if n_val <= 0 or n_val >= n:
+        raise ValueError(f"data.val_fraction={fraction} leaves no training or no validation samples "
+                         f"from a source of {n}")
+    perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
+    return Subset(dataset, sorted(perm[n_val:].tolist())), Subset(dataset, sorted(perm[:n_val].tolist()))
+
+
+def eval_transform(cfg: Config) -> ImageTransform:
+    """The deterministic resize/normalise transform used at validation, evaluation and inference."""
+    d = cfg.data
+    return ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio, augment="none")
+
+
+def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: int = 0) -> RunData:
+    """Training loader (mixed, endless, resumable at ``start_step``) and validation loader."""
+    d = cfg.data
+    if not d.train:
+        raise ValueError("data.train is empty: list at least one source, e.g. "
+                         "data.train=[{path: my_lmdb, kind: lmdb}]")
+    label_filter = LabelFilter(charset, cfg.model.max_length)
+    train_sets: list[Dataset] = []
+    val_sets: list[Dataset] = []
+    names: list[str] = []
+    for i, src in enumerate(d.train):
+        ds = build_source(src, label_filter=label_filter, channels=d.channels,
+                          benchmark_root=d.benchmark_root, purpose="train")
+        name = src.name or f"{src.kind}:{src.path}"
+        if len(ds) == 0:
+            raise ValueError(f"training source {name} has no usable sample after filtering "
+                             f"({label_filter.report()})")
+        if d.val_fraction > 0 and not d.val and src.kind != "synth":
+            ds, held = split_holdout(ds, d.val_fraction, cfg.train.seed + i)
+            val_sets.append(held)
+        train_sets.append(ds)
+        names.append(name)
+    for src in d.val:
+        val_sets.append(build_source(src, label_filter=label_filter, channels=d.channels,
+                                     benchmark_root=d.benchmark_root, purpose="val"))
+    label_filter.warn_if_needed()
+
+    train_tf = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
+                              augment=d.augment)
+    train_loader = build_mixed_loader(
+        train_sets, [s.ratio for s in d.train], batch_size=cfg.train.batch_size, transform=train_tf,
+        num_workers=d.workers, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
+        start_step=start_step, names=names)
+    val_loader = None
+    val_size = 0
+    if val_sets:
+        val_ds = torch.utils.data.ConcatDataset(val_sets) if len(val_sets) > 1 else val_sets[0]
+        val_size = len(val_ds)
+        val_loader = build_eval_loader(val_ds, eval_transform(cfg), batch_size=max(cfg.train.batch_size, 64),
+                                       num_workers=min(d.workers, 1))
+    return RunData(train=train_loader, val=val_loader, train_names=names,
+                   train_sizes=[len(s) for s in train_sets], val_size=val_size, label_filter=label_filter)

@@ -1,0 +1,186 @@
+"""Benchmark evaluation: per-dataset word accuracy, 1-NED, confidence; speed, params and FLOPs.
+
+The evaluation protocol (``36``: lowercase [0-9a-z]; ``62``: case-sensitive alphanumerics; ``94``:
+printable ASCII) is applied to both the label and the prediction before comparison, so a model
+trained with a larger charset is scored fairly under the smaller protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from strkit.charset import protocol_filter
+from strkit.config import Config
+from strkit.data.benchmarks import expand_benchmarks, load_benchmark
+from strkit.data.mixing import build_eval_loader
+from strkit.engine.metrics import RecognitionMetrics, combine
+from strkit.models.recognizer import RecognitionModel
+
+from .data import eval_transform
+from .trainer import autocast_context
+
+
+@dataclass
+class SpeedReport:
+    """Inference cost of a model on one device."""
+
+    params_m: float
+    flops_g: float
+    ms_per_image: float  # batch 1, median
+    images_per_s: float  # batch 64
+    device: str
+    threads: int
+
+
+@dataclass
+class EvalReport:
+    """Results of one model on several benchmarks."""
+
+    model_name: str
+    protocol: str
+    results: list[RecognitionMetrics]
+    total: RecognitionMetrics
+    speed: SpeedReport | None = None
+    wrong: dict[str, list[dict]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name,
+            "protocol": self.protocol,
+            "benchmarks": [r.as_dict() for r in self.results],
+            "total": self.total.as_dict(),
+            "speed": None if self.speed is None else self.speed.__dict__,
+        }
+
+    def to_markdown(self) -> str:
+        """The table of the STR papers: one column per benchmark, the weighted total, time, params."""
+        names = [r.name for r in self.results]
+        head = ["Model", *[f"{n} ({r.count})" for n, r in zip(names, self.results, strict=True)], "Total"]
+        acc = [self.model_name, *[f"{r.accuracy:.1f}" for r in self.results], f"{self.total.accuracy:.1f}"]
+        ned = [f"{self.model_name} 1-NED", *[f"{r.ned:.1f}" for r in self.results], f"{self.total.ned:.1f}"]
+        if self.speed is not None:
+            head += ["ms/img (b1)", "img/s (b64)", "Params (M)", "GFLOPs"]
+            s = self.speed
+            extra = [f"{s.ms_per_image:.2f}", f"{s.images_per_s:.0f}", f"{s.params_m:.2f}", f"{s.flops_g:.2f}"]
+            acc += extra
+            ned += [""] * len(extra)
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                 "| " + " | ".join(acc) + " |", "| " + " | ".join(ned) + " |"]
+        return "\n".join(lines) + f"\n\nWord accuracy (%) and 1-NED (%), protocol {self.protocol}.\n"
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``results.md``, ``results.csv``, ``results.json`` (and ``wrong_<set>.tsv``)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"md": out / "results.md", "csv": out / "results.csv", "json": out / "results.json"}
+        paths["md"].write_text(self.to_markdown())
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
+        with paths["csv"].open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["model", "benchmark", "count", "accuracy", "ned", "confidence"])
+            for r in [*self.results, self.total]:
+                w.writerow([self.model_name, r.name, r.count, f"{r.accuracy:.4f}", f"{r.ned:.4f}",
+                            f"{r.mean_confidence:.4f}"])
+        for name, rows in self.wrong.items():
+            p = out / f"wrong_{name}.tsv"
+            with p.open("w", newline="") as fh:
+                w = csv.writer(fh, delimiter="\t")
+                w.writerow(["index", "image", "label", "prediction", "confidence"])
+                for row in rows:
+                    w.writerow([row["index"], row["image"], row["label"], row["prediction"],
+                                f"{row['confidence']:.4f}"])
+            paths[f"wrong_{name}"] = p
+        return paths
+
+
+@torch.inference_mode()
+def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, name: str,
+                    device: torch.device, precision: str = "fp32",
+                    keep_wrong: bool = False) -> RecognitionMetrics:
+    """Score ``model`` on every batch of ``loader`` (images B×C×H×W, raw labels)."""
+    model.eval()
+    metrics = RecognitionMetrics(name=name)
+    index = 0
+    for images, labels in loader:
+        with autocast_context(device, precision):
+            preds = model.predict(images.to(device))
+        texts = [protocol_filter(p.text, protocol) for p in preds]
+        gts = [protocol_filter(t, protocol) for t in labels]
+        metrics.update(texts, gts, [p.confidence for p in preds], start_index=index, keep_wrong=keep_wrong)
+        index += len(labels)
+    return metrics
+
+
+def count_flops(model: torch.nn.Module, example: torch.Tensor) -> float:
+    """Forward FLOPs (multiply-add = 2 FLOPs) for ``example`` as counted by PyTorch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(example)
+    return float(counter.get_total_flops())
+
+
+@torch.inference_mode()
+def measure_speed(model: torch.nn.Module, img_h: int, img_w: int, channels: int, device: torch.device,
+                  precision: str = "fp32", repeats: int = 30, batch: int = 64) -> SpeedReport:
+    """Median batch-1 latency and batch-64 throughput of ``model(x)`` (forward + decode excluded)."""
+    model.eval()
+
+    def timed(x: torch.Tensor, n: int) -> float:
+        with autocast_context(device, precision):
+            for _ in range(3):
+                model(x)
+            times = []
+            for _ in range(n):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    x1 = torch.randn(1, channels, img_h, img_w, device=device)
+    xb = torch.randn(batch, channels, img_h, img_w, device=device)
+    ms = timed(x1, repeats) * 1000
+    ips = batch / timed(xb, max(3, repeats // 6))
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    flops = count_flops(model, x1.float()) / 1e9
+    return SpeedReport(params_m=params, flops_g=flops, ms_per_image=ms, images_per_s=ips,
+                       device=str(device), threads=torch.get_num_threads())
+
+
+def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], root: str | Path,
+                        protocol: str = "36", batch_size: int = 64, workers: int = 0,
+                        device: torch.device | None = None, precision: str = "fp32",
+                        keep_wrong: bool = False, speed: bool = True,
+                        model_name: str = "model") -> EvalReport:
+    """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded)."""
+    device = device or next(model.parameters()).device
+    transform = eval_transform(cfg)
+    results: list[RecognitionMetrics] = []
+    wrong: dict[str, list[dict]] = {}
+    for name in expand_benchmarks(names):
+        ds = load_benchmark(name, root, channels=cfg.data.channels)
+        loader = build_eval_loader(ds, transform, batch_size=batch_size, num_workers=workers)
+        m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong)
+        results.append(m)
+        if keep_wrong:
+            paths = getattr(ds, "paths", None)
+            wrong[name] = [{"index": i, "image": str(paths[i]) if paths is not None else f"#{i + 1}",
+                            "label": g, "prediction": p, "confidence": c} for i, g, p, c in m.wrong]
+    total = combine(results)
+    sp = (measure_speed(model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels, device, precision)
+          if speed else None)
+    return EvalReport(model_name=model_name, protocol=protocol, results=results, total=total, speed=sp,
+                      wrong=wrong)

@@ -1,0 +1,337 @@
+"""The training loop: mixed data, AMP, gradient clipping, validation, atomic checkpoints, exact resume.
+
+One :class:`Trainer` runs one config. ``fit()`` trains until ``train.steps`` (or ``train.max_minutes``),
+validating every ``train.val_every`` steps and writing ``last.pt`` (full state, for resume) and
+``best.pt`` (best validation accuracy) into ``train.out_dir`` beside ``config.yaml``, ``metrics.csv``
+and TensorBoard events. Under ``torchrun`` it trains with DistributedDataParallel; every rank reads
+a disjoint shard of each source and rank 0 validates, logs and saves.
+
+Resume is exact: model, optimiser, scheduler, step, RNG states and the sampler position (the
+sampler is a pure function of seed and step) are restored, so a run killed at any moment and resumed
+from ``last.pt`` ends with the same weights as an uninterrupted run (with deterministic kernels and
+no random augmentation in the worker processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from strkit.charset import Charset
+from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.config import Config, from_dict
+from strkit.engine.metrics import RecognitionMetrics
+from strkit.models.recognizer import RecognitionModel, build_model
+
+from .data import RunData, build_run_data
+from .distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("strkit")
+
+_AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors / plain lists (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``bf16`` / ``fp16``; a null context for ``fp32``."""
+    if precision not in _AMP_DTYPES:
+        raise ValueError(f"train.precision={precision!r}: use one of {', '.join(_AMP_DTYPES)}")
+    dtype = _AMP_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs CUDA; use bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Trainer:
+    """Trains one model from a resolved :class:`Config`.
+
+    Args:
+        cfg: the run's config.
+        resume: path of a ``last.pt`` to resume from (its config's model/data sections must match).
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+        self.cfg = cfg
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.enabled:
+            self.device = resolve_device(cfg.train.device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out_dir = Path(cfg.train.out_dir)
+        payload = load_checkpoint(resume) if resume else None
+        if payload is not None:
+            self._check_resume_config(payload, resume)
+        seed_everything(cfg.train.seed + self.dist.rank)
+
+        charset = Charset.from_dict(payload["charset"]) if payload else None
+        self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
+                                                   cfg.data.channels, charset=charset).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg.train.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler, cfg.train.steps)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self.skipped_steps = 0
+        if payload is not None:
+            self._load_state(payload)
+        self.net: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.data: RunData | None = None
+
+    # -- state --------------------------------------------------------------------------------
+    def _check_resume_config(self, payload: dict, path: str | Path) -> None:
+        saved = from_dict(payload["config"])
+        for section in ("model", "data"):
+            if getattr(saved, section) != getattr(self.cfg, section):
+                raise ValueError(f"cannot resume from {path}: its '{section}' config differs from this run's. "
+                                 "Resume with the saved config (it is in the run folder as config.yaml).")
+
+    def _load_state(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["state_dict"])
+        ts = payload.get("train_state")
+        if ts is None:
+            raise ValueError("this checkpoint holds no training state (a 'best' checkpoint?); "
+                             "resume from last.pt")
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        if ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        self.step = int(payload["step"])
+        self.best = dict(ts.get("best", {}))
+        self.skipped_steps = int(ts.get("skipped_steps", 0))
+        rng = ts.get("rng", {}).get(str(self.dist.rank)) or ts.get("rng", {}).get("0")
+        if rng is not None:
+            set_rng_state(rng)
+
+    def _payload_common(self) -> dict[str, Any]:
+        return dict(config=self.cfg.to_dict(), charset=self.model.charset.to_dict(),
+                    state_dict=self.model.state_dict(), step=self.step,
+                    arch=getattr(self.model, "arch", None))
+
+    def save(self, name: str, metrics: dict[str, float], full_state: bool) -> Path | None:
+        """Atomically write ``out_dir/name`` (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        train_state = None
+        if full_state:
+            train_state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "rng": {"0": rng_state()},
+                "best": self.best,
+                "skipped_steps": self.skipped_steps,
+                "sampler": {"step": self.step},
+            }
+        return save_checkpoint(self.out_dir / name, metrics=metrics, train_state=train_state,
+                               **self._payload_common())
+
+    # -- loops ----------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        assert self.data is not None
+        while True:  # the mixed loader is endless; loop in case a finite loader is plugged in
+            yield from self.data.train
+
+    def train_step(self, images: torch.Tensor, labels: list[str]) -> float | None:
+        """One optimisation step. Returns the loss, or None when it was not finite (step skipped)."""
+        cfg = self.cfg.train
+        images = images.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = {k: v.to(self.device) for k, v in self.model.encode(labels).items()}
+        self.net.train()
+        with autocast_context(self.device, cfg.precision):
+            out = self.net(images, targets)
+        loss = out.loss
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss.detach()):
+            self.skipped_steps += 1
+            log.warning("non-finite loss at step %d: step skipped (%d so far)", self.step, self.skipped_steps)
+            self.scheduler.step()
+            return None
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    @torch.inference_mode()
+    def validate(self) -> dict[str, float]:
+        """Word accuracy / 1-NED / confidence on the validation loader (labels already normalised)."""
+        assert self.data is not None
+        if self.data.val is None:
+            return {}
+        m = RecognitionMetrics("val")
+        self.model.eval()
+        max_batches = self.cfg.train.val_batches
+        for i, (images, labels) in enumerate(self.data.val):
+            if max_batches and i >= max_batches:
+                break
+            images = images.to(self.device)
+            if self.cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_context(self.device, self.cfg.train.precision):
+                preds = self.model.predict(images)
+            m.update([p.text for p in preds], labels, [p.confidence for p in preds])
+        return {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence,
+                "val_count": float(m.count)}
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
+        cfg = self.cfg.train
+        self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step)
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.dump(self.out_dir / "config.yaml")
+            log.info("train sources: %s; validation samples: %d",
+                     ", ".join(f"{n} ({s})" for n, s in zip(self.data.train_names, self.data.train_sizes,
+                                                           strict=True)),
+                     self.data.val_size)
+        logger = _RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
+        bar = None
+        if cfg.progress and main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        t_start = time.perf_counter()
+        t_window, n_window, loss_window = time.perf_counter(), 0, []
+        last_val: dict[str, float] = {}
+        stop_reason = "steps"
+        batches = self._batches()
+        try:
+            while self.step < cfg.steps:
+                images, labels = next(batches)
+                loss = self.train_step(images, labels)
+                self.step += 1
+                n_window += len(labels) * self.dist.world_size
+                if loss is not None:
+                    loss_window.append(loss)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.perf_counter() - t_window
+                    row = {"step": self.step, "loss": float(np.mean(loss_window)) if loss_window else math.nan,
+                           "lr": self.scheduler.get_last_lr()[0], "images_per_s": n_window / max(dt, 1e-9),
+                           "skipped_steps": self.skipped_steps}
+                    logger.log(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.0f}",
+                                        acc=f"{last_val.get('val_accuracy', float('nan')):.1f}")
+                    t_window, n_window, loss_window = time.perf_counter(), 0, []
+                if bar is not None:
+                    bar.update(1)
+                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes
+                if out_of_time:
+                    stop_reason = "time"
+                do_val = self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time
+                if do_val:
+                    last_val = self._validate_and_save_best(logger)
+                if do_val or self.step % cfg.save_every == 0:
+                    self.save("last.pt", last_val, full_state=True)
+                    barrier(self.dist)
+                if out_of_time:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            logger.close()
+        if main:
+            log.info("training stopped at step %d (%s); %d non-finite steps skipped; %s",
+                     self.step, stop_reason, self.skipped_steps, self.data.label_filter.report())
+        shutdown(self.dist)
+        return last_val
+
+    def _validate_and_save_best(self, logger: _RunLogger) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.dist.is_main and self.data is not None and self.data.val is not None:
+            metrics = self.validate()
+            logger.log({"step": self.step, **metrics})
+            key = (metrics["val_accuracy"], metrics["val_ned"])
+            if not self.best or key > (self.best["val_accuracy"], self.best["val_ned"]):
+                self.best = {**metrics, "step": float(self.step)}
+                self.save("best.pt", metrics, full_state=False)
+        barrier(self.dist)
+        return metrics
+
+
+class _RunLogger:
+    """Appends rows to ``metrics.csv`` (one file, columns grown as new keys appear) and TensorBoard."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.csv"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed: TensorBoard logging is off "
+                            "(pip install tensorboard, or set train.tensorboard=false)")
+
+    def log(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", "key", "value"])
+            for k, v in row.items():
+                if k != "step":
+                    writer.writerow([row["step"], k, v])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, int(row["step"]))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

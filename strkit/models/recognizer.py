@@ -1,0 +1,120 @@
+"""The recognition model: rectifier -> backbone -> collapse -> sequence -> decoder, built from config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from strkit.charset import Charset, Prediction, build_codec
+from strkit.config import ConfigError, ModelConfig
+from strkit.models.registry import BACKBONES, DECODERS, RECTIFIERS, SEQUENCES
+from strkit.registry import Registry
+
+
+@dataclass
+class ModelOutput:
+    """What :meth:`RecognitionModel.forward` returns.
+
+    Attributes:
+        logits: B×L×K decoder scores (L = T frames for CTC, max_length + 1 steps for attention).
+        loss: scalar training loss when targets were given, else ``None``.
+    """
+
+    logits: Tensor
+    loss: Tensor | None = None
+
+
+def _spec(spec: dict[str, Any] | str) -> dict[str, Any]:
+    return {"name": spec} if isinstance(spec, str) else dict(spec)
+
+
+def _build_stage(registry: Registry, spec: dict[str, Any] | str, where: str, **shape: Any) -> nn.Module:
+    """Build one stage; a bad value in its config is reported with the config path."""
+    spec = _spec(spec)
+    try:
+        return registry.build(spec, where=where, **shape)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where} ({spec.get('name', '?')}): {exc}") from exc
+
+
+class RecognitionModel(nn.Module):
+    """Scene-text recogniser composed of four registered stages.
+
+    ``images`` B×C×H×W -> rectifier -> B×C×H×W -> backbone -> B×C'×H'×W' -> average over H' ->
+    B×T×C' (T = W') -> sequence -> B×T×D -> decoder -> logits B×L×K.
+
+    Args:
+        cfg: the ``model`` config section (charset, max_length and the four ``{name, **kwargs}`` specs).
+        img_h, img_w, channels: input image size (channels 1 = gray, 3 = RGB).
+        charset: the charset to use instead of ``cfg.charset`` (e.g. the one stored in a checkpoint).
+
+    Attributes:
+        charset, codec: the label alphabet and the codec matching the decoder (``ctc`` / ``attention``).
+        rectifier, backbone, sequence, decoder: the stage modules.
+    """
+
+    def __init__(self, cfg: ModelConfig, img_h: int, img_w: int, channels: int,
+                 charset: Charset | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.img_h, self.img_w, self.channels = int(img_h), int(img_w), int(channels)
+        self.charset = charset if charset is not None else Charset.from_spec(cfg.charset)
+        decoder_spec = _spec(cfg.decoder)
+        if "name" not in decoder_spec:
+            raise ConfigError(f"model.decoder: missing 'name' (one of: {', '.join(DECODERS.names())})")
+        decoder_cls = DECODERS.get(decoder_spec["name"])
+        self.codec = build_codec(decoder_cls.codec_kind, self.charset, cfg.max_length)
+        self.rectifier = _build_stage(RECTIFIERS, cfg.rectifier, "model.rectifier", img_h=self.img_h,
+                                      img_w=self.img_w, in_channels=self.channels)
+        self.backbone = _build_stage(BACKBONES, cfg.backbone, "model.backbone", in_channels=self.channels,
+                                     img_h=self.img_h, img_w=self.img_w)
+        self.sequence = _build_stage(SEQUENCES, cfg.sequence, "model.sequence",
+                                     input_size=self.backbone.out_channels)
+        codec_ids = {k: getattr(self.codec, k) for k in getattr(decoder_cls, "codec_ids", ())}
+        self.decoder = _build_stage(DECODERS, decoder_spec, "model.decoder",
+                                    input_size=self.sequence.out_size, num_classes=self.codec.num_classes,
+                                    max_length=cfg.max_length, **codec_ids)
+
+    @property
+    def pipeline(self) -> str:
+        """``rectifier-backbone-sequence-decoder`` names, e.g. ``tps-resnet-bilstm-attention``."""
+        specs = (self.cfg.rectifier, self.cfg.backbone, self.cfg.sequence, self.cfg.decoder)
+        return "-".join(str(_spec(s).get("name", "?")) for s in specs)
+
+    def features(self, images: Tensor) -> Tensor:
+        """B×C×H×W images -> B×T×C' visual features (rectified, backbone, averaged over height)."""
+        fmap = self.backbone(self.rectifier(images))  # B×C'×H'×W'
+        return fmap.mean(dim=2).transpose(1, 2)  # B×W'×C'
+
+    def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None) -> ModelOutput:
+        """Images B×C×H×W (normalised to [-1, 1]) -> :class:`ModelOutput`; the loss is computed when
+        ``targets`` (from :meth:`encode`) are given. Pure tensor code: traceable and exportable."""
+        hidden = self.sequence(self.features(images))
+        logits = self.decoder(hidden, targets)
+        loss = self.decoder.loss(logits, targets) if targets is not None else None
+        return ModelOutput(logits, loss)
+
+    def encode(self, labels: list[str]) -> dict[str, Tensor]:
+        """Normalised labels -> decoder targets (see the codec's ``encode``), on the CPU."""
+        return self.codec.encode(labels)
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> list[Prediction]:
+        """Recognise a batch: eval-mode forward, then decoding as configured on the decoder (greedy;
+        for CTC also ``beam_width`` / ``lexicon``). The previous train/eval mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self.forward(images).logits
+        finally:
+            self.train(was_training)
+        return self.decoder.decode(logits, self.codec)
+
+
+def build_model(cfg: ModelConfig, img_h: int, img_w: int, channels: int,
+                charset: Charset | None = None) -> RecognitionModel:
+    """Build a :class:`RecognitionModel` from the ``model`` config section (see its docstring)."""
+    return RecognitionModel(cfg, img_h, img_w, channels, charset=charset)

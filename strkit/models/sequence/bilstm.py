@@ -1,0 +1,49 @@
+"""The ``bilstm`` sequence model: stacked bidirectional LSTMs, each followed by a linear layer (CRNN/TRBA)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from strkit.models.registry import SEQUENCES
+
+
+class BidirectionalLSTM(nn.Module):
+    """One bidirectional LSTM (hidden ``h`` per direction) + Linear(2h -> ``out_size``).
+
+    Shapes: ``forward(x: B×T×input_size) -> B×T×out_size``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, out_size: int) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(input_size, hidden_size, bidirectional=True, batch_first=True)
+        self.proj = nn.Linear(2 * hidden_size, out_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(x)
+        return self.proj(out)
+
+
+@SEQUENCES.register("bilstm")
+class BiLSTMSequence(nn.Module):
+    """``num_layers`` stacked :class:`BidirectionalLSTM` layers, each projecting back to ``hidden_size``
+    (the benchmark's BiLSTM: 2 layers, hidden 256).
+
+    Shapes: ``forward(x: B×T×input_size) -> B×T×hidden_size``; ``out_size = hidden_size``. The LSTMs
+    run in fp32 (autocast is switched off inside and the input cast up); the output is fp32.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int = 256, num_layers: int = 2) -> None:
+        super().__init__()
+        if num_layers < 1 or hidden_size < 1:
+            raise ValueError(f"sequence 'bilstm': hidden_size and num_layers must be >= 1, "
+                             f"got {hidden_size}, {num_layers}")
+        self.layers = nn.Sequential(*[
+            BidirectionalLSTM(input_size if i == 0 else hidden_size, hidden_size, hidden_size)
+            for i in range(num_layers)
+        ])
+        self.out_size = hidden_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.layers(x.float())

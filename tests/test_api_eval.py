@@ -1,0 +1,117 @@
+"""Python API (every input kind, bad input), evaluator tables, and the eval / recognize tools."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from strkit.api import Recognizer, load_image
+from strkit.checkpoint import CheckpointError, save_checkpoint
+from strkit.config import load_config
+from strkit.models.recognizer import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained mbv2-ctc model saved as a self-describing checkpoint."""
+    cfg = load_config(REPO / "configs" / "models" / "mbv2-ctc.yaml", ["data.channels=1"])
+    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    return path
+
+
+def test_recognize_every_input_kind(checkpoint, tmp_path):
+    rec = Recognizer.from_checkpoint(checkpoint)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (20, 60, 3), dtype=np.uint8)
+    png = tmp_path / "word.png"
+    Image.fromarray(rgb).save(png)
+    inputs = [
+        str(png), png, Image.fromarray(rgb), Image.fromarray(rgb).convert("L"),
+        Image.fromarray(rgb).convert("RGBA"), rgb, rgb[:, :, 0], rgb[:, :, :1],
+        np.dstack([rgb, np.full((20, 60), 255, np.uint8)]),  # RGBA array
+        (rgb[:, :, 0].astype(np.uint16) * 257),  # 16-bit gray
+    ]
+    results = rec.recognize(inputs, batch_size=4)
+    assert len(results) == len(inputs)
+    for r in results:
+        assert r.ok, r.error
+        assert 0.0 <= r.confidence <= 1.0
+        assert len(r.char_probs) == len(r.text)
+    # the same pixels give the same text whatever the container
+    assert len({r.text for r in results[:3]}) == 1
+    single = rec.recognize(str(png))
+    assert len(single) == 1 and single[0].text == results[0].text
+
+
+def test_bad_inputs_give_per_item_errors(checkpoint, tmp_path):
+    rec = Recognizer.from_checkpoint(checkpoint)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    good = np.zeros((32, 100), np.uint8)
+    results = rec.recognize([tmp_path / "missing.png", empty, text, np.zeros((0, 5), np.uint8), good, 42])
+    errors = [r.error for r in results]
+    assert "no such file" in errors[0]
+    assert "empty" in errors[1]
+    assert "not a decodable image" in errors[2]
+    assert "empty" in errors[3]
+    assert errors[4] is None
+    assert "unsupported image type" in errors[5]
+
+
+def test_load_image_conversions(tmp_path):
+    assert load_image(np.ones((4, 5, 1), np.uint8)).shape == (4, 5)
+    assert load_image(np.full((4, 5), 0.5, np.float32)).dtype == np.uint8
+    p = tmp_path / "x.png"
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(p)
+    assert load_image(p).shape == (4, 5, 3)
+
+
+def test_bad_checkpoint_is_reported(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        Recognizer.from_checkpoint(bogus)
+    with pytest.raises(CheckpointError, match="not found"):
+        Recognizer.from_checkpoint(tmp_path / "nope.pt")
+
+
+def test_eval_and_recognize_tools(checkpoint, shared_benchmarks, tmp_path, capsys):
+    from strkit.cli.eval import main as eval_main
+    from strkit.cli.recognize import main as recognize_main
+
+    out = tmp_path / "eval"
+    rc = eval_main([str(checkpoint), "--benchmarks", "SVT_647", "--root", str(shared_benchmarks),
+                    "--out", str(out), "--wrong", "--batch-size", "128"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["benchmarks"][0]["name"] == "SVT_647" and data["benchmarks"][0]["count"] == 647
+    assert data["speed"]["params_m"] > 0 and data["speed"]["ms_per_image"] > 0
+    md = (out / "results.md").read_text()
+    assert "SVT_647 (647)" in md and "ms/img" in md
+    assert (out / "results.csv").read_text().count("\n") == 3  # header, SVT_647, total
+    wrong = (out / "wrong_SVT_647.tsv").read_text().splitlines()
+    assert len(wrong) - 1 == 647 - data["benchmarks"][0]["accuracy"] * 647 / 100
+    capsys.readouterr()
+    rc = recognize_main([str(checkpoint), str(shared_benchmarks / "SVT_647" / "images" / "000001.jpg"),
+                         "--format", "json"])
+    assert rc == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert set(line) == {"image", "text", "confidence", "char_probs", "error"}
+
+
+def test_eval_unknown_benchmark_is_a_clear_error(checkpoint, tmp_path, capsys):
+    from strkit.cli.eval import main as eval_main
+
+    rc = eval_main([str(checkpoint), "--benchmarks", "SVTP_645", "--root", str(tmp_path), "--no-speed"])
+    assert rc == 2
+    assert "SVTP_645" in capsys.readouterr().err
