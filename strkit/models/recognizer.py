@@ -84,6 +84,12 @@ class RecognitionModel(nn.Module):
         specs = (self.cfg.rectifier, self.cfg.backbone, self.cfg.sequence, self.cfg.decoder)
         return "-".join(str(_spec(s).get("name", "?")) for s in specs)
 
+    @property
+    def arch(self) -> dict[str, Any] | None:
+        """The backbone's architecture mapping (``searched`` backbones), stored in checkpoints; else None."""
+        arch = getattr(self.backbone, "arch", None)
+        return arch if isinstance(arch, dict) else None
+
     def features(self, images: Tensor) -> Tensor:
         """B×C×H×W images -> B×T×C' visual features (rectified, backbone, averaged over height)."""
         fmap = self.backbone(self.rectifier(images))  # B×C'×H'×W'

@@ -14,7 +14,7 @@ class VGGBackbone(nn.Module):
 
     Layers, with ``c = out_channels`` (512): conv c/8 - pool 2×2 - conv c/4 - pool 2×2 - conv c/2 -
     conv c/2 - pool (2,1) - conv c + BN - conv c + BN - pool (2,1) - conv c 2×2 valid; every conv 3×3
-    pad 1 with ReLU unless stated. Parameters with 1 input channel and c=512: 6.63M.
+    pad 1 with ReLU unless stated. 5,549,824 parameters with 1 input channel and c=512.
 
     Shapes: ``forward(x: B×C×H×W) -> B×c×(H/16 - 1)×(W/4 - 1)``; 1×32×100 -> 512×1×24,
     1×32×128 -> 512×1×31.

@@ -14,11 +14,21 @@ Labels are sequences of class ids (blank excluded); results are tuples of ids th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-NEG_INF = -np.inf
+NEG_INF = -math.inf
+
+
+def _lae(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) on Python floats (faster than numpy for scalars)."""
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
 def _check(log_probs: np.ndarray) -> np.ndarray:
@@ -79,12 +89,12 @@ def prefix_beam_search(log_probs: np.ndarray, beam_width: int = 10, blank: int =
     n_frames, n_classes = lp.shape
     classes = np.array([c for c in range(n_classes) if c != blank])
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, NEG_INF)}  # prefix -> (blank, non-blank)
-    lae = np.logaddexp
+    lae = _lae
     for t in range(n_frames):
-        row = lp[t]
         cand = classes
         if top_chars is not None and top_chars < len(classes):
-            cand = classes[np.argsort(-row[classes])[:top_chars]]
+            cand = classes[np.argsort(-lp[t, classes])[:top_chars]]
+        row = lp[t].tolist()
         nxt: dict[tuple[int, ...], list[float]] = {}
 
         def slot(prefix: tuple[int, ...], table: dict[tuple[int, ...], list[float]] = nxt) -> list[float]:
@@ -93,6 +103,7 @@ def prefix_beam_search(log_probs: np.ndarray, beam_width: int = 10, blank: int =
                 entry = table[prefix] = [NEG_INF, NEG_INF]
             return entry
 
+        cand_ids = cand.tolist()
         for prefix, (p_b, p_nb) in beams.items():
             total = lae(p_b, p_nb)
             stay = slot(prefix)
@@ -100,12 +111,12 @@ def prefix_beam_search(log_probs: np.ndarray, beam_width: int = 10, blank: int =
             last = prefix[-1] if prefix else None
             if last is not None:
                 stay[1] = lae(stay[1], p_nb + row[last])
-            for c in cand.tolist():
+            for c in cand_ids:
                 ext = slot((*prefix, c))
                 ext[1] = lae(ext[1], (p_b if c == last else total) + row[c])
         scored = sorted(nxt.items(), key=lambda kv: -lae(kv[1][0], kv[1][1]))[:beam_width]
         beams = {prefix: (v[0], v[1]) for prefix, v in scored}
-    return [(prefix, float(lae(p_b, p_nb))) for prefix, (p_b, p_nb) in beams.items()]
+    return [(prefix, lae(p_b, p_nb)) for prefix, (p_b, p_nb) in beams.items()]
 
 
 def beam_search(log_probs: np.ndarray, beam_width: int = 10, blank: int = 0,
