@@ -1,0 +1,98 @@
+"""Trainer pieces: optimisers, schedules, AMP guard, non-finite loss guard, resume checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from strkit.config import OptimizerConfig, SchedulerConfig, load_config
+from strkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from strkit.engine.trainer import Trainer, autocast_context, rng_state, set_rng_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "adadelta", "sgd"])
+def test_every_optimizer_steps(name):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.1))
+    before = [p.clone() for p in model.parameters()]
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert set(OPTIMIZERS.names()) == {"adamw", "adam", "adadelta", "sgd"}
+
+
+@pytest.mark.parametrize("name", ["onecycle", "cosine", "constant"])
+def test_schedules_warm_up_and_stay_positive(name):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_scheduler(opt, SchedulerConfig(name=name, warmup_fraction=0.1, min_lr_ratio=0.01), 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert all(0 < lr <= 1.0 + 1e-9 for lr in lrs)
+    assert max(lrs) == pytest.approx(1.0, abs=0.05)
+    if name != "constant":
+        assert lrs[-1] < 0.05  # annealed
+        assert lrs[0] < lrs[10]  # warm-up
+    assert "onecycle" in SCHEDULES.names()
+
+
+def test_autocast_guard():
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        autocast_context(torch.device("cpu"), "fp16")
+    with pytest.raises(ValueError, match="use one of"):
+        autocast_context(torch.device("cpu"), "int4")
+    with autocast_context(torch.device("cpu"), "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    a = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    set_rng_state(state)
+    b = (torch.rand(3), __import__("numpy").random.rand(), __import__("random").random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def _tiny_cfg(data_dir: Path, out: Path, *extra: str):
+    return load_config(REPO / "configs" / "models" / "mbv2-ctc.yaml", [
+        f"data.train=[{{path: {data_dir}, kind: folder}}]", "data.workers=0", "train.steps=3",
+        "train.batch_size=4", "train.progress=false", "train.tensorboard=false", f"train.out_dir={out}",
+        "train.val_every=100", "train.save_every=100", *extra])
+
+
+def test_non_finite_loss_skips_the_step(word_folder, tmp_path):
+    trainer = Trainer(_tiny_cfg(word_folder, tmp_path / "run"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    images = torch.full((2, 1, 32, 100), float("nan"))
+    assert trainer.train_step(images, ["cat", "dog"]) is None
+    assert trainer.skipped_steps == 1
+    for k, v in trainer.model.state_dict().items():
+        if v.dtype.is_floating_point and "running" not in k:
+            assert torch.equal(v, before[k]), k
+    assert trainer.train_step(torch.zeros(2, 1, 32, 100), ["cat", "dog"]) is not None
+
+
+def test_resume_refuses_a_different_model_or_a_best_checkpoint(word_folder, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.2", "train.val_every=3")).fit()
+    with pytest.raises(ValueError, match="'model' config differs"):
+        Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.2", "model.max_length=10"),
+                resume=out / "last.pt")
+    with pytest.raises(ValueError, match="no training state"):
+        Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.2", "train.val_every=3"),
+                resume=out / "best.pt")
+
+
+def test_benchmark_as_training_source_is_refused(tmp_path, shared_benchmarks):
+    from strkit.data.benchmarks import BenchmarkLeakError
+
+    cfg = _tiny_cfg(shared_benchmarks / "SVT_647", tmp_path / "run")
+    with pytest.raises(BenchmarkLeakError):
+        Trainer(cfg).fit()
