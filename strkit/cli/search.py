@@ -1,0 +1,140 @@
+"""``tools/search.py``: latency-aware architecture search.
+
+Subcommands (CONFIG is a YAML config with ``model.backbone.name: supernet`` and a ``search``
+section, see ``configs/search/``; ``key.sub=value`` overrides follow it)::
+
+    search.py run CONFIG [overrides] [--resume [LAST_PT]]   search; writes arch.json, report, retrain.yaml
+    search.py lut CONFIG [overrides] [--out LUT_JSON]       measure the latency table only
+    search.py validate-lut CONFIG [overrides] --lut LUT_JSON [-n 20]
+                                                            LUT prediction vs measurement, MAE in %
+
+Runs under ``torchrun`` (``run`` only) like ``tools/train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from strkit.cli.common import fail, setup_logging
+from strkit.config import Config, ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="search.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", help="YAML config (see configs/search/)")
+        sp.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. search.target_ms=5")
+        sp.add_argument("-v", "--verbose", action="store_true")
+
+    run = sub.add_parser("run", help="run the search")
+    common(run)
+    run.add_argument("--resume", nargs="?", const="auto", default=None,
+                     help="resume from a last.pt (default: train.out_dir/last.pt)")
+    run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    lut = sub.add_parser("lut", help="measure the latency lookup table")
+    common(lut)
+    lut.add_argument("--out", default=None, help="output JSON (default: train.out_dir/lut.json)")
+    lut.add_argument("--validate", type=int, default=0, metavar="N",
+                     help="also time N random sub-networks end to end and report the MAE")
+
+    val = sub.add_parser("validate-lut", help="time random sub-networks and compare with the table")
+    common(val)
+    val.add_argument("--lut", required=True, help="latency table JSON")
+    val.add_argument("-n", type=int, default=20, help="number of random sub-networks (default 20)")
+    val.add_argument("--json", default=None, help="also write the result to this JSON file")
+    return p
+
+
+def _model(cfg: Config):  # noqa: ANN202 - a RecognitionModel
+    from strkit.models.recognizer import build_model
+    from strkit.nas import search_space  # noqa: F401  (registers 'supernet')
+
+    return build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
+
+
+def _threads(cfg: Config) -> int:
+    import torch
+
+    return cfg.search.get("lut_threads") or cfg.train.threads or torch.get_num_threads()
+
+
+def _print_validation(result) -> None:  # noqa: ANN001 - LutValidation
+    print(f"{len(result.measured_ms)} random sub-networks: LUT backbone latency vs measured end to end: "
+          f"MAE {result.mae_pct:.1f}% (bias {result.bias_pct:+.1f}%), Pearson r {result.correlation:.3f}, "
+          f"scale {result.scale:.3f} (MAE after scaling {result.scaled_mae_pct:.1f}%)")
+
+
+def _lut(cfg: Config, out: str | None, validate: int) -> int:
+    from strkit.nas.config import search_config
+    from strkit.nas.latency import CostModel, measure_lut, validate_lut
+
+    s = search_config(cfg.search)
+    model = _model(cfg)
+    threads = _threads(cfg)
+    table = measure_lut(model, s.lut_device, threads, s.lut_repeats, s.lut_warmup, s.lut_batch,
+                        include_rest=s.lut_rest)
+    path = table.save(out or Path(cfg.train.out_dir) / "lut.json")
+    lo, hi = CostModel(model, "latency", table).bounds()
+    print(f"wrote {path}: {len(table.entries)} entries on {table.meta['device']} ({table.meta['device_name']}), "
+          f"{table.meta['threads']} thread(s), batch {table.meta['batch']}")
+    print(f"sub-network latency (backbone + fixed parts {table.fixed_ms:.3f} ms): {lo:.3f} .. {hi:.3f} ms")
+    if validate > 0:
+        _print_validation(validate_lut(model, table, validate, s.lut_device, threads, s.lut_repeats,
+                                       s.lut_warmup))
+    return 0
+
+
+def _validate(cfg: Config, lut_path: str, n: int, json_out: str | None) -> int:
+    from strkit.nas.config import search_config
+    from strkit.nas.latency import load_lut, validate_lut
+
+    s = search_config(cfg.search)
+    table = load_lut(lut_path)
+    result = validate_lut(_model(cfg), table, n, s.lut_device, int(table.meta.get("threads", 0) or 0),
+                          s.lut_repeats, s.lut_warmup)
+    _print_validation(result)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from strkit.nas.config import search_config
+
+        search_config(cfg.search)
+    except ConfigError as exc:
+        return fail(str(exc))
+    try:
+        if args.command == "lut":
+            return _lut(cfg, args.out, args.validate)
+        if args.command == "validate-lut":
+            return _validate(cfg, args.lut, args.n, args.json)
+        if args.print_config:
+            print(cfg.dump(), end="")
+            return 0
+        resume = args.resume
+        if resume == "auto":
+            resume = Path(cfg.train.out_dir) / "last.pt"
+            if not resume.is_file():
+                return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
+        from strkit.engine.searcher import Searcher
+
+        result = Searcher(cfg, resume=resume).fit()
+    except (ValueError, OSError) as exc:  # user errors (bad paths, files, values) get one line
+        if os.environ.get("STRKIT_DEBUG"):
+            raise
+        return fail(f"{exc} (set STRKIT_DEBUG=1 for the traceback)")
+    if result:
+        print(f"architecture: {result['arch']}\nreport: {result['report']}")
+    return 0

@@ -1,0 +1,490 @@
+"""The architecture search loop: ProxylessNAS over a recogniser with a ``supernet`` backbone.
+
+One :class:`Searcher` runs one config (``model.backbone.name: supernet`` plus a ``search`` section,
+see :mod:`strkit.nas.config`). ``fit()``:
+
+1. gets the latency table (``search.lut``, or measures one on ``search.lut_device`` and writes
+   ``lut.json``) when the constraint is ``latency``;
+2. trains the supernet's weights on the mixed training loader, one sampled path per cell per step
+   (uniformly for the first ``search.warmup_steps`` steps, then from p = softmax(α));
+3. after the warm-up, after every ``search.arch_every`` weight steps, updates α with Adam on a batch
+   of the *held-out split of the training data* (``data.val_fraction`` / ``data.val``; benchmark
+   sets are refused by the data layer) with binary gates and the cost loss;
+4. validates the current argmax architecture every ``train.val_every`` steps, checkpoints
+   (``last.pt``: weights, α, both optimisers, scheduler, sampler, gate RNG, probability history, the
+   latency table) every ``train.save_every`` steps, and resumes from it;
+5. at the end derives ``arch.json`` (argmax per cell), writes the search report
+   (:func:`strkit.nas.report.write_report`) with predicted vs measured latency, and ``retrain.yaml``
+   (the same run with ``model.backbone: {name: searched, arch: arch.json}``) for ``tools/train.py``.
+
+Under ``torchrun`` every rank samples the same paths (the gate generator is seeded identically),
+gradients of the weights and of α are averaged across ranks, and α is broadcast from rank 0 after
+every architecture step, so α stays identical on all ranks; rank 0 logs, saves and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+import yaml
+from torch.utils.data import DataLoader
+
+from strkit.charset import Charset
+from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.config import Config, from_dict
+from strkit.models.recognizer import RecognitionModel, build_model
+from strkit.nas import search_space  # noqa: F401  (registers the 'supernet' backbone)
+from strkit.nas.arch import build_searched, derive_arch, find_supernet, save_arch
+from strkit.nas.config import SearchConfig, search_config
+from strkit.nas.latency import (
+    CostModel,
+    LatencyTable,
+    cost_loss,
+    measure_arch_latency,
+    measure_lut,
+    predict_arch_latency,
+    validate_lut,
+)
+from strkit.nas.proxyless import (
+    GateController,
+    arch_parameters,
+    build_alpha_optimizer,
+    named_weight_parameters,
+    weight_parameters,
+)
+from strkit.nas.report import ProbabilityHistory, cell_descriptions, write_report
+
+from .data import RunData, build_run_data
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
+from .evaluator import evaluate_loader
+from .optim import OPTIMIZERS, build_scheduler
+from .trainer import _RunLogger, autocast_context, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("strkit")
+
+
+@contextlib.contextmanager
+def _frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Turn off ``requires_grad`` of ``params`` for the block (α steps need no weight gradients)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+
+
+def _average_grads(params: list[torch.nn.Parameter], dist: DistInfo) -> None:
+    """All-reduce (mean) the gradients of ``params`` that have one (the same set on every rank, since
+    every rank samples the same paths)."""
+    if not dist.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _broadcast_params(params: list[torch.nn.Parameter], dist: DistInfo) -> None:
+    """Copy rank 0's values of ``params`` to every rank (keeps α bit-identical)."""
+    if not dist.enabled:
+        return
+    with torch.no_grad():
+        for p in params:
+            tdist.broadcast(p.data, src=0)
+
+
+def _broadcast_model(model: torch.nn.Module, dist: DistInfo) -> None:
+    """Copy rank 0's parameters and buffers to every rank (each rank initialised with its own seed)."""
+    if not dist.enabled:
+        return
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            tdist.broadcast(t.data, src=0)
+
+
+def _mean_entropy(model: torch.nn.Module) -> float:
+    """Mean over cells of the entropy of p (nats): log(N) at the start, 0 once every cell has decided."""
+    ents = []
+    for a in arch_parameters(model):
+        p = torch.softmax(a.detach().float(), 0)
+        ents.append(float(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return float(np.mean(ents)) if ents else 0.0
+
+
+class Searcher:
+    """Runs one architecture search from a resolved :class:`Config`.
+
+    Args:
+        cfg: the run's config (``model.backbone.name`` must be ``supernet``).
+        resume: a ``last.pt`` written by a search to continue from (same model/data/search config).
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.scfg: SearchConfig = search_config(cfg.search)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.enabled:
+            self.device = resolve_device(cfg.train.device, self.dist)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out_dir = Path(cfg.train.out_dir)
+        payload = load_checkpoint(resume) if resume else None
+        if payload is not None:
+            self._check_resume_config(payload, resume)
+        seed_everything(cfg.train.seed + self.dist.rank)
+        if str(dict(cfg.model.backbone).get("name")) != "supernet":
+            raise ValueError(f"model.backbone.name is {dict(cfg.model.backbone).get('name')!r}: a search needs "
+                             "the 'supernet' backbone (see configs/search/)")
+        charset = Charset.from_dict(payload["charset"]) if payload else None
+        self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
+                                                   cfg.data.channels, charset=charset).to(self.device)
+        self.supernet = find_supernet(self.model)
+        s = self.scfg
+        # the same seed on every rank: every rank trains the same sampled sub-network
+        self.gates = GateController(self.model, method=s.method, paths=s.paths, seed=cfg.train.seed)
+        self.weights = weight_parameters(self.model)
+        self.alphas = arch_parameters(self.model)
+        self.optimizer = OPTIMIZERS.get(cfg.train.optimizer.name)(named_weight_parameters(self.model),
+                                                                  cfg.train.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler, cfg.train.steps)
+        self.arch_optimizer = build_alpha_optimizer(self.model, s.arch_lr, s.arch_betas, s.arch_eps,
+                                                    s.arch_weight_decay)
+        self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
+        self.step = 0
+        self.arch_steps = 0
+        self.arch_batches = 0
+        self.skipped_steps = 0
+        self.history = ProbabilityHistory()
+        self.lut: LatencyTable | None = None
+        if payload is not None:
+            self._load_state(payload)
+        _broadcast_model(self.model, self.dist)  # every rank starts from rank 0's weights and α
+        self.cost: CostModel | None = None
+        self.data: RunData | None = None
+
+    # -- configuration and state ---------------------------------------------------------------
+    @property
+    def lut_threads(self) -> int:
+        return self.scfg.lut_threads or self.cfg.train.threads or torch.get_num_threads()
+
+    def _check_resume_config(self, payload: dict, path: str | Path | None) -> None:
+        saved = from_dict(payload["config"])
+        for section in ("model", "data", "search"):
+            if getattr(saved, section) != getattr(self.cfg, section):
+                raise ValueError(f"cannot resume from {path}: its '{section}' config differs from this run's. "
+                                 "Resume with the saved config (config.yaml in the run folder).")
+        if not (payload.get("extra") or {}).get("search_state"):
+            raise ValueError(f"cannot resume from {path}: it is not a search checkpoint (no search state); "
+                             "pass the last.pt of a 'tools/search.py run'")
+
+    def _load_state(self, payload: dict) -> None:
+        self.model.load_state_dict(payload["state_dict"])
+        ts, ss = payload["train_state"], payload["extra"]["search_state"]
+        self.optimizer.load_state_dict(ts["optimizer"])
+        self.scheduler.load_state_dict(ts["scheduler"])
+        if ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        self.step = int(payload["step"])
+        self.skipped_steps = int(ts.get("skipped_steps", 0))
+        rng = ts.get("rng", {}).get("0")
+        if rng is not None:
+            set_rng_state(rng)
+        self.arch_optimizer.load_state_dict(ss["arch_optimizer"])
+        self.gates.load_state_dict(ss["gates"])
+        self.history = ProbabilityHistory.from_dict(ss["history"])
+        self.arch_steps = int(ss["arch_steps"])
+        self.arch_batches = int(ss["arch_batches"])
+        if ss.get("lut"):
+            self.lut = LatencyTable.from_dict(ss["lut"], "checkpoint latency table")
+
+    def save(self, name: str = "last.pt", metrics: dict[str, float] | None = None) -> Path | None:
+        """Atomically write ``out_dir/name`` with the full search state (rank 0 only)."""
+        if not self.dist.is_main:
+            return None
+        train_state = {
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {"0": rng_state()}, "skipped_steps": self.skipped_steps, "sampler": {"step": self.step},
+        }
+        search_state = {
+            "arch_optimizer": self.arch_optimizer.state_dict(), "gates": self.gates.state_dict(),
+            "history": self.history.to_dict(), "arch_steps": self.arch_steps,
+            "arch_batches": self.arch_batches, "lut": self.lut.to_dict() if self.lut else None,
+            "probabilities": self.history.probs[-1] if self.history.probs else None,
+            "arch": derive_arch(self.model),  # the current argmax architecture
+        }
+        return save_checkpoint(self.out_dir / name, config=self.cfg.to_dict(),
+                               charset=self.model.charset.to_dict(), state_dict=self.model.state_dict(),
+                               metrics=metrics or {}, step=self.step, train_state=train_state,
+                               extra={"search_state": search_state})
+
+    # -- latency table ------------------------------------------------------------------------
+    def _prepare_cost(self) -> None:
+        s = self.scfg
+        if s.constraint == "latency" and self.lut is None:
+            if s.lut:
+                self.lut = LatencyTable.load(s.lut)
+            else:
+                table = None
+                if self.dist.is_main:
+                    log.info("measuring the latency table on %s with %d thread(s), %d repeats ...",
+                             s.lut_device, self.lut_threads, s.lut_repeats)
+                    t0 = time.perf_counter()
+                    table = measure_lut(self.model, s.lut_device, self.lut_threads, s.lut_repeats,
+                                        s.lut_warmup, s.lut_batch, include_rest=s.lut_rest).to_dict()
+                    log.info("latency table: %d entries in %.1f s", len(table["entries"]),
+                             time.perf_counter() - t0)
+                table = broadcast_object(table, self.dist)
+                self.lut = LatencyTable.from_dict(table)
+        if self.lut is not None:
+            for note in self.lut.compatibility(s.lut_device, self.lut_threads):
+                log.warning("latency table: %s", note)
+            if self.dist.is_main:
+                self.lut.save(self.out_dir / "lut.json")
+        if s.constraint != "none":
+            self.cost = CostModel(self.model, s.constraint, self.lut)
+            lo, hi = self.cost.bounds()
+            if self.dist.is_main:
+                log.info("%s of the sub-networks: %.4g .. %.4g %s; target %.4g", s.constraint, lo, hi,
+                         self.cost.unit, s.target)
+                if not lo <= s.target <= hi:
+                    log.warning("the %s target %.4g %s is outside the reachable range %.4g .. %.4g",
+                                s.constraint, s.target, self.cost.unit, lo, hi)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _targets(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in self.model.encode(labels).items()}
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def weight_step(self, images: torch.Tensor, labels: list[str]) -> float | None:
+        """One weight step on a sampled sub-network. Returns the loss (None when not finite)."""
+        cfg = self.cfg.train
+        self.gates.weight_step(uniform=self.step < self.scfg.warmup_steps)
+        self.model.train()
+        with autocast_context(self.device, cfg.precision):
+            loss = self.model(self._images(images), self._targets(labels)).loss
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss.detach()):
+            self.skipped_steps += 1
+            log.warning("non-finite loss at step %d: weight step skipped", self.step)
+            self.scheduler.step()
+            return None
+        self.scaler.scale(loss).backward()
+        for a in self.alphas:  # the full (DARTS) mode also reaches α here: α moves only in α steps
+            a.grad = None
+        _average_grads(self.weights, self.dist)
+        if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.weights if p.grad is not None], cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def arch_step(self, images: torch.Tensor, labels: list[str]) -> dict[str, float]:
+        """One α step (binary gates, or the full weighted sum) on a held-out batch."""
+        s = self.scfg
+        self.gates.alpha_step()
+        self.model.train()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        with _frozen(self.weights), autocast_context(self.device, self.cfg.train.precision):
+            task = self.model(self._images(images), self._targets(labels)).loss
+        row: dict[str, float] = {"arch_task_loss": float(task.detach())}
+        loss = task.float()
+        if self.cost is not None:
+            expected = self.cost.expected()
+            loss = cost_loss(loss, expected, s.target, s.loss, s.reg_lambda, s.reg_beta)
+            row["expected_cost"] = float(expected.detach())
+        if not torch.isfinite(loss.detach()):
+            log.warning("non-finite architecture loss at step %d: α step skipped", self.step)
+            return row
+        loss.backward()
+        _average_grads(self.alphas, self.dist)
+        before = self.gates.alpha_snapshot()
+        self.arch_optimizer.step()
+        self.gates.rescale_two_path(before)
+        _broadcast_params(self.alphas, self.dist)
+        self.arch_steps += 1
+        row["arch_loss"] = float(loss.detach())
+        return row
+
+    def _arch_batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        """Endless batches of the held-out split, resuming where the saved run stopped."""
+        assert self.data is not None and self.data.val is not None
+        loader: DataLoader = self.data.val
+        n = len(loader)
+        skip = self.arch_batches % n if n else 0
+        while True:
+            for i, batch in enumerate(loader):
+                if skip:
+                    if i < skip:
+                        continue
+                    skip = 0
+                self.arch_batches += 1
+                yield batch
+
+    def _train_batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+        assert self.data is not None
+        while True:
+            yield from self.data.train
+
+    def validate(self) -> dict[str, float]:
+        """Accuracy of the current argmax architecture on the held-out split."""
+        if self.data is None or self.data.val is None:
+            return {}
+        self.gates.argmax()
+        max_batches = self.cfg.train.val_batches
+        loader: Any = self.data.val
+        if max_batches:
+            loader = (b for i, b in zip(range(max_batches), self.data.val, strict=False))
+        m = evaluate_loader(self.model, loader, self.cfg.eval.protocol, "val", self.device,
+                            self.cfg.train.precision)
+        return {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence}
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Search until ``train.steps`` (or ``train.max_minutes``); returns the final figures."""
+        cfg, s = self.cfg.train, self.scfg
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.dump(self.out_dir / "config.yaml")
+        self._prepare_cost()
+        self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step)
+        if self.data.val is None:
+            raise ValueError("the search updates α on a held-out split of the training data, and there is "
+                             "none: set data.val_fraction (e.g. 0.1) or list data.val sources (synthetic "
+                             "sources are not split)")
+        if main:
+            log.info("search: %d cells, %s; weights on %s, α on %d held-out samples",
+                     len(self.alphas), s.method, ", ".join(self.data.train_names), self.data.val_size)
+        if not self.history.steps:
+            self.history.record(self.step, self.model)
+        logger = _RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
+        bar = None
+        if cfg.progress and main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc="search", dynamic_ncols=True)
+        train_batches, arch_batches = self._train_batches(), self._arch_batches()
+        t_start = time.perf_counter()
+        last_val: dict[str, float] = {}
+        losses: list[float] = []
+        arch_row: dict[str, float] = {}
+        try:
+            while self.step < cfg.steps:
+                images, labels = next(train_batches)
+                loss = self.weight_step(images, labels)
+                if loss is not None:
+                    losses.append(loss)
+                self.step += 1
+                if self.step > s.warmup_steps and (self.step - s.warmup_steps) % s.arch_every == 0:
+                    arch_row = self.arch_step(*next(arch_batches))
+                if self.step % s.history_every == 0 or self.step == cfg.steps:
+                    self.history.record(self.step, self.model)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = {"step": self.step, "loss": float(np.mean(losses)) if losses else math.nan,
+                           "lr": self.scheduler.get_last_lr()[0], "entropy": _mean_entropy(self.model),
+                           **arch_row}
+                    logger.log(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", cost=f"{arch_row.get('expected_cost', 0):.3g}",
+                                        H=f"{row['entropy']:.2f}")
+                    losses = []
+                if bar is not None:
+                    bar.update(1)
+                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes
+                do_val = self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time
+                if do_val and main:
+                    last_val = self.validate()
+                    logger.log({"step": self.step, **last_val})
+                if do_val or self.step % cfg.save_every == 0:
+                    self.save("last.pt", last_val)
+                    barrier(self.dist)
+                if out_of_time:
+                    log.info("search stopped at step %d (train.max_minutes)", self.step)
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            logger.close()
+        result: dict[str, Any] = {}
+        if main:
+            result = self.finish(last_val)
+        barrier(self.dist)
+        shutdown(self.dist)
+        return result
+
+    # -- outputs --------------------------------------------------------------------------------
+    def finish(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """Derive ``arch.json``, write the report and ``retrain.yaml``; returns the report figures."""
+        s = self.scfg
+        if not self.history.steps or self.history.steps[-1] != self.step:
+            self.history.record(self.step, self.model)
+        arch = derive_arch(self.model, metadata={
+            "steps": self.step, "method": s.method, "constraint": s.constraint, "target": s.target,
+            "probabilities": self.history.probs[-1]})
+        arch_path = save_arch(arch, self.out_dir / "arch.json")
+        backbone = build_searched(arch)
+        figures: dict[str, Any] = {"search steps": self.step, "architecture steps": self.arch_steps,
+                                   "backbone parameters (M)": sum(p.numel() for p in backbone.parameters()) / 1e6,
+                                   **{k: float(v) for k, v in (metrics or {}).items()}}
+        validation = None
+        if self.cost is not None:
+            unit = self.cost.unit
+            chosen = [e.chosen() for e in self.supernet.edges()]
+            figures[f"{s.constraint} target ({unit})"] = s.target
+            figures[f"expected {s.constraint} under p ({unit})"] = float(self.cost.expected().detach())
+            figures[f"{s.constraint} of the chosen network ({unit})"] = self.cost.of_choices(chosen)
+        if self.lut is not None:
+            threads = self.lut_threads
+            figures["predicted backbone latency (ms)"] = predict_arch_latency(arch, self.lut)
+            figures["measured backbone latency (ms)"] = measure_arch_latency(
+                arch, s.lut_device, threads, s.measure_repeats, s.lut_warmup, s.lut_batch)
+            figures["fixed parts: rectifier + sequence + decoder (ms)"] = self.lut.fixed_ms
+            figures["predicted recogniser latency (ms)"] = predict_arch_latency(arch, self.lut, include_fixed=True)
+            figures["latency table device"] = (f"{self.lut.meta.get('device')} ({self.lut.meta.get('device_name')}), "
+                                               f"{self.lut.meta.get('threads')} thread(s), batch "
+                                               f"{self.lut.meta.get('batch')}")
+            if s.validate_samples > 0:
+                validation = validate_lut(self.model, self.lut, s.validate_samples, s.lut_device, threads,
+                                          s.lut_repeats, s.lut_warmup, seed=self.cfg.train.seed).to_dict()
+                figures["latency table MAE on random sub-networks (%)"] = validation["mae_pct"]
+        paths = write_report(self.out_dir, cells=cell_descriptions(self.model), history=self.history, arch=arch,
+                             figures=figures, lut_validation=validation)
+        retrain = self.cfg.to_dict()
+        retrain["model"]["backbone"] = {"name": "searched", "arch": str(arch_path.resolve())}
+        retrain["search"] = {}
+        retrain["train"]["out_dir"] = str(self.out_dir / "retrain")
+        (self.out_dir / "retrain.yaml").write_text(
+            "# Retrain the searched architecture from scratch: tools/train.py " + str(self.out_dir / "retrain.yaml")
+            + "\n" + yaml.safe_dump(retrain, sort_keys=False, default_flow_style=None))
+        log.info("architecture: %s -> %s; report: %s", " ".join(c["op"] for c in arch["cells"]), arch_path,
+                 paths["markdown"])
+        return {"arch": str(arch_path), "report": str(paths["markdown"]), "figures": figures}
