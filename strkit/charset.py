@@ -341,7 +341,7 @@ class Prediction:
     Attributes:
         text: the decoded text.
         confidence: product of the per-character probabilities (times the EOS probability for the
-            attention codec); 1.0 for an empty CTC output.
+            attention codec); for an empty CTC output, the lowest blank-frame probability.
         char_probs: one probability per character of ``text``.
     """
 
@@ -434,6 +434,8 @@ class CTCCodec:
         n_runs = new_run.sum(1).tolist()
         run_ids = best_id[new_run].tolist()  # run classes of all samples, concatenated
         run_max_rows = run_max.tolist()
+        # An empty reading is as certain as its least certain (blank) frame, not "1.0".
+        blank_conf = best_p.min(1).values.tolist()
         chars = self.charset.chars
         out: list[Prediction] = []
         start = 0
@@ -445,7 +447,8 @@ class CTCCodec:
                     text.append(chars[cls - 1])
                     char_probs.append(run_max_rows[b][r])
             start += n_runs[b]
-            out.append(Prediction("".join(text), math.prod(char_probs), char_probs))
+            conf = math.prod(char_probs) if char_probs else blank_conf[b]
+            out.append(Prediction("".join(text), conf, char_probs))
         return out
 
     def decode_ids(self, ids: Iterable[int]) -> str:

@@ -230,7 +230,17 @@ def test_ctc_decode_random_logits_is_consistent(seed, batch, frames, scale):
     for pred in codec.decode(logits):
         assert len(pred.char_probs) == len(pred.text) <= frames
         assert all(1 / codec.num_classes <= p <= 1.0 for p in pred.char_probs)
-        assert pred.confidence == pytest.approx(math.prod(pred.char_probs))
+        if pred.text:
+            assert pred.confidence == pytest.approx(math.prod(pred.char_probs))
+        else:  # empty reading: as sure as its least sure blank frame
+            assert 1 / codec.num_classes <= pred.confidence <= 1.0
+
+
+def test_ctc_empty_reading_confidence_is_the_weakest_blank_frame():
+    codec = CTCCodec(Charset("abc", tuple("abc")))
+    probs = torch.tensor([[[0.9, 0.05, 0.03, 0.02], [0.6, 0.2, 0.1, 0.1]]])
+    (pred,) = codec.decode(probs.log())
+    assert pred.text == "" and pred.confidence == pytest.approx(0.6)
 
 
 # -- attention ---------------------------------------------------------------------------------------
