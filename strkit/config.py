@@ -47,6 +47,8 @@ class SourceConfig:
     kind: str = "lmdb"
     ratio: float = 1.0
     name: str = ""
+    # Fraction held out for validation; None = ``data.val_fraction``, 0 = none from this source.
+    val_fraction: float | None = None
 
 
 @dataclass

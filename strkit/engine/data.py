@@ -46,7 +46,7 @@ def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset
         raise ValueError(f"data.val_fraction={fraction} leaves no training or no validation samples "
                          f"from a source of {n}")
     perm = np.random.Generator(np.random.PCG64(seed)).permutation(n)
-    return Subset(dataset, sorted(perm[n_val:].tolist())), Subset(dataset, sorted(perm[:n_val].tolist()))
+    return Subset(dataset, np.sort(perm[n_val:])), Subset(dataset, np.sort(perm[:n_val]))
 
 
 def eval_transform(cfg: Config) -> ImageTransform:
@@ -72,8 +72,9 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         if len(ds) == 0:
             raise ValueError(f"training source {name} has no usable sample after filtering "
                              f"({label_filter.report()})")
-        if d.val_fraction > 0 and not d.val and src.kind != "synth":
-            ds, held = split_holdout(ds, d.val_fraction, cfg.train.seed + i)
+        fraction = d.val_fraction if src.val_fraction is None else src.val_fraction
+        if fraction > 0 and not d.val and src.kind != "synth":
+            ds, held = split_holdout(ds, fraction, cfg.train.seed + i)
             val_sets.append(held)
         train_sets.append(ds)
         names.append(name)
