@@ -64,10 +64,10 @@ from strkit.nas.proxyless import (
 from strkit.nas.report import ProbabilityHistory, cell_descriptions, write_report
 
 from .data import RunData, build_run_data
-from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
+from .distributed import DistInfo, barrier, broadcast_object, shutdown
 from .evaluator import evaluate_loader
 from .optim import OPTIMIZERS, build_scheduler
-from .trainer import _RunLogger, autocast_context, rng_state, seed_everything, set_rng_state
+from .trainer import RunLogger, autocast_context, rng_state, seed_everything, set_rng_state, setup_run
 
 log = logging.getLogger("strkit")
 
@@ -140,14 +140,7 @@ class Searcher:
     def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
         self.cfg = cfg
         self.scfg: SearchConfig = search_config(cfg.search)
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
-        self.dist: DistInfo = init_distributed(self.device)
-        if self.dist.enabled:
-            self.device = resolve_device(cfg.train.device, self.dist)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        self.device, self.dist = setup_run(cfg)
         self.out_dir = Path(cfg.train.out_dir)
         payload = load_checkpoint(resume) if resume else None
         if payload is not None:
@@ -386,7 +379,7 @@ class Searcher:
                      len(self.alphas), s.method, ", ".join(self.data.train_names), self.data.val_size)
         if not self.history.steps:
             self.history.record(self.step, self.model)
-        logger = _RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
+        logger = RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
         bar = None
         if cfg.progress and main:
             from tqdm import tqdm

@@ -79,6 +79,19 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def setup_run(cfg: Config) -> tuple[torch.device, DistInfo]:
+    """Thread count, device and (under ``torchrun``) process group of a training or search run."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    if dist.enabled:
+        device = resolve_device(cfg.train.device, dist)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device, dist
+
+
 class Trainer:
     """Trains one model from a resolved :class:`Config`.
 
@@ -89,14 +102,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
         self.cfg = cfg
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
-        self.dist: DistInfo = init_distributed(self.device)
-        if self.dist.enabled:
-            self.device = resolve_device(cfg.train.device, self.dist)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
+        self.device, self.dist = setup_run(cfg)
         self.out_dir = Path(cfg.train.out_dir)
         payload = load_checkpoint(resume) if resume else None
         if payload is not None:
@@ -235,7 +241,7 @@ class Trainer:
                      ", ".join(f"{n} ({s})" for n, s in zip(self.data.train_names, self.data.train_sizes,
                                                            strict=True)),
                      self.data.val_size)
-        logger = _RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
+        logger = RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
         bar = None
         if cfg.progress and main:
             from tqdm import tqdm
@@ -287,7 +293,7 @@ class Trainer:
         shutdown(self.dist)
         return last_val
 
-    def _validate_and_save_best(self, logger: _RunLogger) -> dict[str, float]:
+    def _validate_and_save_best(self, logger: RunLogger) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.dist.is_main and self.data is not None and self.data.val is not None:
             metrics = self.validate()
@@ -300,7 +306,7 @@ class Trainer:
         return metrics
 
 
-class _RunLogger:
+class RunLogger:
     """Appends rows to ``metrics.csv`` (one file, columns grown as new keys appear) and TensorBoard."""
 
     def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:

@@ -1,0 +1,267 @@
+"""Text-only pre-training of the ``iterative_vl`` decoder's language model (the BCN) on a word list.
+
+ABINet-style training runs in three stages: the language model on text alone, the vision model on
+images (``model.decoder.iterations=0``), then both together. This module is the first stage. A config
+is *text-only* when every ``data.train`` source has ``kind: words``; its ``path`` is a word list, a
+UTF-8 file with one word per line or ``wordfreq:<lang>:<n>`` (the offline lists of the ``wordfreq``
+package), see ``configs/train/lm_pretrain.yaml``. ``tools/train.py`` routes such a config here.
+
+Each step encodes a random batch of words, replaces each character by a random one with probability
+``noise`` (the language model learns to correct, not only to fill in), and trains the language model
+alone (the rest of the recogniser is built, to fix every shape, but not trained). ``train.steps``,
+``batch_size``, ``optimizer``, ``scheduler``, ``grad_clip``, ``seed``, ``device``, ``threads``,
+``log_every``, ``val_every``, ``save_every`` and ``out_dir`` mean what they mean for image training;
+``data.val_fraction`` holds out words for the cloze accuracy. The result is an ordinary strkit
+checkpoint (``out_dir/last.pt``) of the whole model; :func:`init_from_checkpoint` copies its language
+model into the model of a later stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from strkit.charset import AttentionCodec, Charset, LabelFilter
+from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.config import Config, SourceConfig
+from strkit.models.recognizer import RecognitionModel, build_model
+
+from .distributed import resolve_device
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("strkit")
+
+TEXT_SOURCE_KIND = "words"
+LANGUAGE_PREFIX = "decoder.language."
+
+
+# -- configuration ----------------------------------------------------------------------------------
+def text_sources(cfg: Config) -> list[SourceConfig]:
+    """The ``kind: words`` sources of ``data.train`` (empty for an image config).
+
+    Raises:
+        ValueError: word lists and image sources are mixed in ``data.train``.
+    """
+    words = [s for s in cfg.data.train if s.kind == TEXT_SOURCE_KIND]
+    if words and len(words) != len(cfg.data.train):
+        raise ValueError("data.train mixes 'words' sources (text-only language-model pre-training) with image "
+                         "sources; use only word lists to pre-train the language model, or only images")
+    return words
+
+
+def is_text_only(cfg: Config) -> bool:
+    """True when ``cfg`` is a language-model pre-training config (every training source is a word list)."""
+    return bool(text_sources(cfg))
+
+
+def load_words(sources: Sequence[SourceConfig], charset: Charset, max_length: int) -> tuple[list[str],
+                                                                                               LabelFilter]:
+    """The words of the sources, normalised to the charset (out-of-charset characters stripped, empty and
+    too-long words skipped, all counted by the returned filter), duplicates removed, in order."""
+    from strkit.data.synth.text import load_lexicon
+
+    label_filter = LabelFilter(charset, max_length, name="word list")
+    words: dict[str, None] = {}
+    for src in sources:
+        for raw in load_lexicon(src.path):
+            clean = label_filter(raw)
+            if clean is not None:
+                words.setdefault(clean)
+    label_filter.warn_if_needed()
+    if not words:
+        raise ValueError(f"the word lists {[s.path for s in sources]} hold no usable word for charset "
+                         f"'{charset.name}' and max_length {max_length} ({label_filter.report()})")
+    return list(words), label_filter
+
+
+# -- training ---------------------------------------------------------------------------------------
+def _language_decoder(model: nn.Module) -> nn.Module:
+    decoder = getattr(model, "decoder", model)
+    if not hasattr(decoder, "language_model_loss"):
+        raise ValueError(f"text-only training needs a decoder with a language model (model.decoder.name: "
+                         f"iterative_vl), got {type(decoder).__name__}")
+    return decoder
+
+
+def pretrain_language_model(decoder: nn.Module, words: Sequence[str], codec: AttentionCodec, steps: int,
+                            batch_size: int = 64, optimizer: torch.optim.Optimizer | None = None,
+                            scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                            noise: float = 0.1, seed: int = 0, grad_clip: float = 5.0,
+                            device: torch.device | str | None = None,
+                            on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train ``decoder.language`` (an ``iterative_vl`` decoder's BCN) on random batches of ``words``.
+
+    Args:
+        decoder: the decoder (its ``language_model_loss`` is used; only its language model is trained).
+        words: normalised words (every character in the codec's charset, at most ``max_length`` long).
+        codec: the model's attention codec.
+        steps, batch_size: number of optimisation steps and words per step (drawn with replacement).
+        optimizer: defaults to AdamW(lr 1e-3) over the language model's parameters.
+        scheduler: optional, stepped after every step.
+        noise: probability of replacing each input character by a random one.
+        seed: seeds the batch sampling and the noise (independent of the global RNG).
+        grad_clip: gradient-norm clip (0 = off).
+        device: where the tokens go (default: the decoder's device).
+        on_step: called as ``on_step(step, loss)`` after every step (1-based step).
+
+    Returns:
+        the loss of every step.
+    """
+    decoder = _language_decoder(decoder)
+    if not words:
+        raise ValueError("pretrain_language_model: the word list is empty")
+    lm = decoder.language
+    params = [p for p in lm.parameters() if p.requires_grad]
+    opt = optimizer or torch.optim.AdamW(params, lr=1e-3)
+    device = torch.device(device) if device is not None else next(lm.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    was_training = decoder.training
+    decoder.train()
+    losses: list[float] = []
+    try:
+        for step in range(1, steps + 1):
+            idx = torch.randint(len(words), (batch_size,), generator=gen).tolist()
+            tokens = codec.encode([words[i] for i in idx])["tokens"].to(device)
+            loss = decoder.language_model_loss(tokens, noise=noise, generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(step, losses[-1])
+    finally:
+        decoder.train(was_training)
+    return losses
+
+
+@torch.no_grad()
+def cloze_accuracy(decoder: nn.Module, words: Sequence[str], codec: AttentionCodec, batch_size: int = 256
+                   ) -> float:
+    """Fraction of positions (characters and the EOS) the language model predicts from their context,
+    with clean one-hot text as input (eval mode)."""
+    decoder = _language_decoder(decoder)
+    lm = decoder.language
+    device = next(lm.parameters()).device
+    was_training = lm.training
+    lm.eval()
+    correct = total = 0
+    try:
+        for start in range(0, len(words), batch_size):
+            gold = codec.encode(list(words[start:start + batch_size]))["tokens"][:, 1:].to(device)
+            probs = torch.nn.functional.one_hot(gold, codec.num_classes).float()
+            _, logits = lm(probs)
+            keep = gold != codec.pad
+            correct += int(((logits.argmax(-1) == gold) & keep).sum())
+            total += int(keep.sum())
+    finally:
+        lm.train(was_training)
+    return correct / max(total, 1)
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path, prefixes: Sequence[str] = (LANGUAGE_PREFIX,)
+                         ) -> list[str]:
+    """Copy the weights whose names start with one of ``prefixes`` from a strkit checkpoint into
+    ``model`` (e.g. the pre-trained language model into the model of the joint-training stage).
+
+    Returns:
+        the names of the copied tensors.
+
+    Raises:
+        ValueError: no weight matches, or a matching weight has another shape (the model config differs:
+            d_model, lm_layers, charset, max_length...).
+    """
+    state = load_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    picked = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    if not picked:
+        raise ValueError(f"{path}: no weight starts with {list(prefixes)}; is it a checkpoint of a model with "
+                         f"an iterative_vl decoder?")
+    for k, v in picked.items():
+        if k not in own or own[k].shape != v.shape:
+            got = tuple(own[k].shape) if k in own else "missing"
+            raise ValueError(f"{path}: weight {k} has shape {tuple(v.shape)} but this model's is {got}; "
+                             f"pre-train with the same model config (charset, max_length, decoder sizes)")
+    model.load_state_dict(picked, strict=False)
+    return sorted(picked)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def _split_words(words: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    if fraction <= 0:
+        return words, []
+    n_val = int(round(len(words) * fraction))
+    if n_val <= 0 or n_val >= len(words):
+        raise ValueError(f"data.val_fraction={fraction} leaves no training or no validation words out of "
+                         f"{len(words)}")
+    perm = np.random.Generator(np.random.PCG64(seed)).permutation(len(words))
+    return [words[i] for i in sorted(perm[n_val:])], [words[i] for i in sorted(perm[:n_val])]
+
+
+def _save(model: RecognitionModel, cfg: Config, path: Path, step: int, metrics: dict[str, float]) -> None:
+    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict(),
+                    metrics=metrics, step=step, arch=model.arch, extra={"stage": "lm_pretrain"})
+
+
+def run_lm_pretraining(cfg: Config, noise: float = 0.1) -> dict[str, float]:
+    """Pre-train the language model of ``cfg``'s model on its word lists (see the module docstring).
+
+    Writes ``config.yaml`` and ``last.pt`` (a full checkpoint) to ``train.out_dir``; returns the last
+    metrics: ``lm_loss`` (mean over the last logging window) and, with held-out words,
+    ``lm_val_cloze_accuracy``.
+    """
+    t = cfg.train
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    random.seed(t.seed)
+    torch.manual_seed(t.seed)
+    device = resolve_device(t.device)
+    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels).to(device)
+    decoder = _language_decoder(model)
+    codec = model.codec
+    assert isinstance(codec, AttentionCodec)
+    words, _ = load_words(text_sources(cfg), model.charset, cfg.model.max_length)
+    train_words, val_words = _split_words(words, cfg.data.val_fraction, t.seed)
+    out_dir = Path(t.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.dump(out_dir / "config.yaml")
+    log.info("language-model pre-training on %d words (%d held out), %d steps of %d words",
+             len(train_words), len(val_words), t.steps, t.batch_size)
+    optimizer = build_optimizer(decoder.language, t.optimizer)
+    scheduler = build_scheduler(optimizer, t.scheduler, t.steps)
+    metrics: dict[str, float] = {}
+    window: list[float] = []
+    t0 = time.perf_counter()
+
+    def on_step(step: int, loss: float) -> None:
+        window.append(loss)
+        if step % t.log_every == 0 or step == t.steps:
+            metrics["lm_loss"] = float(np.mean(window))
+            window.clear()
+            log.info("lm step %d/%d loss %.4f lr %.2e (%.1f s)", step, t.steps, metrics["lm_loss"],
+                     scheduler.get_last_lr()[0], time.perf_counter() - t0)
+        if val_words and (step % t.val_every == 0 or step == t.steps):
+            metrics["lm_val_cloze_accuracy"] = cloze_accuracy(decoder, val_words, codec)
+            log.info("lm step %d cloze accuracy on %d held-out words: %.4f", step, len(val_words),
+                     metrics["lm_val_cloze_accuracy"])
+        if step % t.save_every == 0 or step == t.steps:
+            _save(model, cfg, out_dir / "last.pt", step, dict(metrics))
+
+    losses = pretrain_language_model(decoder, train_words, codec, t.steps, t.batch_size, optimizer, scheduler,
+                                     noise=noise, seed=t.seed, grad_clip=t.grad_clip, device=device,
+                                     on_step=on_step)
+    if not losses or not all(math.isfinite(x) for x in losses[-10:]):
+        log.warning("language-model pre-training ended with non-finite losses")
+    log.info("language model saved in %s", out_dir / "last.pt")
+    return metrics
