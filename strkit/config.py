@@ -116,7 +116,7 @@ class TrainConfig:
     val_batches: int = 0  # 0 = the whole validation set
     save_every: int = 500
     log_every: int = 50
-    max_minutes: float = 0.0  # 0 = no wall-clock limit
+    max_minutes: float = 0.0  # wall-clock budget, summed over resumes; 0 = no limit
     out_dir: str = "runs/default"
     tensorboard: bool = True
     progress: bool = True

@@ -96,3 +96,19 @@ def test_benchmark_as_training_source_is_refused(tmp_path, shared_benchmarks):
     cfg = _tiny_cfg(shared_benchmarks / "SVT_647", tmp_path / "run")
     with pytest.raises(BenchmarkLeakError):
         Trainer(cfg).fit()
+
+
+def test_time_budget_stops_and_counts_across_resume(word_folder, tmp_path):
+    out = tmp_path / "run"
+    cfg = _tiny_cfg(word_folder, out, "train.steps=50", "train.max_minutes=0.0000001")
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert trainer.step == 1  # the budget was spent after the first step
+    from strkit.checkpoint import load_checkpoint
+
+    spent = load_checkpoint(out / "last.pt")["train_state"]["elapsed_s"]
+    assert spent > 0
+    resumed = Trainer(cfg, resume=out / "last.pt")
+    assert resumed.elapsed_before == spent
+    resumed.fit()
+    assert resumed.step == 2  # already over budget: one more step, then stop

@@ -120,6 +120,8 @@ class Trainer:
         self.step = 0
         self.best: dict[str, float] = {}
         self.skipped_steps = 0
+        self.elapsed_before = 0.0  # training seconds spent before a resume (train.max_minutes counts them)
+        self._t_start = time.perf_counter()
         if payload is not None:
             self._load_state(payload)
         self.net: torch.nn.Module = self.model
@@ -149,6 +151,7 @@ class Trainer:
         self.step = int(payload["step"])
         self.best = dict(ts.get("best", {}))
         self.skipped_steps = int(ts.get("skipped_steps", 0))
+        self.elapsed_before = float(ts.get("elapsed_s", 0.0))
         rng = ts.get("rng", {}).get(str(self.dist.rank)) or ts.get("rng", {}).get("0")
         if rng is not None:
             set_rng_state(rng)
@@ -171,10 +174,16 @@ class Trainer:
                 "rng": {"0": rng_state()},
                 "best": self.best,
                 "skipped_steps": self.skipped_steps,
+                "elapsed_s": self.elapsed_s,
                 "sampler": {"step": self.step},
             }
         return save_checkpoint(self.out_dir / name, metrics=metrics, train_state=train_state,
                                **self._payload_common())
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of training so far, across resumes."""
+        return self.elapsed_before + time.perf_counter() - self._t_start
 
     # -- loops ----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
@@ -247,7 +256,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
-        t_start = time.perf_counter()
+        self._t_start = time.perf_counter()
         t_window, n_window, loss_window = time.perf_counter(), 0, []
         last_val: dict[str, float] = {}
         stop_reason = "steps"
@@ -272,7 +281,7 @@ class Trainer:
                     t_window, n_window, loss_window = time.perf_counter(), 0, []
                 if bar is not None:
                     bar.update(1)
-                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes
+                out_of_time = cfg.max_minutes > 0 and self.elapsed_s / 60 >= cfg.max_minutes
                 if out_of_time:
                     stop_reason = "time"
                 do_val = self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time
