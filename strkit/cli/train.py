@@ -30,6 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(cfg.dump(), end="")
         return 0
+    # Text-only configs (every data.train source has kind 'words') pre-train the language model.
+    from strkit.engine.lm_pretrain import is_text_only, run_lm_pretraining
+
+    try:
+        if is_text_only(cfg):
+            if args.resume:
+                return fail("--resume is not supported for language-model pre-training "
+                            "(data.train kind: words)")
+            metrics = run_lm_pretraining(cfg)
+            print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            return 0
+    except ValueError as exc:
+        return fail(str(exc))
     resume = args.resume
     if resume == "auto":
         resume = Path(cfg.train.out_dir) / "last.pt"

@@ -10,7 +10,8 @@ Each step encodes a random batch of words, replaces each character by a random o
 ``noise`` (the language model learns to correct, not only to fill in), and trains the language model
 alone (the rest of the recogniser is built, to fix every shape, but not trained). ``train.steps``,
 ``batch_size``, ``optimizer``, ``scheduler``, ``grad_clip``, ``seed``, ``device``, ``threads``,
-``log_every``, ``val_every``, ``save_every`` and ``out_dir`` mean what they mean for image training;
+``log_every``, ``val_every``, ``save_every``, ``max_minutes`` and ``out_dir`` mean what they mean for
+image training;
 ``data.val_fraction`` holds out words for the cloze accuracy. The result is an ordinary strkit
 checkpoint (``out_dir/last.pt``) of the whole model; :func:`init_from_checkpoint` copies its language
 model into the model of a later stage.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +36,7 @@ from strkit.models.recognizer import RecognitionModel, build_model
 
 from .distributed import resolve_device
 from .optim import build_optimizer, build_scheduler
+from .trainer import RunLogger, seed_everything
 
 log = logging.getLogger("strkit")
 
@@ -52,8 +53,8 @@ def text_sources(cfg: Config) -> list[SourceConfig]:
     """
     words = [s for s in cfg.data.train if s.kind == TEXT_SOURCE_KIND]
     if words and len(words) != len(cfg.data.train):
-        raise ValueError("data.train mixes 'words' sources (text-only language-model pre-training) with image "
-                         "sources; use only word lists to pre-train the language model, or only images")
+        raise ValueError("data.train mixes 'words' sources (text-only language-model pre-training) with "
+                         "image sources; use only word lists to pre-train the language model, or only images")
     return words
 
 
@@ -96,7 +97,7 @@ def pretrain_language_model(decoder: nn.Module, words: Sequence[str], codec: Att
                             scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                             noise: float = 0.1, seed: int = 0, grad_clip: float = 5.0,
                             device: torch.device | str | None = None,
-                            on_step: Callable[[int, float], None] | None = None) -> list[float]:
+                            on_step: Callable[[int, float], bool | None] | None = None) -> list[float]:
     """Train ``decoder.language`` (an ``iterative_vl`` decoder's BCN) on random batches of ``words``.
 
     Args:
@@ -110,7 +111,8 @@ def pretrain_language_model(decoder: nn.Module, words: Sequence[str], codec: Att
         seed: seeds the batch sampling and the noise (independent of the global RNG).
         grad_clip: gradient-norm clip (0 = off).
         device: where the tokens go (default: the decoder's device).
-        on_step: called as ``on_step(step, loss)`` after every step (1-based step).
+        on_step: called as ``on_step(step, loss)`` after every step (1-based step); returning True stops
+            the training there.
 
     Returns:
         the loss of every step.
@@ -139,8 +141,8 @@ def pretrain_language_model(decoder: nn.Module, words: Sequence[str], codec: Att
             if scheduler is not None:
                 scheduler.step()
             losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(step, losses[-1])
+            if on_step is not None and on_step(step, losses[-1]):
+                break
     finally:
         decoder.train(was_training)
     return losses
@@ -186,8 +188,8 @@ def init_from_checkpoint(model: nn.Module, path: str | Path, prefixes: Sequence[
     own = model.state_dict()
     picked = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
     if not picked:
-        raise ValueError(f"{path}: no weight starts with {list(prefixes)}; is it a checkpoint of a model with "
-                         f"an iterative_vl decoder?")
+        raise ValueError(f"{path}: no weight starts with {list(prefixes)}; is it a checkpoint of a model "
+                         f"with an iterative_vl decoder?")
     for k, v in picked.items():
         if k not in own or own[k].shape != v.shape:
             got = tuple(own[k].shape) if k in own else "missing"
@@ -210,22 +212,23 @@ def _split_words(words: list[str], fraction: float, seed: int) -> tuple[list[str
 
 
 def _save(model: RecognitionModel, cfg: Config, path: Path, step: int, metrics: dict[str, float]) -> None:
-    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict(),
-                    metrics=metrics, step=step, arch=model.arch, extra={"stage": "lm_pretrain"})
+    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(),
+                    state_dict=model.state_dict(), metrics=metrics, step=step, arch=model.arch,
+                    extra={"stage": "lm_pretrain"})
 
 
 def run_lm_pretraining(cfg: Config, noise: float = 0.1) -> dict[str, float]:
     """Pre-train the language model of ``cfg``'s model on its word lists (see the module docstring).
 
-    Writes ``config.yaml`` and ``last.pt`` (a full checkpoint) to ``train.out_dir``; returns the last
+    Writes ``config.yaml``, ``metrics.csv`` (and TensorBoard events with ``train.tensorboard``) and
+    ``last.pt`` (a full checkpoint) to ``train.out_dir``; returns the last
     metrics: ``lm_loss`` (mean over the last logging window) and, with held-out words,
     ``lm_val_cloze_accuracy``.
     """
     t = cfg.train
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    random.seed(t.seed)
-    torch.manual_seed(t.seed)
+    seed_everything(t.seed)
     device = resolve_device(t.device)
     model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels).to(device)
     decoder = _language_decoder(model)
@@ -242,25 +245,36 @@ def run_lm_pretraining(cfg: Config, noise: float = 0.1) -> dict[str, float]:
     scheduler = build_scheduler(optimizer, t.scheduler, t.steps)
     metrics: dict[str, float] = {}
     window: list[float] = []
+    logger = RunLogger(out_dir, enabled=True, tensorboard=t.tensorboard)
     t0 = time.perf_counter()
 
-    def on_step(step: int, loss: float) -> None:
+    def on_step(step: int, loss: float) -> bool:
         window.append(loss)
-        if step % t.log_every == 0 or step == t.steps:
+        out_of_time = t.max_minutes > 0 and (time.perf_counter() - t0) / 60 >= t.max_minutes
+        last = step == t.steps or out_of_time
+        if step % t.log_every == 0 or last:
             metrics["lm_loss"] = float(np.mean(window))
             window.clear()
+            logger.log({"step": step, "lm_loss": metrics["lm_loss"], "lr": scheduler.get_last_lr()[0]})
             log.info("lm step %d/%d loss %.4f lr %.2e (%.1f s)", step, t.steps, metrics["lm_loss"],
                      scheduler.get_last_lr()[0], time.perf_counter() - t0)
-        if val_words and (step % t.val_every == 0 or step == t.steps):
+        if val_words and (step % t.val_every == 0 or last):
             metrics["lm_val_cloze_accuracy"] = cloze_accuracy(decoder, val_words, codec)
+            logger.log({"step": step, "lm_val_cloze_accuracy": metrics["lm_val_cloze_accuracy"]})
             log.info("lm step %d cloze accuracy on %d held-out words: %.4f", step, len(val_words),
                      metrics["lm_val_cloze_accuracy"])
-        if step % t.save_every == 0 or step == t.steps:
+        if step % t.save_every == 0 or last:
             _save(model, cfg, out_dir / "last.pt", step, dict(metrics))
+        if out_of_time:
+            log.info("lm pre-training stopped at step %d: train.max_minutes=%g reached", step, t.max_minutes)
+        return out_of_time
 
-    losses = pretrain_language_model(decoder, train_words, codec, t.steps, t.batch_size, optimizer, scheduler,
-                                     noise=noise, seed=t.seed, grad_clip=t.grad_clip, device=device,
-                                     on_step=on_step)
+    try:
+        losses = pretrain_language_model(decoder, train_words, codec, t.steps, t.batch_size, optimizer,
+                                         scheduler, noise=noise, seed=t.seed, grad_clip=t.grad_clip,
+                                         device=device, on_step=on_step)
+    finally:
+        logger.close()
     if not losses or not all(math.isfinite(x) for x in losses[-10:]):
         log.warning("language-model pre-training ended with non-finite losses")
     log.info("language model saved in %s", out_dir / "last.pt")

@@ -27,10 +27,10 @@ from strkit.registry import Registry
 # Modules imported (once, on first lookup) to populate each registry. Later stages (e.g. the
 # searched backbone) add their module here.
 STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "rectifier": ("strkit.models.rectifiers",),
-    "backbone": ("strkit.models.backbones",),
+    "rectifier": ("strkit.models.rectifiers", "strkit.models.rectifiers.scrn"),
+    "backbone": ("strkit.models.backbones", "strkit.models.backbones.itervm"),
     "sequence": ("strkit.models.sequence",),
-    "decoder": ("strkit.models.decoders",),
+    "decoder": ("strkit.models.decoders", "strkit.models.decoders.iterative_vl"),
 }
 
 
