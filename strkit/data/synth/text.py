@@ -1,0 +1,309 @@
+"""What the synthetic images say: lexicon words with case variants, numbers, dates, prices, codes.
+
+Every draw comes from the ``numpy.random.Generator`` passed in, so a sample's text is a pure function
+of its generator. The label of a drawn text is ``charset.normalize(text)``: for a case-insensitive
+charset (``36_lowercase``) the image shows ``Hello`` or ``HELLO`` and the label is ``hello``. Only
+characters whose normalised form is one charset character are ever drawn, so no character is dropped
+between image and label.
+
+Text kinds are registered in :data:`TEXT_KINDS` (``word``, ``digits``, ``alnum``, ``date``, ``price``,
+``code``, ``punct``); ``text.kinds`` in the config weights them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from strkit.charset import Charset
+from strkit.config import ConfigError
+from strkit.data.synth.config import TextConfig
+from strkit.registry import Registry
+
+TextKind = Callable[["TextSampler", np.random.Generator], str]
+TEXT_KINDS: Registry[str] = Registry("synthetic text kind")
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_PUNCT_WRAPS = (("(", ")"), ("[", "]"), ('"', '"'), ("'", "'"), ("<", ">"), ("{", "}"), ("*", "*"))
+_PUNCT_SUFFIX = (".", ",", "!", "?", ":", ";", "'s", "...", "!!", "-", "%", "/", "&", "+")
+_PUNCT_PREFIX = ("#", "@", "&", "-", "+", "*", "$", "~", "/", "_")
+_PUNCT_ALONE = ("!", "?", "&", "#", "@", "%", "...", "--", "+", "*", "/", "?!", "!!", "(", ")", ":", "=",
+                "->", "<<", ">>", "$", "^", "|", "\\", "`", "~", "_")
+
+
+def load_lexicon(spec: str) -> list[str]:
+    """Words of a lexicon, in file or frequency order (not yet filtered by a charset).
+
+    Args:
+        spec: ``wordfreq:<lang>:<n>`` (``:large`` appended selects wordfreq's large list, needed for
+            n > ~30k in languages other than English) or a UTF-8 file with one word per line
+            (blank lines and lines starting with ``#`` are skipped; a line is stripped).
+
+    Raises:
+        ConfigError: a malformed spec, an unknown language or a missing file.
+    """
+    if spec.startswith("wordfreq:"):
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or not parts[2].isdigit() or (len(parts) == 4 and parts[3] not in
+                                                                    ("small", "large", "best")):
+            raise ConfigError(f"lexicon '{spec}': expected wordfreq:<lang>:<n>[:small|large], "
+                              f"e.g. wordfreq:en:100000")
+        import wordfreq
+
+        lang, n = parts[1], int(parts[2])
+        wordlist = parts[3] if len(parts) == 4 else "best"
+        if lang not in wordfreq.available_languages(wordlist):
+            raise ConfigError(f"lexicon '{spec}': wordfreq has no '{wordlist}' list for language '{lang}'")
+        return list(wordfreq.top_n_list(lang, n, wordlist=wordlist, ascii_only=False))
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"lexicon '{spec}' is neither wordfreq:<lang>:<n> nor an existing file "
+                          f"(one word per line)")
+    words = []
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        w = line.strip()
+        if w and not w.startswith("#"):
+            words.append(w)
+    return words
+
+
+def drawable_chars(charset: Charset) -> frozenset[str]:
+    """Characters that may be drawn: their normalised form is exactly one charset character.
+
+    For a case-insensitive charset this adds the uppercase forms of its letters.
+    """
+    out = set()
+    for ch in charset.chars:
+        for cand in {ch, ch.upper(), ch.lower()}:
+            if len(cand) == 1 and charset.normalize(cand) == (cand.lower() if charset.case_insensitive
+                                                                 else cand, 0):
+                out.add(cand)
+    return frozenset(c for c in out if not c.isspace())
+
+
+class TextSampler:
+    """Draw (text to draw, label) pairs.
+
+    Args:
+        cfg: the ``text`` section of the synth config.
+        charset: labels lie in this charset.
+        allowed: characters the fonts can draw (``None``: no restriction); intersected with the
+            charset's drawable characters.
+        words: the lexicon (already loaded); ``None`` loads ``cfg.lexicon``.
+
+    Raises:
+        ConfigError: no lexicon word survives the charset filter, or unknown text kinds.
+    """
+
+    def __init__(self, cfg: TextConfig, charset: Charset, allowed: Iterable[str] | None = None,
+                 words: Sequence[str] | None = None) -> None:
+        self.cfg = cfg
+        self.charset = charset
+        chars = drawable_chars(charset)
+        if allowed is not None:
+            chars = chars & frozenset(allowed)
+        self.chars = chars
+        self.digits = "".join(c for c in string.digits if c in chars)
+        self.upper = "".join(c for c in string.ascii_uppercase if c in chars)
+        self.lower = "".join(c for c in string.ascii_lowercase if c in chars)
+        self.letters = "".join(sorted(c for c in chars if c.isalpha()))
+        self.alnum = "".join(sorted(c for c in chars if c.isalnum()))
+        raw = list(words) if words is not None else load_lexicon(cfg.lexicon)
+        self.words = self._filter_words(raw)
+        if not self.words:
+            raise ConfigError(f"lexicon '{cfg.lexicon}': no word of length {cfg.min_len}..{cfg.max_len} can "
+                              f"be drawn in charset '{charset.name}' with the available fonts")
+        ranks = np.arange(len(self.words), dtype=np.float64)
+        w = (ranks + 1.0) ** (-cfg.rank_power) if cfg.rank_power else np.ones_like(ranks)
+        self._word_cdf = np.cumsum(w) / w.sum()
+        self._kinds, self._kind_cdf = _categorical(cfg.kinds, TEXT_KINDS.names(), "text.kinds")
+        self._cases, self._case_cdf = _categorical(cfg.case, list(_CASES), "text.case")
+
+    def _filter_words(self, raw: Sequence[str]) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        lo, hi = self.cfg.min_len, self.cfg.max_len
+        for w in raw:
+            if lo <= len(w) <= hi and w not in seen and all(c in self.chars for c in w):
+                seen.add(w)
+                out.append(w)
+        return out
+
+    @property
+    def lexicon_hash(self) -> str:
+        """SHA-1 of the filtered word list (stored in the LMDB meta for reproducibility)."""
+        return hashlib.sha1("\n".join(self.words).encode("utf-8")).hexdigest()
+
+    # -- primitives used by the kinds ------------------------------------------------------------
+    def word(self, rng: np.random.Generator) -> str:
+        """A lexicon word (weighted by ``rank_power``) in a random case variant."""
+        i = int(np.searchsorted(self._word_cdf, rng.random(), side="right"))
+        w = self.words[min(i, len(self.words) - 1)]
+        case = self._cases[int(np.searchsorted(self._case_cdf, rng.random(), side="right"))]
+        v = _CASES[case](w)
+        return v if all(c in self.chars for c in v) else w
+
+    def pick(self, rng: np.random.Generator, options: Sequence[str]) -> str:
+        """One element of ``options`` whose characters can all be drawn ('' if none can)."""
+        ok = [o for o in options if all(c in self.chars for c in o)]
+        return ok[int(rng.integers(len(ok)))] if ok else ""
+
+    def chars_from(self, rng: np.random.Generator, alphabet: str, n: int) -> str:
+        """``n`` characters drawn uniformly from ``alphabet`` ('' if it is empty)."""
+        if not alphabet:
+            return ""
+        return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=n))
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator) -> tuple[str, str]:
+        """A text to draw and its label (``charset.normalize(text)``), ``min_len <= len <= max_len``."""
+        for _ in range(8):
+            kind = self._kinds[int(np.searchsorted(self._kind_cdf, rng.random(), side="right"))]
+            text = TEXT_KINDS.get(kind)(self, rng)
+            text = "".join(c for c in text if c in self.chars)[: self.cfg.max_len]
+            if len(text) >= self.cfg.min_len:
+                break
+        else:
+            text = self.word(rng)
+        label, dropped = self.charset.normalize(text)
+        assert dropped == 0 and len(label) == len(text), (text, label)
+        return text, label
+
+
+_CASES: dict[str, Callable[[str], str]] = {
+    "lower": str.lower,
+    "title": lambda w: w[:1].upper() + w[1:].lower(),
+    "upper": str.upper,
+    "asis": lambda w: w,
+}
+
+
+def _categorical(weights: dict[str, float], known: Sequence[str], key: str) -> tuple[list[str], np.ndarray]:
+    """Names with positive weight (in sorted order) and their cumulative probabilities."""
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ConfigError(f"synth config '{key}': unknown name(s) {unknown}; "
+                          f"known: {', '.join(sorted(known))}")
+    names = sorted(k for k, v in weights.items() if v > 0)
+    if not names:
+        raise ConfigError(f"synth config '{key}': at least one weight must be > 0, got {weights}")
+    w = np.array([weights[k] for k in names], dtype=np.float64)
+    cdf = np.cumsum(w) / w.sum()
+    cdf[-1] = 1.0
+    return names, cdf
+
+
+# ------------------------------------------------------------------------------------------------
+# Text kinds
+# ------------------------------------------------------------------------------------------------
+@TEXT_KINDS.register("word")
+def _word(s: TextSampler, rng: np.random.Generator) -> str:
+    w = s.word(rng)
+    if rng.random() < s.cfg.affix_p:
+        r = rng.random()
+        if r < 0.6:
+            w = w + s.pick(rng, _PUNCT_SUFFIX)
+        elif r < 0.8:
+            w = s.pick(rng, _PUNCT_PREFIX) + w
+        else:
+            a, b = _PUNCT_WRAPS[int(rng.integers(len(_PUNCT_WRAPS)))]
+            if a in s.chars and b in s.chars:
+                w = a + w + b
+    return w
+
+
+@TEXT_KINDS.register("digits")
+def _digits(s: TextSampler, rng: np.random.Generator) -> str:
+    n = int(rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 10], p=[.14, .2, .18, .16, .1, .08, .06, .05, .03]))
+    d = s.chars_from(rng, s.digits, n)
+    r = rng.random()
+    if r < 0.15 and len(d) >= 4:  # thousands separators: 12,500
+        head = len(d) % 3 or 3
+        groups = [d[:head]] + [d[i:i + 3] for i in range(head, len(d), 3)]
+        sep = s.pick(rng, (",", "."))
+        d = sep.join(groups) if sep else d
+    elif r < 0.25 and len(d) >= 5:  # phone-like: 555-1234
+        d = d[:3] + s.pick(rng, ("-", ".", "/")) + d[3:]
+    elif r < 0.32 and len(d) >= 2:  # decimal: 3.14
+        k = int(rng.integers(1, len(d)))
+        d = d[:k] + s.pick(rng, (".", ",")) + d[k:]
+    return d
+
+
+@TEXT_KINDS.register("alnum")
+def _alnum(s: TextSampler, rng: np.random.Generator) -> str:
+    n = int(rng.integers(1, 11))
+    r = rng.random()
+    if r < 0.4 and s.upper:
+        alphabet = s.upper + s.digits
+    elif r < 0.6 and s.lower:
+        alphabet = s.lower + s.digits
+    else:
+        alphabet = s.alnum
+    return s.chars_from(rng, alphabet, n)
+
+
+@TEXT_KINDS.register("date")
+def _date(s: TextSampler, rng: np.random.Generator) -> str:
+    y = int(rng.integers(1950, 2036))
+    m = int(rng.integers(1, 13))
+    d = int(rng.integers(1, 29))
+    sep = s.pick(rng, ("/", "-", "."))
+    forms = [f"{d:02d}{sep}{m:02d}{sep}{y}", f"{y}{sep}{m:02d}{sep}{d:02d}", f"{m}{sep}{d}{sep}{y % 100:02d}",
+             f"{d:02d}{sep}{m:02d}", str(y), f"{_MONTHS[m - 1]}{d}", f"{d}{_MONTHS[m - 1].upper()}{y}",
+             f"{int(rng.integers(0, 24)):02d}:{int(rng.integers(0, 60)):02d}",
+             f"{_MONTHS[m - 1]}.{y % 100:02d}"]
+    return forms[int(rng.integers(len(forms)))]
+
+
+@TEXT_KINDS.register("price")
+def _price(s: TextSampler, rng: np.random.Generator) -> str:
+    whole = str(int(10 ** rng.uniform(0, 4)))
+    cents = f"{int(rng.integers(0, 100)):02d}"
+    value = whole + (s.pick(rng, (".", ",")) + cents if rng.random() < 0.6 else "")
+    r = rng.random()
+    if r < 0.55:
+        return s.pick(rng, ("$", "$", "#")) + value
+    if r < 0.7:
+        return value + s.pick(rng, ("$", "%", "-", "/-"))
+    if r < 0.85:
+        return f"{int(rng.integers(1, 100))}%"
+    return value + s.pick(rng, ("USD", "EUR", "GBP", "p", "c", "kg", "g", "ml", "km"))
+
+
+@TEXT_KINDS.register("code")
+def _code(s: TextSampler, rng: np.random.Generator) -> str:
+    up, dg = s.upper or s.lower, s.digits
+    pats = (
+        lambda: s.chars_from(rng, up, int(rng.integers(1, 4))) + s.pick(rng, ("-", "", "")) +
+        s.chars_from(rng, dg, int(rng.integers(1, 5))),
+        lambda: s.chars_from(rng, dg, int(rng.integers(1, 4))) +
+        s.chars_from(rng, up, int(rng.integers(1, 3))),
+        lambda: s.pick(rng, ("No.", "NO.", "#", "Rt.", "Ex.", "A-", "B", "Tel:", "ID:")) +
+        s.chars_from(rng, dg, int(rng.integers(1, 5))),
+        lambda: s.chars_from(rng, up, 2) + s.chars_from(rng, dg, 2) + s.chars_from(rng, up, 3),
+        lambda: s.chars_from(rng, up + dg, int(rng.integers(4, 9))),
+        lambda: s.word(rng) + s.pick(rng, ("-", "_", ".", "")) +
+        s.chars_from(rng, dg, int(rng.integers(1, 4))),
+        lambda: "www." + s.word(rng).lower() + s.pick(rng, (".com", ".org", ".net", ".co.uk")),
+        lambda: s.word(rng).lower() + "@" + s.word(rng).lower() + ".com",
+    )
+    return pats[int(rng.integers(len(pats)))]()
+
+
+@TEXT_KINDS.register("punct")
+def _punct(s: TextSampler, rng: np.random.Generator) -> str:
+    r = rng.random()
+    if r < 0.3:
+        return s.pick(rng, _PUNCT_ALONE)
+    if r < 0.65:
+        a, b = _PUNCT_WRAPS[int(rng.integers(len(_PUNCT_WRAPS)))]
+        inner = s.word(rng) if rng.random() < 0.7 else s.chars_from(rng, s.alnum, int(rng.integers(1, 4)))
+        return a + inner + b
+    if r < 0.85:
+        return s.word(rng) + s.pick(rng, _PUNCT_SUFFIX)
+    return s.word(rng) + s.pick(rng, ("-", "&", "/", "+", "'")) + s.word(rng)
