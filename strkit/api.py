@@ -1,5 +1,8 @@
 """The Python API: ``Recognizer.from_checkpoint(path).recognize(images)``.
 
+``Recognizer.from_checkpoint`` runs a training checkpoint with PyTorch, or an exported ``.onnx`` file with
+ONNX Runtime (``Recognizer.from_onnx``); ``backend='onnx'`` exports a checkpoint once and runs the export.
+
 Images may be file paths, ``PIL.Image`` objects or numpy arrays (gray H×W or H×W×1, RGB H×W×3,
 RGBA H×W×4; uint8 or uint16). A bad item (missing file, undecodable bytes, empty array) yields a
 result whose ``error`` says what is wrong; the other items of the batch are still recognised.
@@ -16,8 +19,12 @@ import cv2
 import numpy as np
 import torch
 
+from strkit.charset import Charset
 from strkit.config import Config
-from strkit.data.transforms import ImageTransform
+from strkit.data.transforms import collate
+from strkit.inference.backend import InferenceBackend
+from strkit.inference.metadata import InputSpec
+from strkit.inference.torch_backend import TorchBackend
 from strkit.models.pretrained import load_model
 from strkit.models.recognizer import RecognitionModel
 
@@ -78,34 +85,105 @@ def load_image(item: ImageInput) -> np.ndarray:
     return img
 
 
+BACKENDS = ("auto", "torch", "onnx")
+
+
 class Recognizer:
     """Reads the text of cropped word images with a trained model.
 
+    Two backends run the model: PyTorch (a :class:`RecognitionModel`, under inference mode, optionally
+    channels-last) and ONNX Runtime (an exported ``.onnx`` file, see :meth:`from_onnx`). Both give the same
+    texts; ONNX Runtime is usually faster on CPUs.
+
     Args:
-        model: a :class:`RecognitionModel` (eval mode).
-        cfg: the run config (its ``data`` section gives the input geometry).
-        device: where to run.
+        model: a :class:`RecognitionModel` (eval mode), or a ready backend such as
+            :class:`strkit.inference.onnx_backend.OnnxBackend`.
+        cfg: the run config (its ``data`` section gives the input geometry); required for a
+            ``RecognitionModel``.
+        device: where a PyTorch model runs.
+        channels_last: run a PyTorch model channels-last (NHWC).
+        trim_padding: for models trained with ``keep_ratio``: sort the images of a call by width and pad
+            each batch only to its widest image (rounded up to a multiple of 4, at least ``img_h``) instead
+            of the full training width. Faster on short words; the model then sees less right padding than
+            in training, which can change a few readings, so it is off by default. Needs a backend that
+            accepts other widths.
     """
 
-    def __init__(self, model: RecognitionModel, cfg: Config, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: RecognitionModel | InferenceBackend, cfg: Config | None = None,
+                 device: str | torch.device = "cpu", *, channels_last: bool = False,
+                 trim_padding: bool = False) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.cfg = cfg
-        d = cfg.data
-        self.transform = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
-                                        augment="none")
+        if isinstance(model, RecognitionModel):
+            if cfg is None:
+                raise ValueError("Recognizer(model, cfg): a PyTorch model needs its run config (cfg.data gives "
+                                 "the input size); use Recognizer.from_checkpoint(path)")
+            self.backend: InferenceBackend = TorchBackend(model, InputSpec.from_data_config(cfg.data), self.device,
+                                                          channels_last=channels_last)
+        else:
+            self.backend = model
+        if trim_padding and not self.backend.dynamic_width:
+            raise ValueError(f"trim_padding needs a model that accepts any input width; this "
+                             f"{self.backend.name} model was exported for width {self.backend.input_spec.img_w} "
+                             f"only (re-export without --fixed-width)")
+        self.trim_padding = bool(trim_padding)
+        self.transform = self.backend.input_spec.transform()
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
-                        threads: int | None = None) -> Recognizer:
-        """Load a checkpoint written by ``tools/train.py`` (``best.pt`` or ``last.pt``)."""
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
+                        backend: str = "auto", channels_last: bool = False,
+                        trim_padding: bool = False) -> Recognizer:
+        """Load a checkpoint written by ``tools/train.py`` (``best.pt`` or ``last.pt``) or an exported ``.onnx``.
+
+        Args:
+            backend: ``auto``: ONNX Runtime for ``.onnx`` files, PyTorch for checkpoints; ``torch``;
+                ``onnx``: for a checkpoint, export it once to ``<checkpoint>.onnx`` beside it (re-exported
+                when the checkpoint is newer; a temporary folder if that one is read-only) and run that.
+            threads: PyTorch threads (this sets ``torch.set_num_threads`` for the process) or ONNX
+                Runtime intra-op threads (per session); ``None`` = the library's default.
+            channels_last, trim_padding: see the class docstring.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            if backend == "torch":
+                raise ValueError(f"{path} is an ONNX model: it runs with backend='onnx' (or 'auto'); for "
+                                 f"backend='torch' pass the checkpoint it was exported from")
+            return cls.from_onnx(path, threads=threads, device=device, trim_padding=trim_padding)
+        if backend == "onnx":
+            from strkit.export import cached_onnx_export
+
+            return cls.from_onnx(cached_onnx_export(path), threads=threads, device=device,
+                                 trim_padding=trim_padding)
         if threads:
             torch.set_num_threads(threads)
         model, cfg = load_model(path, device)
-        return cls(model, cfg, device)
+        return cls(model, cfg, device, channels_last=channels_last, trim_padding=trim_padding)
 
     @classmethod
-    def from_pretrained(cls, device: str | torch.device = "cpu", threads: int | None = None) -> Recognizer:
+    def from_onnx(cls, path: str | Path, threads: int | None = None, device: str | torch.device = "cpu",
+                  trim_padding: bool = False) -> Recognizer:
+        """Run a model exported by ``tools/export.py`` (``model.onnx`` or ``model.int8.onnx``) with ONNX
+        Runtime; ``threads`` intra-op threads (``None`` = ONNX Runtime's default; 1 is often fastest at
+        batch 1 on a small CPU). ``device`` ``cuda`` uses ONNX Runtime's CUDA provider when installed."""
+        from strkit.inference.onnx_backend import OnnxBackend, import_onnxruntime
+
+        dev = torch.device(device)
+        providers = None
+        if dev.type == "cuda":
+            if "CUDAExecutionProvider" not in import_onnxruntime().get_available_providers():
+                raise ValueError("device 'cuda' with an ONNX model needs onnxruntime-gpu (its CUDA provider is "
+                                 "not installed); run on the CPU or use backend='torch'")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif dev.type != "cpu":
+            raise ValueError(f"ONNX models run on 'cpu' or 'cuda', not '{device}'")
+        return cls(OnnxBackend(path, threads=threads, providers=providers), device=dev,
+                   trim_padding=trim_padding)
+
+    @classmethod
+    def from_pretrained(cls, device: str | torch.device = "cpu", threads: int | None = None,
+                        backend: str = "auto") -> Recognizer:
         """The default model bundled with the package."""
         from importlib import resources
 
@@ -114,11 +192,31 @@ class Recognizer:
             raise FileNotFoundError("this strkit build ships no bundled default model yet; train one with "
                                     "tools/train.py and use Recognizer.from_checkpoint(PATH)")
         with resources.as_file(ref) as path:
-            return cls.from_checkpoint(path, device=device, threads=threads)
+            return cls.from_checkpoint(path, device=device, threads=threads, backend=backend)
 
     @property
-    def charset(self):
-        return self.model.charset
+    def model(self) -> RecognitionModel | None:
+        """The PyTorch model (``None`` with the ONNX Runtime backend)."""
+        return getattr(self.backend, "model", None)
+
+    @property
+    def charset(self) -> Charset:
+        return self.backend.charset
+
+    def _batches(self, prepared: list[tuple[int, np.ndarray]], batch_size: int
+                 ) -> Iterable[tuple[list[int], torch.Tensor]]:
+        """(input indices, B×C×H×W batch) from ``(index, uint8 H×w×C image)`` pairs."""
+        spec = self.backend.input_spec
+        trim = self.trim_padding and spec.keep_ratio
+        if trim:
+            prepared = sorted(prepared, key=lambda p: p[1].shape[1])
+        for chunk in _chunks(prepared, batch_size):
+            width = spec.img_w
+            if trim:
+                widest = max(img.shape[1] for _, img in chunk)
+                width = min(spec.img_w, max(spec.img_h, (widest + 3) // 4 * 4))
+            batch, _ = collate([(img, "") for _, img in chunk], width=width, pad_value=spec.pad_value)
+            yield [i for i, _ in chunk], batch
 
     def recognize(self, images: ImageInput | Sequence[ImageInput],
                   batch_size: int = 32) -> list[RecognitionResult]:
@@ -127,18 +225,16 @@ class Recognizer:
             images = [images]
         items = list(images)
         results: list[RecognitionResult | None] = [None] * len(items)
-        tensors: list[tuple[int, torch.Tensor]] = []
+        prepared: list[tuple[int, np.ndarray]] = []
         for i, item in enumerate(items):
             src = str(item) if isinstance(item, str | Path) else type(item).__name__
             try:
-                tensors.append((i, self.transform(load_image(item))))
+                prepared.append((i, self.transform.prepare(load_image(item))))
             except (ImageLoadError, ValueError, cv2.error) as exc:
                 results[i] = RecognitionResult("", 0.0, [], error=str(exc), source=src)
-        for chunk in _chunks(tensors, batch_size):
-            batch = torch.stack([t for _, t in chunk]).to(self.device)
-            with torch.inference_mode():
-                preds = self.model.predict(batch)
-            for (i, _), p in zip(chunk, preds, strict=True):
+        for indices, batch in self._batches(prepared, batch_size):
+            preds = self.backend.predict(batch)
+            for i, p in zip(indices, preds, strict=True):
                 src = str(items[i]) if isinstance(items[i], str | Path) else type(items[i]).__name__
                 results[i] = RecognitionResult(p.text, float(p.confidence), list(p.char_probs), source=src)
         return [r for r in results if r is not None]

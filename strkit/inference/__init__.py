@@ -1,0 +1,12 @@
+"""Inference outside the training code: exported-model metadata and the PyTorch / ONNX Runtime backends.
+
+- :mod:`strkit.inference.metadata`: what an exported model carries so it can be preprocessed and
+  decoded without its checkpoint (charset, codec, input geometry, normalisation).
+- :mod:`strkit.inference.torch_backend`: a :class:`~strkit.models.recognizer.RecognitionModel` run with
+  inference mode (optionally channels-last).
+- :mod:`strkit.inference.onnx_backend`: an exported ``.onnx`` file run with ONNX Runtime.
+- :mod:`strkit.inference.speed`: batch-1 latency and batched throughput of any backend.
+
+Both backends follow :class:`strkit.inference.backend.InferenceBackend`; :class:`strkit.api.Recognizer`
+drives either. Importing this package does no work.
+"""

@@ -1,0 +1,54 @@
+"""Run a :class:`~strkit.models.recognizer.RecognitionModel` for inference (PyTorch backend)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from strkit.charset import Charset, Prediction
+from strkit.inference.metadata import InputSpec
+from strkit.models.recognizer import RecognitionModel
+
+
+class TorchBackend:
+    """A model in eval mode, run under ``torch.inference_mode``, optionally channels-last.
+
+    Args:
+        model: the recogniser (moved to ``device`` and put in eval mode).
+        input_spec: its input geometry (from the run's ``data`` config).
+        device: where to run.
+        channels_last: store weights and inputs channels-last (NHWC); often faster for convolutions on
+            CPUs with AVX-512 (measure: it depends on the backbone).
+
+    Any input width is accepted (``dynamic_width``): convolutions and the sequence stage follow it, and
+    a TPS rectifier resamples to its fixed output size.
+    """
+
+    name = "torch"
+    dynamic_width = True
+
+    def __init__(self, model: RecognitionModel, input_spec: InputSpec, device: str | torch.device = "cpu",
+                 channels_last: bool = False) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.input_spec = input_spec
+
+    @property
+    def charset(self) -> Charset:
+        return self.model.charset
+
+    def logits(self, images: Tensor) -> Tensor:
+        """B×C×H×W float32 images -> B×L×K logits (on the model's device)."""
+        with torch.inference_mode():
+            x = images.to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.model(x).logits
+
+    def predict(self, images: Tensor) -> list[Prediction]:
+        """B×C×H×W images -> B predictions, decoded as configured on the model's decoder."""
+        with torch.inference_mode():
+            return self.model.decoder.decode(self.logits(images), self.model.codec)

@@ -1,0 +1,289 @@
+"""ONNX / TorchScript export, parity with PyTorch, metadata, int8, the ONNX Runtime backend of the API and
+tools/export.py, on tiny untrained models built from the shipped configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from strkit.api import Recognizer
+from strkit.checkpoint import save_checkpoint
+from strkit.config import load_config
+from strkit.export import (
+    ExportError,
+    cached_onnx_export,
+    example_input,
+    export_onnx,
+    export_torchscript,
+    load_torchscript,
+    parity_check,
+    probe_width,
+    quantize_onnx,
+    torchscript_parity_check,
+)
+from strkit.inference.metadata import ExportedModelError, ExportMetadata, InputSpec, MetadataError
+from strkit.inference.onnx_backend import OnnxBackend, read_onnx_metadata
+from strkit.models.recognizer import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+# Shrink the shipped configs: same stages, a fraction of the width (fast export and inference).
+TINY = {
+    "mbv2-ctc": ["model.backbone.width_mult=0.25", "model.backbone.out_channels=48",
+                 "model.sequence.hidden_size=24"],
+    "tps-mbv2-attn": ["model.backbone.width_mult=0.25", "model.backbone.out_channels=48",
+                      "model.sequence.hidden_size=24", "model.rectifier.loc_channels=[8,8,16,16]",
+                      "model.rectifier.loc_hidden=16", "model.decoder.hidden_size=24", "model.max_length=5"],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and the CI machine is small and shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(name: str, *extra: str):
+    cfg = load_config(REPO / "configs" / "models" / f"{name}.yaml", [*TINY[name], "data.img_h=32",
+                                                                      "data.img_w=100", *extra])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels).eval()
+    if name == "tps-mbv2-attn":  # a non-identity warp, so that the TPS grid is exercised
+        with torch.no_grad():
+            model.rectifier.localization.fc2.weight.normal_(0, 0.01)
+    return model, cfg
+
+
+@pytest.fixture(scope="module")
+def images(word_folder) -> list[Path]:
+    return sorted((word_folder / "images").glob("*.png"))[:7]
+
+
+def _export(name: str, tmp_path_factory):
+    model, cfg = tiny(name)
+    path = tmp_path_factory.mktemp(name) / "model.onnx"
+    meta = export_onnx(model, path, input_spec=InputSpec.from_data_config(cfg.data))
+    return name, model, cfg, path, meta
+
+
+@pytest.fixture(scope="module")
+def ctc_export(tmp_path_factory):
+    return _export("mbv2-ctc", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def attention_export(tmp_path_factory):
+    return _export("tps-mbv2-attn", tmp_path_factory)
+
+
+@pytest.fixture(params=["ctc_export", "attention_export"])
+def exported(request):
+    """(name, model, cfg, model.onnx path, metadata) for each decoder kind (exported once per module)."""
+    return request.getfixturevalue(request.param)
+
+
+def torch_logits(model, x):
+    with torch.inference_mode():
+        return model(x).logits
+
+
+def test_onnx_parity_on_images(exported, images):
+    _, model, _, path, _ = exported
+    report = parity_check(model, path, images, batch_size=4)
+    assert report.count == len(images) and report.passed, report.mismatches
+    assert report.max_logit_diff < 1e-4 and report.max_prob_diff < 1e-5
+    assert not model.training  # the exporter restores the model's mode
+
+
+def test_dynamic_batch_and_width(exported):
+    _, model, _, path, meta = exported
+    assert meta.dynamic_batch and meta.dynamic_width
+    backend = OnnxBackend(path, threads=1)
+    for batch, width in [(1, 100), (5, 100), (2, probe_width(meta.input) + 12)]:
+        x = example_input(meta.input, batch, width)
+        out = backend.logits(x)
+        ref = torch_logits(model, x)
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fixed_width_export_refuses_other_widths(tmp_path):
+    model, _ = tiny("mbv2-ctc")
+    meta = export_onnx(model, tmp_path / "m.onnx", dynamic_width=False)
+    assert not meta.dynamic_width
+    backend = OnnxBackend(tmp_path / "m.onnx", threads=1)
+    assert backend.logits(example_input(meta.input, 3)).shape[0] == 3
+    with pytest.raises(ValueError, match="width 100 only"):
+        backend.logits(example_input(meta.input, 1, 64))
+    with pytest.raises(ValueError, match="trim_padding"):
+        Recognizer(backend, trim_padding=True)
+
+
+def test_metadata_round_trip(exported):
+    name, model, cfg, path, meta = exported
+    read = read_onnx_metadata(path)
+    assert read == meta
+    assert ExportMetadata.from_json(meta.to_json()) == meta
+    assert read.input == InputSpec(32, 100, cfg.data.channels, cfg.data.keep_ratio)
+    assert read.build_charset() == model.charset
+    assert read.num_classes == model.codec.num_classes
+    expected = {"blank": 0} if name == "mbv2-ctc" else {"eos": 0, "bos": 1, "pad": 2}
+    assert read.special_ids == expected and read.codec_kind == ("ctc" if name == "mbv2-ctc" else "attention")
+    raw = json.loads(meta.to_json())
+    assert raw["input"]["normalize"]["offset"] == -1.0 and raw["output"]["name"] == "logits"
+
+
+def test_bad_exported_files_are_reported(tmp_path):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ExportedModelError, match="not a loadable ONNX model"):
+        OnnxBackend(bogus)
+    with pytest.raises(ExportedModelError, match="not found"):
+        OnnxBackend(tmp_path / "missing.onnx")
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(1, 2, 3).eval(), (torch.zeros(1, 1, 8, 8),), str(plain), dynamo=False,
+                      input_names=["images"], output_names=["logits"])
+    with pytest.raises(MetadataError, match="no strkit metadata"):
+        OnnxBackend(plain)
+    with pytest.raises(MetadataError, match="newer strkit"):
+        ExportMetadata.from_dict({"format": "strkit-export", "version": 99})
+    with pytest.raises(MetadataError, match="incomplete"):
+        ExportMetadata.from_dict({"format": "strkit-export", "version": 1, "charset": {}})
+
+
+def test_old_opset_is_refused(tmp_path):
+    model, _ = tiny("mbv2-ctc")
+    with pytest.raises(ExportError, match="opset"):
+        export_onnx(model, tmp_path / "m.onnx", opset=13)
+
+
+def test_torchscript_export_and_parity(exported, images, tmp_path):
+    _, model, _, _, meta = exported
+    ts_meta = export_torchscript(model, tmp_path / "model.ts", input_spec=meta.input)
+    module, loaded = load_torchscript(tmp_path / "model.ts")
+    assert loaded == ts_meta and loaded.charset == meta.charset
+    x = example_input(meta.input, 3)
+    torch.testing.assert_close(module(x), torch_logits(model, x))
+    report = torchscript_parity_check(model, tmp_path / "model.ts", images, batch_size=4)
+    assert report.passed and report.max_logit_diff < 1e-5
+
+
+def test_recognizer_from_onnx_matches_pytorch(exported, images):
+    _, model, cfg, path, _ = exported
+    ref = Recognizer(model, cfg).recognize(images, batch_size=3)
+    for threads in (1, 2):
+        rec = Recognizer.from_onnx(path, threads=threads)
+        assert rec.model is None and rec.backend.name == "onnxruntime"
+        got = rec.recognize(images, batch_size=4)
+        assert [r.text for r in got] == [r.text for r in ref]
+        np.testing.assert_allclose([r.confidence for r in got], [r.confidence for r in ref], rtol=1e-4, atol=1e-6)
+    bad = Recognizer.from_onnx(path, threads=1).recognize([images[0], images[0].parent / "missing.png"])
+    assert bad[0].ok and "no such file" in bad[1].error
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_export_runs_and_decodes(ctc_export, tmp_path, word_folder, images, mode):
+    _, model, _, path, _ = ctc_export
+    calib = sorted((word_folder / "images").glob("*.png"))[20:36]
+    meta = quantize_onnx(path, tmp_path / "model.int8.onnx", mode=mode, calibration=calib)
+    assert meta.extra["quantization"]["mode"] == mode
+    assert read_onnx_metadata(tmp_path / "model.int8.onnx").extra["quantization"]["mode"] == mode
+    backend = OnnxBackend(tmp_path / "model.int8.onnx", threads=1)
+    preds = Recognizer(backend).recognize(images)
+    assert len(preds) == len(images) and all(r.ok and 0.0 <= r.confidence <= 1.0 for r in preds)
+    report = parity_check(model, tmp_path / "model.int8.onnx", images, backend="int8")
+    assert report.count == len(images) and np.isfinite(report.max_prob_diff) and report.max_prob_diff < 0.5
+
+
+def test_static_int8_needs_calibration(ctc_export, tmp_path):
+    path = ctc_export[3]
+    with pytest.raises(ValueError, match="calibration"):
+        quantize_onnx(path, tmp_path / "q.onnx", mode="static")
+    with pytest.raises(ValueError, match="unknown quantisation mode"):
+        quantize_onnx(path, tmp_path / "q.onnx", mode="int4")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny keep-ratio mbv2-ctc checkpoint (shared: tests that change it work on a copy)."""
+    model, cfg = tiny("mbv2-ctc", "data.keep_ratio=true")
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    return path
+
+
+def test_from_checkpoint_backends_and_onnx_cache(checkpoint, images, tmp_path):
+    checkpoint = Path(shutil.copy(checkpoint, tmp_path / "best.pt"))
+    torch_rec = Recognizer.from_checkpoint(checkpoint)
+    assert torch_rec.backend.name == "torch" and torch_rec.model is not None
+    onnx_rec = Recognizer.from_checkpoint(checkpoint, backend="onnx", threads=1)
+    cache = Path(f"{checkpoint}.onnx")
+    assert onnx_rec.backend.name == "onnxruntime" and onnx_rec.backend.path == cache
+    assert onnx_rec.backend.input_spec.keep_ratio  # the run's data config travels in the metadata
+    assert [r.text for r in onnx_rec.recognize(images)] == [r.text for r in torch_rec.recognize(images)]
+    stamp = cache.stat().st_mtime_ns
+    assert cached_onnx_export(checkpoint) == cache and cache.stat().st_mtime_ns == stamp  # reused
+    os.utime(checkpoint, ns=(stamp + 10**9, stamp + 10**9))  # the checkpoint changed: exported again
+    assert cached_onnx_export(checkpoint) == cache and cache.stat().st_mtime_ns != stamp
+    auto = Recognizer.from_checkpoint(cache)
+    assert auto.backend.name == "onnxruntime"
+    with pytest.raises(ValueError, match="ONNX model"):
+        Recognizer.from_checkpoint(cache, backend="torch")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Recognizer.from_checkpoint(checkpoint, backend="tensorrt")
+
+
+def test_trim_padding_pads_each_batch_to_its_widest_image(checkpoint):
+    rng = np.random.default_rng(1)
+    # resized to height 32 (keep_ratio): widths 100 (capped), 40, 90, 20, 64
+    crops = [rng.integers(0, 256, (32, w), dtype=np.uint8) for w in (150, 40, 90, 20, 64)]
+    for rec in (Recognizer.from_checkpoint(checkpoint, trim_padding=True, channels_last=True),
+                Recognizer.from_checkpoint(checkpoint, backend="onnx", trim_padding=True, threads=1)):
+        # sorted by width, in pairs: [20, 40] -> width 40, [64, 90] -> 92, [100] -> 100
+        batched = rec.recognize(crops, batch_size=2)
+        single = [rec.recognize(c)[0] for c in crops]  # each alone: padded to its own width
+        assert len(batched) == len(crops)
+        for i in (0, 1, 2):  # same padded width alone and in its batch: same reading, in input order
+            assert batched[i].text == single[i].text
+            assert batched[i].confidence == pytest.approx(single[i].confidence, rel=1e-4, abs=1e-7)
+
+
+def test_export_cli_end_to_end(checkpoint, word_folder, shared_benchmarks, tmp_path, capsys):
+    from strkit.cli.export import main
+
+    out = tmp_path / "export"
+    rc = main([str(checkpoint), "--out", str(out), "--onnx", "--torchscript", "--int8",
+               "--calibration", str(word_folder), "--calibration-count", "16",
+               "--benchmark-root", str(shared_benchmarks), "--parity-set", "SVT_647", "--parity-count", "6",
+               "--accuracy", "SVT_647", "--accuracy-count", "8", "--batch-size", "4"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    for name in ("model.onnx", "model.int8.onnx", "model.ts", "export_report.json"):
+        assert (out / name).is_file()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["onnx"]["passed"] and report["parity"]["onnx"]["count"] == 6
+    assert report["parity"]["torchscript"]["passed"]
+    assert report["int8_accuracy"]["rows"][0]["benchmark"] == "SVT_647"
+    assert {"fp32", "int8"} <= set(report["int8_accuracy"]["rows"][0])
+    assert "same text on 6/6 images" in text and "int8 within 0.5 point" in text
+    assert Recognizer.from_onnx(out / "model.int8.onnx", threads=1).recognize(np.zeros((32, 80), np.uint8))[0].ok
+
+
+def test_export_cli_user_errors(checkpoint, tmp_path, capsys):
+    from strkit.cli.export import main
+
+    assert main([str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    rc = main([str(checkpoint), "--out", str(tmp_path / "o"), "--benchmark-root", str(tmp_path)])
+    assert rc == 2 and "parity set" in capsys.readouterr().err
+    rc = main([str(checkpoint), "--out", str(tmp_path / "o"), "--parity-count", "0", "--int8",
+               "--calibration", str(tmp_path / "none")])
+    assert rc == 2 and "calibration" in capsys.readouterr().err
