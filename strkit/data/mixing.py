@@ -254,9 +254,11 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
                 ", ".join(f"{r:g}" for r in sampler.ratios), num_workers, rank, world_size, start_step)
     dataset = TransformedDataset(ConcatDataset(datasets), transform)
     generator = _loader_generator(seed, rank, start_step)
+    # Single-threaded OpenCV in the parent *before* workers fork: a forked child that calls
+    # cv2.setNumThreads while it inherited a live OpenCV thread pool can hang.
+    limit_opencv_threads()
     if num_workers == 0:
         dataset.reseed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        limit_opencv_threads()
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       collate_fn=transform.collate, worker_init_fn=seed_worker,
                       persistent_workers=num_workers > 0, generator=generator)
@@ -268,8 +270,7 @@ def build_eval_loader(dataset: Dataset, transform: ImageTransform, batch_size: i
     no shuffling, the last partial batch kept. Use a transform without augmentation."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if num_workers == 0:
-        limit_opencv_threads()
+    limit_opencv_threads()  # before any worker forks (see build_mixed_loader)
     return DataLoader(TransformedDataset(dataset, transform), batch_size=batch_size, shuffle=False,
                       drop_last=False, num_workers=num_workers, collate_fn=transform.collate,
                       worker_init_fn=seed_worker)
