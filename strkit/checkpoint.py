@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} was written by a newer strkit (checkpoint version "
                               f"{payload['version']} > {VERSION}); upgrade strkit")
     return payload
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path, prefixes: Sequence[str] = ("",)
+                         ) -> list[str]:
+    """Copy the weights whose names start with one of ``prefixes`` from a strkit checkpoint into
+    ``model`` (e.g. the pre-trained language model into the model of the joint-training stage).
+
+    Returns:
+        the names of the copied tensors.
+
+    Raises:
+        ValueError: no weight matches, or a matching weight has another shape (the model config differs:
+            d_model, lm_layers, charset, max_length...).
+
+    ``prefixes=("",)`` copies every weight (fine-tuning from another run with the same architecture).
+    """
+    state = load_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    picked = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
+    if not picked:
+        raise ValueError(f"{path}: no weight starts with {list(prefixes)}; check train.init_prefixes "
+                         f"against the checkpoint's weight names")
+    for k, v in picked.items():
+        if k not in own or own[k].shape != v.shape:
+            got = tuple(own[k].shape) if k in own else "missing"
+            raise ValueError(f"{path}: weight {k} has shape {tuple(v.shape)} but this model's is {got}; "
+                             f"pre-train with the same model config (charset, max_length, decoder sizes)")
+    model.load_state_dict(picked, strict=False)
+    return sorted(picked)

@@ -118,6 +118,11 @@ class TrainConfig:
     log_every: int = 50
     max_minutes: float = 0.0  # wall-clock budget, summed over resumes; 0 = no limit
     out_dir: str = "runs/default"
+    # Start from another run's weights (staged training, fine-tuning): the weights of ``init_from``
+    # whose names start with one of ``init_prefixes`` ("" = all), e.g. ["decoder.language."] to take a
+    # pre-trained language model. Ignored when resuming.
+    init_from: str = ""
+    init_prefixes: list[str] = field(default_factory=lambda: [""])
     tensorboard: bool = True
     progress: bool = True
 

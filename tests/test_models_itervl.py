@@ -387,8 +387,9 @@ def test_pretrain_language_model_trains_only_the_language_model():
 
 
 def test_train_cli_runs_text_only_pretraining(tmp_path):
+    from strkit.checkpoint import init_from_checkpoint
     from strkit.cli.train import main
-    from strkit.engine.lm_pretrain import init_from_checkpoint
+    from strkit.engine.lm_pretrain import LANGUAGE_PREFIX
 
     words = tmp_path / "words.txt"
     words.write_text("\n".join(WORDS * 3) + "\n")
@@ -405,7 +406,7 @@ def test_train_cli_runs_text_only_pretraining(tmp_path):
     assert (out / "last.pt").is_file() and (out / "config.yaml").is_file() and (out / "metrics.csv").is_file()
     cfg = load_config(out / "config.yaml")
     fresh = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
-    names = init_from_checkpoint(fresh, out / "last.pt")
+    names = init_from_checkpoint(fresh, out / "last.pt", (LANGUAGE_PREFIX,))
     saved = torch.load(out / "last.pt", weights_only=True)["state_dict"]
     assert names and all(n.startswith("decoder.language.") for n in names)
     assert all(torch.equal(fresh.state_dict()[n], saved[n]) for n in names)

@@ -112,3 +112,17 @@ def test_time_budget_stops_and_counts_across_resume(word_folder, tmp_path):
     assert resumed.elapsed_before == spent
     resumed.fit()
     assert resumed.step == 2  # already over budget: one more step, then stop
+
+
+def test_init_from_copies_selected_weights(word_folder, tmp_path):
+    first = Trainer(_tiny_cfg(word_folder, tmp_path / "a"))
+    first.fit()
+    src = {k: v.clone() for k, v in first.model.state_dict().items()}
+    second = Trainer(_tiny_cfg(word_folder, tmp_path / "b", f"train.init_from={tmp_path / 'a' / 'last.pt'}",
+                               "train.init_prefixes=[decoder.]", "train.seed=5"))
+    got = second.model.state_dict()
+    assert all(torch.equal(got[k], src[k]) for k in src if k.startswith("decoder."))
+    assert any(not torch.equal(got[k], src[k]) for k in src if k.startswith("backbone.") and "weight" in k)
+    with pytest.raises(ValueError, match="no weight starts with"):
+        Trainer(_tiny_cfg(word_folder, tmp_path / "c", f"train.init_from={tmp_path / 'a' / 'last.pt'}",
+                          "train.init_prefixes=[nothing.]"))

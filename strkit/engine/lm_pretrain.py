@@ -13,7 +13,8 @@ alone (the rest of the recogniser is built, to fix every shape, but not trained)
 ``log_every``, ``val_every``, ``save_every``, ``max_minutes`` and ``out_dir`` mean what they mean for
 image training;
 ``data.val_fraction`` holds out words for the cloze accuracy. The result is an ordinary strkit
-checkpoint (``out_dir/last.pt``) of the whole model; :func:`init_from_checkpoint` copies its language
+checkpoint (``out_dir/last.pt``) of the whole model; ``train.init_from`` (see
+:func:`strkit.checkpoint.init_from_checkpoint`) copies its language
 model into the model of a later stage.
 """
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from strkit.charset import AttentionCodec, Charset, LabelFilter
-from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.checkpoint import save_checkpoint
 from strkit.config import Config, SourceConfig
 from strkit.models.recognizer import RecognitionModel, build_model
 
@@ -170,33 +171,6 @@ def cloze_accuracy(decoder: nn.Module, words: Sequence[str], codec: AttentionCod
     finally:
         lm.train(was_training)
     return correct / max(total, 1)
-
-
-def init_from_checkpoint(model: nn.Module, path: str | Path, prefixes: Sequence[str] = (LANGUAGE_PREFIX,)
-                         ) -> list[str]:
-    """Copy the weights whose names start with one of ``prefixes`` from a strkit checkpoint into
-    ``model`` (e.g. the pre-trained language model into the model of the joint-training stage).
-
-    Returns:
-        the names of the copied tensors.
-
-    Raises:
-        ValueError: no weight matches, or a matching weight has another shape (the model config differs:
-            d_model, lm_layers, charset, max_length...).
-    """
-    state = load_checkpoint(path)["state_dict"]
-    own = model.state_dict()
-    picked = {k: v for k, v in state.items() if k.startswith(tuple(prefixes))}
-    if not picked:
-        raise ValueError(f"{path}: no weight starts with {list(prefixes)}; is it a checkpoint of a model "
-                         f"with an iterative_vl decoder?")
-    for k, v in picked.items():
-        if k not in own or own[k].shape != v.shape:
-            got = tuple(own[k].shape) if k in own else "missing"
-            raise ValueError(f"{path}: weight {k} has shape {tuple(v.shape)} but this model's is {got}; "
-                             f"pre-train with the same model config (charset, max_length, decoder sizes)")
-    model.load_state_dict(picked, strict=False)
-    return sorted(picked)
 
 
 # -- the run ----------------------------------------------------------------------------------------

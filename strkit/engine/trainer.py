@@ -29,7 +29,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from strkit.charset import Charset
-from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from strkit.config import Config, from_dict
 from strkit.engine.metrics import RecognitionMetrics
 from strkit.models.recognizer import RecognitionModel, build_model
@@ -112,6 +112,9 @@ class Trainer:
         charset = Charset.from_dict(payload["charset"]) if payload else None
         self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
                                                    cfg.data.channels, charset=charset).to(self.device)
+        if cfg.train.init_from and payload is None:
+            names = init_from_checkpoint(self.model, cfg.train.init_from, cfg.train.init_prefixes)
+            log.info("initialised %d tensors from %s", len(names), cfg.train.init_from)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg.train.optimizer)
