@@ -75,6 +75,8 @@ class DataBench:
         parser.add_argument("--batch-size", type=int, default=32)
         parser.add_argument("--quick", action="store_true",
                             help="only 32×100 gray, no augmentation, 0 workers (a smoke test)")
+        parser.add_argument("--augment-order", action="store_true",
+                            help="also time augmenting before vs after the resize (per image, no loader)")
         parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     @staticmethod
@@ -108,14 +110,26 @@ class DataBench:
             print(f"data benchmark: {origin}, {n} records; load average before "
                   f"{' '.join(f'{v:.2f}' for v in load_before)}", flush=True)
             results = bench.run_data_benchmark(path, cases, images=args.count, repeat=args.repeat)
+            order: dict[str, dict[str, float]] = {}
+            if args.augment_order:
+                from strkit.data.lmdb import LmdbDataset
+
+                raw = LmdbDataset(path, channels=1)
+                records = [(raw.get_extra(i, "image") or b"", "") for i in range(min(len(raw), 1000))]
+                for channels in (1, 3):
+                    order["gray" if channels == 1 else "RGB"] = bench.augment_order_costs(
+                        records, channels=channels)
         load_after = bench.load_average()
         print()
         print(bench.markdown_table(results))
+        for name, costs in order.items():
+            print(f"\naugmentation 'strong', 32×128 {name}, µs/image: "
+                  + ", ".join(f"{k.removesuffix('_us').replace('_', ' ')} {v:.0f}" for k, v in costs.items()))
         print(f"\nload average after: {' '.join(f'{v:.2f}' for v in load_after)}")
         if args.json:
             command = " ".join(["python tools/bench.py", *args.argv])
             write_json(args.json, {"benchmark": "data", "command": command, "data": origin, "records": n,
-                                   "repeat": args.repeat,
+                                   "repeat": args.repeat, "augment_order_us": order,
                                    "load_average_before": load_before, "load_average_after": load_after,
                                    "results": [r.to_dict() for r in results]})
         return 0

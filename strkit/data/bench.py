@@ -249,6 +249,31 @@ def run_data_benchmark(path: Path, cases: Sequence[LoaderCase], images: int = 32
     return [best[i] for i in range(len(cases))]
 
 
+def augment_order_costs(records: Sequence[tuple[bytes, str]], img_h: int = 32, img_w: int = 128,
+                        channels: int = 1, augment: str = "strong", limit: int = 1000) -> dict[str, float]:
+    """Microseconds per image to augment-then-resize (the source crop) vs resize-then-augment (what
+    :class:`ImageTransform` does), both single-threaded, on decoded images (decoding not timed)."""
+    from strkit.data.lmdb import decode_image
+    from strkit.data.transforms import build_augmentation
+
+    cv2.setNumThreads(1)
+    images = [decode_image(data, channels) for data, _ in records[:limit]]
+    images = [im for im in images if im is not None]
+    plain = ImageTransform(img_h, img_w, channels=channels)
+    augmented = ImageTransform(img_h, img_w, channels=channels, augment=augment, seed=0)
+    augment_fn = build_augmentation(augment, channels=channels, seed=0)
+
+    def per_image(fn: Any) -> float:
+        start = time.perf_counter()
+        for im in images:
+            fn(im)
+        return 1e6 * (time.perf_counter() - start) / len(images)
+
+    return {"resize_only_us": per_image(plain.prepare),
+            "augment_then_resize_us": per_image(lambda im: plain.prepare(augment_fn(im))),
+            "resize_then_augment_us": per_image(augmented.prepare)}
+
+
 def markdown_table(results: Sequence[LoaderResult]) -> str:
     """The results as a markdown table."""
     lines = ["| loader | input | channels | workers | augment | images/s | ms / batch | first batch (s) |",

@@ -220,7 +220,7 @@ def limit_opencv_threads() -> None:
     """Run OpenCV single-threaded in this process (done when a loader works in the main process).
 
     OpenCV's thread pool gains nothing on word crops, and its spinning threads compete with torch's
-    intra-op threads on a small machine: measured here, model steps ran up to 2-3× slower beside it.
+    intra-op threads on a small machine (see the data-loading section of ``docs/benchmarks.md``).
     """
     cv2.setNumThreads(1)
 
