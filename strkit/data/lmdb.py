@@ -112,6 +112,7 @@ class _EnvCache:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.envs: dict[tuple[int, int], tuple[Path, lmdb.Environment]] = {}
+        self.open_paths: dict[Path, lmdb.Environment] = {}  # fast path: no os.stat per record read
 
     @staticmethod
     def key(path: Path) -> tuple[int, int]:
@@ -123,24 +124,35 @@ class _EnvCache:
             for _, env in self.envs.values():
                 env.close()
             self.envs.clear()
+            self.open_paths.clear()
             self.pid = os.getpid()
 
     def get(self, path: Path) -> lmdb.Environment:
         self._check_pid()
+        env = self.open_paths.get(path)
+        if env is not None:
+            return env
         key = self.key(path)
         entry = self.envs.get(key)
         if entry is None:
             entry = self.envs[key] = (path, open_env(path, **_READ_OPTIONS))
+        self.open_paths[path] = entry[1]
         return entry[1]
+
+    def _forget(self, env: lmdb.Environment) -> None:
+        for p in [p for p, e in self.open_paths.items() if e is env]:
+            del self.open_paths[p]
 
     def evict(self, path: Path) -> None:
         """Close the cached environment of ``path`` (before it is written, moved or deleted)."""
         self._check_pid()
+        self.open_paths.pop(path, None)
         try:
             entry = self.envs.pop(self.key(path), None)
         except OSError:
             return
         if entry is not None:
+            self._forget(entry[1])
             entry[1].close()
 
     def purge_stale(self) -> None:
@@ -153,6 +165,7 @@ class _EnvCache:
                 current = None
             if current != key:
                 del self.envs[key]
+                self._forget(env)
                 env.close()
 
 
