@@ -11,8 +11,9 @@ for it is reported (a pipeline that never starves the model waits ~0%).
 
 Inference speed is ``model.predict`` (eval forward + greedy decoding to text) under
 ``torch.inference_mode()``, in eager PyTorch: median ms per image at batch 1 and images/s at
-batch 64, optionally with bf16 autocast, channels-last, Conv+BN folding
-(:func:`strkit.models.fuse.fuse_for_inference`) or oneDNN's bf16 arithmetic for fp32 tensors.
+batch 64, optionally with bf16 autocast or bf16 weights
+(:func:`strkit.models.optimize.cast_for_inference`), channels-last, Conv+BN folding
+(:func:`strkit.models.optimize.fuse_for_inference`) or oneDNN's bf16 arithmetic for fp32 tensors.
 
 Each case runs in a fresh process (:func:`run_isolated`) so that its peak resident memory
 (``getrusage`` ``ru_maxrss``) belongs to that case alone and global settings do not leak between
@@ -31,7 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,6 +58,8 @@ class TrainCase:
         model: a model config name (``configs/models/<name>.yaml``) or the path of a model YAML.
         precision: ``fp32`` or ``bf16`` (autocast), as ``train.precision``.
         channels_last: as ``train.channels_last``.
+        lstm_autocast: let a ``bilstm`` sequence stage follow bf16 autocast
+            (``model.sequence.autocast=true``) instead of running in fp32.
         steps: timed optimisation steps (after ``warmup``), split into ``windows`` windows.
         data: a training source (LMDB or folder dataset) to load batches from; ``None`` = synthetic.
         data_kind: ``lmdb`` or ``folder`` (the source kind of ``data``).
@@ -67,6 +70,7 @@ class TrainCase:
     model: str
     precision: str = "fp32"
     channels_last: bool = False
+    lstm_autocast: bool = False
     batch_size: int = 32
     img_h: int = 32
     img_w: int = 100
@@ -94,14 +98,20 @@ class TrainResult:
     step_ms: float
     peak_rss_mib: float
     threads: int
-    load_1min: float
     data_wait_fraction: float | None = None
     final_loss: float | None = None
+    load_1min: float = 0.0  # set by run_case: the load average just before the case
+    busy_cores: float | None = None  # set by run_case: cores busy (others) just before the case
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["case"] = asdict(self.case)
         return out
+
+
+#: Inference precisions: ``fp32``; ``bf16`` = fp32 weights under bf16 autocast; ``bf16-weights`` =
+#: weights stored in bf16 (:func:`strkit.models.optimize.cast_for_inference`), no autocast.
+INFER_PRECISIONS = ("fp32", "bf16", "bf16-weights")
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,10 @@ class InferCase:
 
     Attributes:
         model: a model config name or path (as in :class:`TrainCase`).
-        precision: ``fp32`` or ``bf16`` (autocast around the forward).
+        precision: one of :data:`INFER_PRECISIONS`.
+        lstm_autocast: as in :class:`TrainCase` (matters for ``bf16`` only).
         channels_last: model weights and input in channels-last layout.
-        fuse: fold Conv2d+BatchNorm2d pairs first (:func:`strkit.models.fuse.fuse_for_inference`).
+        fuse: fold Conv2d+BatchNorm2d pairs first (:func:`strkit.models.optimize.fuse_for_inference`).
         onednn_bf16: let oneDNN compute fp32 convolutions, matmuls and RNNs with bf16 arithmetic
             (``torch.backends.mkldnn.*.fp32_precision = "bf16"``; set only in the benchmark process).
         repeats: timed batch-1 calls (median reported); ``batch_repeats`` timed batch calls.
@@ -120,6 +131,7 @@ class InferCase:
 
     model: str
     precision: str = "fp32"
+    lstm_autocast: bool = False
     channels_last: bool = False
     fuse: bool = False
     onednn_bf16: bool = False
@@ -137,6 +149,8 @@ class InferCase:
     def levers(self) -> str:
         """The levers of this case in words, e.g. ``bf16 + channels-last + fused``."""
         parts = [self.precision]
+        if self.lstm_autocast and self.precision == "bf16":
+            parts.append("bf16 LSTM")
         if self.channels_last:
             parts.append("channels-last")
         if self.fuse:
@@ -158,8 +172,9 @@ class InferResult:
     images_per_s: float  # batch ``case.batch``, median over ``batch_repeats`` calls
     peak_rss_mib: float
     threads: int
-    load_1min: float
     fused_pairs: int = 0
+    load_1min: float = 0.0  # set by run_case
+    busy_cores: float | None = None  # set by run_case
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -201,6 +216,29 @@ def load_1min() -> float:
         return 0.0
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from ``/proc/stat`` (``None`` where it does not exist)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    values = [int(v) for v in fields[:8]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(interval_s: float = 1.0) -> float | None:
+    """How many cores were busy (all processes) during the next ``interval_s`` seconds, measured
+    while this process sleeps; ``None`` where ``/proc/stat`` is not available. Unlike the load
+    average it does not remember the benchmark's own previous case."""
+    before = _cpu_times()
+    time.sleep(interval_s)
+    after = _cpu_times()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (os.cpu_count() or 1) * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def random_words(count: int, chars: Sequence[str], rng: random.Random, min_len: int = 3,
                  max_len: int = 10) -> list[str]:
     """``count`` random words of ``min_len``..``max_len`` characters drawn uniformly from ``chars``."""
@@ -224,9 +262,17 @@ def window_sizes(steps: int, windows: int) -> list[int]:
     return [steps // n + (1 if i < steps % n else 0) for i in range(n)]
 
 
+def lstm_overrides(model: str, lstm_autocast: bool) -> list[str]:
+    """``["model.sequence.autocast=true"]`` when asked for and the model's sequence stage is ``bilstm``."""
+    if not lstm_autocast:
+        return []
+    cfg = load_config(model_config_path(model))
+    return ["model.sequence.autocast=true"] if cfg.model.sequence.get("name") == "bilstm" else []
+
+
 def train_config(case: TrainCase) -> Config:
     """The run config of a training case: the model YAML plus the case's data and train settings."""
-    overrides = [
+    overrides = [*lstm_overrides(case.model, case.lstm_autocast),
         f"data.img_h={case.img_h}", f"data.img_w={case.img_w}", f"data.channels={case.channels}",
         f"data.workers={case.workers}",
         f"train.precision={case.precision}", f"train.channels_last={str(case.channels_last).lower()}",
@@ -291,8 +337,7 @@ def measure_train(case: TrainCase) -> TrainResult:
         params=sum(p.numel() for p in trainer.model.parameters()),
         images_per_s=statistics.median(rates), window_images_per_s=rates,
         step_ms=1000 * total / case.steps, peak_rss_mib=peak_rss_mib(), threads=torch.get_num_threads(),
-        load_1min=load_1min(), data_wait_fraction=None if case.data is None else wait / total,
-        final_loss=loss)
+        data_wait_fraction=None if case.data is None else wait / total, final_loss=loss)
 
 
 @contextlib.contextmanager
@@ -314,19 +359,25 @@ def onednn_fp32_precision(precision: str) -> Iterator[None]:
             b.fp32_precision = p
 
 
-def prepare_inference_model(case: InferCase) -> torch.nn.Module:
-    """The eval-mode model of ``case`` (random weights), fused and/or channels-last as asked."""
-    from strkit.models.fuse import fuse_for_inference
+def prepare_inference_model(case: InferCase) -> tuple[torch.nn.Module, int]:
+    """The eval-mode model of ``case`` (random weights): fused, cast and/or channels-last as asked;
+    and the parameter count of its architecture (before folding)."""
+    from strkit.models.optimize import cast_for_inference, fuse_for_inference
     from strkit.models.recognizer import build_model
 
-    cfg = load_config(model_config_path(case.model))
+    if case.precision not in INFER_PRECISIONS:
+        raise ValueError(f"precision {case.precision!r}: use one of {', '.join(INFER_PRECISIONS)}")
+    cfg = load_config(model_config_path(case.model), lstm_overrides(case.model, case.lstm_autocast))
     torch.manual_seed(case.seed)
     model = build_model(cfg.model, case.img_h, case.img_w, case.channels).eval()
+    params = sum(p.numel() for p in model.parameters())
     if case.fuse:
         model = fuse_for_inference(model, inplace=True)
+    if case.precision == "bf16-weights":
+        model = cast_for_inference(model, torch.bfloat16, inplace=True)
     if case.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return model
+    return model, params
 
 
 def measure_infer(case: InferCase) -> InferResult:
@@ -334,23 +385,22 @@ def measure_infer(case: InferCase) -> InferResult:
     from strkit.engine.trainer import autocast_context
 
     torch.set_num_threads(case.threads)
-    model = prepare_inference_model(case)
-    params = sum(p.numel() for p in model.parameters())
-    if case.fuse:  # count the unfused model's parameters: the architecture, not its inference form
-        params = sum(p.numel() for p in prepare_inference_model(replace(case, fuse=False)).parameters())
+    model, params = prepare_inference_model(case)
     device = torch.device("cpu")
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
+    dtype = torch.bfloat16 if case.precision == "bf16-weights" else torch.float32
+    autocast = "bf16" if case.precision == "bf16" else "fp32"
     gen = torch.Generator().manual_seed(case.seed)
 
     def inputs(batch: int) -> torch.Tensor:
         x = torch.rand(batch, case.channels, case.img_h, case.img_w, generator=gen) * 2 - 1
-        return x.contiguous(memory_format=memory_format)
+        return x.to(dtype).contiguous(memory_format=memory_format)
 
     def timed(x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
         times = []
         for i in range(warmup + repeats):
             t = time.perf_counter()
-            with autocast_context(device, case.precision):
+            with autocast_context(device, autocast):
                 model.predict(x)
             if i >= warmup:
                 times.append(time.perf_counter() - t)
@@ -363,8 +413,7 @@ def measure_infer(case: InferCase) -> InferResult:
         case=case, pipeline=model.pipeline, params=params,
         ms_per_image=1000 * statistics.median(single), ms_per_image_min=1000 * min(single),
         images_per_s=case.batch / statistics.median(batched), peak_rss_mib=peak_rss_mib(),
-        threads=torch.get_num_threads(), load_1min=load_1min(),
-        fused_pairs=int(getattr(model, "fused_pairs", 0)))
+        threads=torch.get_num_threads(), fused_pairs=int(getattr(model, "fused_pairs", 0)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,6 +434,10 @@ def _fmt_params(n: int) -> str:
     return f"{n:,}"
 
 
+def _fmt_busy(busy: float | None) -> str:
+    return "–" if busy is None else f"{busy:.2f}"
+
+
 def train_table(results: Sequence[TrainResult]) -> str:
     """A markdown table of training results, one row per case."""
     with_data = any(r.data_wait_fraction is not None for r in results)
@@ -392,28 +445,30 @@ def train_table(results: Sequence[TrainResult]) -> str:
             "images/s (median)", "windows min–max", "ms/step", "peak RSS (GiB)"]
     if with_data:
         head.append("data wait")
-    head.append("load (1 min)")
+    head += ["load (1 min)", "busy cores before"]
     rows = []
     for r in results:
         c = r.case
-        row = [c.model, r.pipeline, _fmt_params(r.params), c.precision, "on" if c.channels_last else "off",
+        precision = f"{c.precision} + bf16 LSTM" if c.lstm_autocast and c.precision == "bf16" else c.precision
+        row = [c.model, r.pipeline, _fmt_params(r.params), precision, "on" if c.channels_last else "off",
                str(c.batch_size), str(r.threads), f"{r.images_per_s:.1f}",
                f"{min(r.window_images_per_s):.1f}–{max(r.window_images_per_s):.1f}", f"{r.step_ms:.0f}",
                f"{r.peak_rss_mib / 1024:.2f}"]
         if with_data:
             row.append("–" if r.data_wait_fraction is None else f"{100 * r.data_wait_fraction:.1f}%")
-        row.append(f"{r.load_1min:.2f}")
+        row += [f"{r.load_1min:.2f}", _fmt_busy(r.busy_cores)]
         rows.append(row)
     return _markdown(head, rows)
 
 
 def infer_table(results: Sequence[InferResult]) -> str:
     """A markdown table of inference results, one row per case."""
+    batch = results[0].case.batch if results else 64
     head = ["model", "params", "levers", "threads", "ms/image (batch 1, median)", "min",
-            "images/s (batch 64)", "peak RSS (GiB)", "load (1 min)"]
+            f"images/s (batch {batch})", "peak RSS (GiB)", "load (1 min)", "busy cores before"]
     rows = [[r.case.model, _fmt_params(r.params), r.case.levers, str(r.threads), f"{r.ms_per_image:.2f}",
              f"{r.ms_per_image_min:.2f}", f"{r.images_per_s:.0f}", f"{r.peak_rss_mib / 1024:.2f}",
-             f"{r.load_1min:.2f}"] for r in results]
+             f"{r.load_1min:.2f}", _fmt_busy(r.busy_cores)] for r in results]
     return _markdown(head, rows)
 
 
@@ -425,22 +480,33 @@ def _markdown(head: list[str], rows: list[list[str]]) -> str:
 
 @dataclass
 class LoadGate:
-    """Waits until the 1-minute load average is at most ``max_load`` (at most ``retries`` waits of
-    ``wait_s`` seconds), so that timings are not taken while other work shares the cores."""
+    """Waits (at most ``retries`` times ``wait_s`` seconds) until at most ``max_busy`` cores are busy
+    with other work, so that timings are not taken while others share the cores; ``waits`` records
+    the busy-core figures that made it wait."""
 
-    max_load: float = 1.5
+    max_busy: float = 0.5
     retries: int = 3
     wait_s: float = 30.0
-    waited: list[float] = field(default_factory=list)
+    waits: list[float] = field(default_factory=list)
 
-    def wait(self, log: Callable[[str], None] = print) -> float:
-        """Returns the load average at the end (possibly still above ``max_load``)."""
-        load = load_1min()
+    def wait(self, log: Callable[[str], None] = print) -> float | None:
+        """Returns the busy cores measured last (possibly still above ``max_busy``)."""
+        busy = busy_cores()
         for _ in range(self.retries):
-            if load <= self.max_load:
+            if busy is None or busy <= self.max_busy:
                 break
-            log(f"load average {load:.2f} > {self.max_load}: waiting {self.wait_s:.0f} s")
+            log(f"{busy:.2f} cores busy with other work (> {self.max_busy}): waiting {self.wait_s:.0f} s")
+            self.waits.append(busy)
             time.sleep(self.wait_s)
-            self.waited.append(load)
-            load = load_1min()
-        return load
+            busy = busy_cores()
+        return busy
+
+
+def run_case(func: Callable[[_T], _R], case: _T, gate: LoadGate | None = None, isolate: bool = True) -> _R:
+    """Measure one case: wait for ``gate``, note the load, run ``func(case)`` (in a fresh process when
+    ``isolate``) and attach ``load_1min`` / ``busy_cores`` (as measured just before) to the result."""
+    busy = gate.wait() if gate is not None else busy_cores()
+    load = load_1min()
+    result = run_isolated(func, case) if isolate else func(case)
+    result.load_1min, result.busy_cores = load, busy  # type: ignore[attr-defined]
+    return result

@@ -27,7 +27,8 @@ class AttentionDecoder(nn.Module):
         hidden_size: LSTM and attention size (256 in TRBA).
 
     Shapes: ``forward(features: B×T×D, targets={'tokens': B×(max_length+2)} | None)
-    -> logits B×(max_length+1)×K``. Runs in fp32 (autocast switched off inside).
+    -> logits B×(max_length+1)×K``. Runs in the dtype of its weights (fp32 unless the model was cast
+    for inference), with autocast switched off inside.
     """
 
     codec_kind = "attention"
@@ -68,7 +69,7 @@ class AttentionDecoder(nn.Module):
                                  f"expected max_length + 2 = {steps + 1}; encode labels with the model's "
                                  f"codec")
         with torch.autocast(device_type=features.device.type, enabled=False):
-            feats = features.float()
+            feats = features.to(self.i2h.weight.dtype)  # fp32 unless the model was cast for inference
             batch = feats.shape[0]
             proj = self.i2h(feats)  # B×T×H
             h = feats.new_zeros(batch, self.hidden_size)

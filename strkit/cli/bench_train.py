@@ -1,0 +1,142 @@
+"""``tools/bench.py train``: training throughput (images/s) and peak memory per model and setting.
+
+Every combination of ``--models`` × ``--precision`` × ``--channels-last`` runs in a fresh process and
+times the trainer's own ``train_step`` (see :mod:`strkit.engine.speed`)::
+
+    flock /tmp/strkit-timing.lock python tools/bench.py train --models crnn trba mbv2-ctc \\
+        --precision fp32 bf16 --channels-last off on --json runs/bench/train.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+from strkit.cli.bench import BENCH_COMMANDS, write_json
+from strkit.cli.common import fail
+
+
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {value!r}")
+    return value == "on"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, default_models: list[str]) -> None:
+    """Options shared by ``train`` and ``infer``: models, precision, layout, threads, image size,
+    the load gate and the JSON output."""
+    parser.add_argument("--models", nargs="+", default=default_models,
+                        help="model config names (configs/models/) or model YAML paths "
+                             f"(default: {' '.join(default_models)})")
+    parser.add_argument("--channels-last", nargs="+", type=_on_off, default=[False, True],
+                        metavar="{on,off}", help="channels-last layout settings to measure (default: off on)")
+    parser.add_argument("--lstm-bf16", nargs="+", type=_on_off, default=[False], metavar="{on,off}",
+                        help="with bf16: let bilstm sequence stages follow autocast "
+                             "(model.sequence.autocast=true) instead of running in fp32 (default: off)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--img-h", type=int, default=32)
+    parser.add_argument("--img-w", type=int, default=100)
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 = gray (default), 3 = RGB")
+    parser.add_argument("--max-busy", type=float, default=0.5,
+                        help="before each case, wait while more than this many cores are busy with other "
+                             "work (default 0.5)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="at most this many waits of --wait-s seconds per case (default 3)")
+    parser.add_argument("--wait-s", type=float, default=30.0)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the cases in this process (peak memory is then not per case)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+
+def check_common_arguments(args: argparse.Namespace) -> str | None:
+    """A message for the first invalid option value, else None."""
+    from strkit.config import ConfigError
+    from strkit.engine.speed import model_config_path
+
+    if args.threads < 1:
+        return f"--threads must be >= 1, got {args.threads}"
+    for model in args.models:
+        try:
+            model_config_path(model)
+        except ConfigError as exc:
+            return str(exc)
+    return None
+
+
+@BENCH_COMMANDS.register("train")
+class TrainBench:
+    """Training speed: images/s (median over windows) and peak RSS of real optimisation steps."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_common_arguments(parser, ["crnn", "trba", "mbv2-ctc"])
+        parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                            help="precisions to measure (bf16 = autocast; default: both)")
+        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--steps", type=int, default=20,
+                            help="timed optimisation steps per case, after --warmup (default 20)")
+        parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+        parser.add_argument("--windows", type=int, default=5,
+                            help="the timed steps are split into this many windows; the median window "
+                                 "rate is reported (default 5)")
+        parser.add_argument("--with-data", nargs="?", const="../shared/benchmarks/IIIT5K_train", default=None,
+                            metavar="SOURCE",
+                            help="load batches with the real training loader from this LMDB or folder "
+                                 "dataset (default when given without a value: "
+                                 "../shared/benchmarks/IIIT5K_train) and report the time spent waiting")
+        parser.add_argument("--workers", type=int, default=2, help="loader workers with --with-data (default 2)")
+        parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                            help="further config overrides for every case, e.g. train.grad_clip=0")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from strkit.config import ConfigError
+        from strkit.engine import speed
+
+        error = check_common_arguments(args)
+        if error is None and min(args.batch_size, args.steps) < 1:
+            error = "--batch-size and --steps must be >= 1"
+        data_kind = "folder"
+        if error is None and args.with_data is not None:
+            data_kind, error = _data_kind(Path(args.with_data))
+        if error is not None:
+            return fail(error)
+        cases = [speed.TrainCase(model=m, precision=p, channels_last=cl, lstm_autocast=lb,
+                                 batch_size=args.batch_size, img_h=args.img_h, img_w=args.img_w,
+                                 channels=args.channels, threads=args.threads, steps=args.steps,
+                                 warmup=args.warmup, windows=args.windows, data=args.with_data,
+                                 data_kind=data_kind, workers=args.workers, overrides=tuple(args.override))
+                 for m, p, cl, lb in itertools.product(args.models, args.precision, args.channels_last,
+                                                       args.lstm_bf16)
+                 if not (lb and p == "fp32")]
+        gate = speed.LoadGate(args.max_busy, args.retries, args.wait_s)
+        results = []
+        for case in cases:
+            print(f"train: {case.model} {case.precision}{' + bf16 LSTM' if case.lstm_autocast else ''} "
+                  f"channels-last={'on' if case.channels_last else 'off'} batch {case.batch_size}, "
+                  f"{case.steps} steps ...", flush=True)
+            try:
+                result = speed.run_case(speed.measure_train, case, gate, isolate=not args.in_process)
+            except (ConfigError, FileNotFoundError) as exc:
+                return fail(str(exc))
+            print(f"  {result.images_per_s:.1f} images/s, peak RSS {result.peak_rss_mib / 1024:.2f} GiB",
+                  flush=True)
+            results.append(result)
+        print()
+        print(speed.train_table(results))
+        if args.json:
+            write_json(args.json, {"benchmark": "train",
+                                   "command": " ".join(["python tools/bench.py", *args.argv]),
+                                   "results": [r.to_dict() for r in results]})
+        return 0
+
+
+def _data_kind(path: Path) -> tuple[str, str | None]:
+    """(source kind, error message or None) of a ``--with-data`` path."""
+    if (path / "labels.tsv").is_file() or path.is_file():
+        return "folder", None
+    if path.is_dir():
+        return "lmdb", None
+    return "folder", (f"--with-data: {path} does not exist; give an LMDB folder or a folder dataset "
+                      f"(images/ + labels.tsv)")

@@ -1,0 +1,193 @@
+"""Tests of the training / inference speed benchmarks and of Conv+BN folding (tiny runs, no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from strkit.cli.bench import BENCH_COMMANDS, main
+from strkit.config import ConfigError, load_config
+from strkit.engine import speed
+from strkit.models.optimize import cast_for_inference, fuse_for_inference
+from strkit.models.recognizer import build_model
+from strkit.models.registry import SEQUENCES
+
+# Never wait for a quiet machine in tests.
+NO_WAIT = ["--max-busy", "1000", "--retries", "0"]
+
+
+def test_subcommands_are_registered() -> None:
+    assert {"train", "infer"} <= set(BENCH_COMMANDS.names())
+
+
+def test_train_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One case in a fresh process: the table and the JSON fields, the architecture's parameter count."""
+    out = tmp_path / "train.json"
+    assert main(["train", "--models", "mbv2-ctc", "--precision", "fp32", "--channels-last", "off",
+                 "--batch-size", "4", "--steps", "2", "--warmup", "1", "--windows", "2", "--threads", "1",
+                 "--json", str(out), *NO_WAIT]) == 0
+    printed = capsys.readouterr().out
+    assert "| mbv2-ctc | none-mobilenetv2-bilstm-ctc | 4,574,437 | fp32 | off | 4 |" in printed
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "train" and "tools/bench.py train" in payload["command"]
+    (result,) = payload["results"]
+    assert result["params"] == 4_574_437
+    assert result["case"]["model"] == "mbv2-ctc" and result["case"]["batch_size"] == 4
+    assert len(result["window_images_per_s"]) == 2 and result["images_per_s"] > 0
+    assert result["peak_rss_mib"] > 50  # a process that imported torch
+    assert result["threads"] == 1 and result["data_wait_fraction"] is None
+    assert result["final_loss"] is not None and result["final_loss"] == result["final_loss"]  # finite
+
+
+def test_train_with_real_loader_in_process(word_folder: Path) -> None:
+    case = speed.TrainCase(model="mbv2-ctc", precision="bf16", channels_last=True, lstm_autocast=True,
+                           batch_size=4, steps=2,
+                           warmup=1, windows=1, threads=1, data=str(word_folder), data_kind="folder",
+                           workers=0)
+    result = speed.run_case(speed.measure_train, case, gate=None, isolate=False)
+    assert result.data_wait_fraction is not None and 0.0 <= result.data_wait_fraction < 1.0
+    assert result.images_per_s > 0 and result.window_images_per_s and result.busy_cores != -1
+    table = speed.train_table([result])
+    assert "data wait" in table and "bf16 + bf16 LSTM" in table
+    assert result.params == 4_574_437  # the LSTM option changes no parameter
+    assert speed.train_config(case).model.sequence["autocast"] is True
+
+
+def test_infer_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "infer.json"
+    assert main(["infer", "--models", "mbv2-ctc", "--precision", "fp32", "bf16", "bf16-weights",
+                 "--channels-last", "on",
+                 "--fuse", "on", "--threads", "1", "--repeats", "2", "--warmup", "1", "--batch", "3",
+                 "--batch-repeats", "1",
+                 "--in-process", "--json", str(out), *NO_WAIT]) == 0
+    printed = capsys.readouterr().out
+    assert "images/s (batch 3)" in printed and "bf16 + channels-last + fused" in printed
+    results = json.loads(out.read_text())["results"]
+    assert [r["case"]["precision"] for r in results] == ["fp32", "bf16", "bf16-weights"]
+    for r in results:
+        assert r["params"] == 4_574_437  # the unfused architecture
+        assert r["fused_pairs"] > 0 and r["ms_per_image"] > 0 and r["images_per_s"] > 0
+
+
+def test_cli_precisions_match_the_library() -> None:
+    from strkit.cli.bench_infer import PRECISIONS
+
+    assert PRECISIONS == speed.INFER_PRECISIONS
+
+
+def test_unknown_model_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--models", "nosuch", "--steps", "1", *NO_WAIT]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "crnn" in err
+    with pytest.raises(ConfigError, match="configs/models"):
+        speed.model_config_path("nosuch")
+
+
+def test_missing_data_source_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--models", "mbv2-ctc", "--with-data", str(tmp_path / "absent"), *NO_WAIT]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
+@given(steps=st.integers(1, 200), windows=st.integers(1, 20))
+def test_window_sizes_cover_all_steps(steps: int, windows: int) -> None:
+    sizes = speed.window_sizes(steps, windows)
+    assert sum(sizes) == steps and len(sizes) == min(steps, windows)
+    assert max(sizes) - min(sizes) <= 1
+
+
+@settings(max_examples=30)
+@given(count=st.integers(0, 40), seed=st.integers(0, 2**16))
+def test_random_words_are_realistic_labels(count: int, seed: int) -> None:
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    words = speed.random_words(count, chars, random.Random(seed))
+    assert len(words) == count
+    assert all(3 <= len(w) <= 10 and set(w) <= set(chars) for w in words)
+
+
+def test_synthetic_batches_shape() -> None:
+    ((images, labels),) = speed.synthetic_batches(1, 5, 1, 32, 100, "abc")
+    assert images.shape == (5, 1, 32, 100) and len(labels) == 5
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BN statistics and affine parameters, so that folding them is really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+
+
+@pytest.mark.parametrize("name", ["crnn", "tps-mbv2-attn"])
+def test_fuse_for_inference_keeps_outputs(name: str) -> None:
+    cfg = load_config(f"configs/models/{name}.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32, 100, 1)
+    _randomise_batchnorm(model)
+    model.eval()
+    x = torch.rand(2, 1, 32, 100) * 2 - 1
+    with torch.inference_mode():
+        ref = model(x).logits
+        fused = fuse_for_inference(model)
+        out = fused(x).logits
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert fused.fused_pairs == n_bn > 0  # every BN of these models follows a conv
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    assert [p.text for p in fused.predict(x)] == [p.text for p in model.predict(x)]
+
+
+def test_fuse_for_inference_skips_unfusable_pairs() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.BatchNorm2d(4),
+                              torch.nn.Conv2d(4, 4, 1), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    fused = fuse_for_inference(net)
+    assert fused.fused_pairs == 0
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules()) == 2
+
+
+@pytest.mark.parametrize("name", ["crnn", "tps-mbv2-attn"])
+def test_cast_for_inference_runs_in_bf16(name: str) -> None:
+    cfg = load_config(f"configs/models/{name}.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 32, 100, 1).eval()
+    x = torch.rand(2, 1, 32, 100) * 2 - 1
+    with torch.inference_mode():
+        ref = model(x).logits
+        cast = cast_for_inference(fuse_for_inference(model))
+        out = cast(x.bfloat16()).logits
+        preds = cast.predict(x.bfloat16())
+    assert out.dtype == torch.bfloat16 and len(preds) == 2
+    assert next(model.parameters()).dtype == torch.float32  # the original is untouched
+    for module in cast.modules():
+        for p in module.parameters(recurse=False):
+            norm = isinstance(module, torch.nn.BatchNorm2d)
+            assert p.dtype == (torch.float32 if norm else torch.bfloat16)
+    for buffer in cast.buffers():
+        assert buffer.dtype in (torch.float32, torch.int64)  # BN statistics, TPS grid basis, masks
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 1e-3
+
+
+def test_bilstm_autocast_option() -> None:
+    x = torch.randn(2, 7, 24)
+    default = SEQUENCES.build({"name": "bilstm", "hidden_size": 16}, input_size=24)
+    follow = SEQUENCES.build({"name": "bilstm", "hidden_size": 16, "autocast": True}, input_size=24)
+    follow.load_state_dict(default.state_dict())  # same parameters, same names
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, full = follow(x), default(x)
+    assert low.dtype == torch.bfloat16 and full.dtype == torch.float32
+    torch.testing.assert_close(low.float(), full, rtol=0.05, atol=0.05)
+    low.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in follow.parameters())
+    assert follow(x).dtype == torch.float32  # without autocast: the weights' dtype
