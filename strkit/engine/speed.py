@@ -17,7 +17,11 @@ batch 64, optionally with bf16 autocast or bf16 weights
 
 Each case runs in a fresh process (:func:`run_isolated`) so that its peak resident memory
 (``getrusage`` ``ru_maxrss``) belongs to that case alone and global settings do not leak between
-cases. Timings mean little on a loaded machine: the 1-minute load average is recorded with each case.
+cases. Timings mean little on a loaded machine: :func:`run_case` can wait for the other work on the
+machine to stop (:class:`LoadGate`) and records the 1-minute load average and the number of cores
+busy just before each case. On a 2-core machine shared with a 1-thread job, 2-thread timings are
+distorted far more than the load suggests (the two intra-op threads wait for each other at every
+operator while one shares its core), so compare only figures taken with the other core idle.
 """
 
 from __future__ import annotations
@@ -507,6 +511,13 @@ def run_case(func: Callable[[_T], _R], case: _T, gate: LoadGate | None = None, i
     ``isolate``) and attach ``load_1min`` / ``busy_cores`` (as measured just before) to the result."""
     busy = gate.wait() if gate is not None else busy_cores()
     load = load_1min()
-    result = run_isolated(func, case) if isolate else func(case)
+    if isolate:
+        result = run_isolated(func, case)
+    else:
+        threads = torch.get_num_threads()
+        try:
+            result = func(case)
+        finally:
+            torch.set_num_threads(threads)
     result.load_1min, result.busy_cores = load, busy  # type: ignore[attr-defined]
     return result
