@@ -78,6 +78,10 @@ class ModelConfig:
     backbone: dict[str, Any] = field(default_factory=lambda: {"name": "vgg"})
     sequence: dict[str, Any] = field(default_factory=lambda: {"name": "bilstm"})
     decoder: dict[str, Any] = field(default_factory=lambda: {"name": "ctc"})
+    # Weight of an auxiliary CTC loss on the visual features (a Linear head on the backbone output,
+    # training only: inference and export never use it). 0 = off. Lets a CTC model leave the
+    # blank-only plateau sooner when the sequence stage is a randomly initialised BiLSTM.
+    aux_ctc: float = 0.0
 
 
 @dataclass

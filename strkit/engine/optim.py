@@ -94,3 +94,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` following the schedule named ``cfg.name`` over ``total_steps`` steps."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.name)(total_steps, cfg))
+
+
+def set_schedule_length(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: SchedulerConfig,
+                        total_steps: int) -> None:
+    """Re-target ``scheduler`` to end after ``total_steps`` steps (its step counter is kept), and set
+    the learning rates for the current step. Used to fit a schedule to a wall-clock budget."""
+    fn = SCHEDULES.get(cfg.name)(total_steps, cfg)
+    scheduler.lr_lambdas = [fn for _ in scheduler.optimizer.param_groups]
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

@@ -35,8 +35,8 @@ from strkit.engine.metrics import RecognitionMetrics
 from strkit.models.recognizer import RecognitionModel, build_model
 
 from .data import RunData, build_run_data
-from .distributed import DistInfo, barrier, init_distributed, resolve_device, shutdown
-from .optim import build_optimizer, build_scheduler
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
+from .optim import build_optimizer, build_scheduler, set_schedule_length
 
 log = logging.getLogger("strkit")
 
@@ -121,6 +121,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler, cfg.train.steps)
         self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
         self.step = 0
+        # Steps the LR schedule spans: train.steps, or fewer when train.max_minutes allows fewer
+        # (re-estimated from the measured step rate, see _fit_schedule_to_budget).
+        self.schedule_steps = cfg.train.steps
         self.best: dict[str, float] = {}
         self.skipped_steps = 0
         self.elapsed_before = 0.0  # training seconds spent before a resume (train.max_minutes counts them)
@@ -155,6 +158,9 @@ class Trainer:
         self.best = dict(ts.get("best", {}))
         self.skipped_steps = int(ts.get("skipped_steps", 0))
         self.elapsed_before = float(ts.get("elapsed_s", 0.0))
+        self.schedule_steps = int(ts.get("schedule_steps", self.cfg.train.steps))
+        if self.schedule_steps != self.cfg.train.steps:
+            set_schedule_length(self.scheduler, self.cfg.train.scheduler, self.schedule_steps)
         rng = ts.get("rng", {}).get(str(self.dist.rank)) or ts.get("rng", {}).get("0")
         if rng is not None:
             set_rng_state(rng)
@@ -178,6 +184,7 @@ class Trainer:
                 "best": self.best,
                 "skipped_steps": self.skipped_steps,
                 "elapsed_s": self.elapsed_s,
+                "schedule_steps": self.schedule_steps,
                 "sampler": {"step": self.step},
             }
         return save_checkpoint(self.out_dir / name, metrics=metrics, train_state=train_state,
@@ -187,6 +194,22 @@ class Trainer:
     def elapsed_s(self) -> float:
         """Wall-clock seconds of training so far, across resumes."""
         return self.elapsed_before + time.perf_counter() - self._t_start
+
+    def _fit_schedule_to_budget(self, steps_done: int, seconds: float) -> None:
+        """With ``train.max_minutes``, shorten the LR schedule to the steps the remaining budget allows
+        at the rate measured in this process (``steps_done`` steps in ``seconds``), so that the one-cycle
+        or cosine annealing completes inside the budget instead of being cut at its peak. Rank 0
+        decides and broadcasts, so every rank follows the same schedule. Never lengthens past
+        ``train.steps``; called at log boundaries."""
+        cfg = self.cfg.train
+        if cfg.max_minutes <= 0 or steps_done <= 0 or self.step >= self.schedule_steps:
+            return
+        remaining_s = cfg.max_minutes * 60 - self.elapsed_s
+        estimate = self.step + int(0.98 * remaining_s * steps_done / max(seconds, 1e-9))
+        total = int(broadcast_object(max(self.step, min(cfg.steps, estimate)), self.dist))
+        if total != self.schedule_steps:
+            self.schedule_steps = total
+            set_schedule_length(self.scheduler, cfg.scheduler, total)
 
     # -- loops ----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
@@ -264,15 +287,16 @@ class Trainer:
         last_val: dict[str, float] = {}
         stop_reason = "steps"
         batches = self._batches()
+        first_step = self.step
         try:
-            while self.step < cfg.steps:
+            while self.step < self.schedule_steps:
                 images, labels = next(batches)
                 loss = self.train_step(images, labels)
                 self.step += 1
                 n_window += len(labels) * self.dist.world_size
                 if loss is not None:
                     loss_window.append(loss)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step >= self.schedule_steps:
                     dt = time.perf_counter() - t_window
                     row = {"step": self.step, "loss": float(np.mean(loss_window)) if loss_window else math.nan,
                            "lr": self.scheduler.get_last_lr()[0], "images_per_s": n_window / max(dt, 1e-9),
@@ -282,12 +306,17 @@ class Trainer:
                         bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.0f}",
                                         acc=f"{last_val.get('val_accuracy', float('nan')):.1f}")
                     t_window, n_window, loss_window = time.perf_counter(), 0, []
+                    self._fit_schedule_to_budget(self.step - first_step, time.perf_counter() - self._t_start)
+                    if bar is not None:
+                        bar.total = self.schedule_steps
                 if bar is not None:
                     bar.update(1)
                 out_of_time = cfg.max_minutes > 0 and self.elapsed_s / 60 >= cfg.max_minutes
                 if out_of_time:
                     stop_reason = "time"
-                do_val = self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time
+                elif self.step >= self.schedule_steps and self.schedule_steps < cfg.steps:
+                    stop_reason = "schedule fitted to train.max_minutes"
+                do_val = self.step % cfg.val_every == 0 or self.step >= self.schedule_steps or out_of_time
                 if do_val:
                     last_val = self._validate_and_save_best(logger)
                 if do_val or self.step % cfg.save_every == 0:

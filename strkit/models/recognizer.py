@@ -77,6 +77,15 @@ class RecognitionModel(nn.Module):
         self.decoder = _build_stage(DECODERS, decoder_spec, "model.decoder",
                                     input_size=self.sequence.out_size, num_classes=self.codec.num_classes,
                                     max_length=cfg.max_length, **codec_ids)
+        self.aux_ctc = float(cfg.aux_ctc)
+        self.aux_head: nn.Linear | None = None
+        if self.aux_ctc < 0:
+            raise ConfigError(f"model.aux_ctc: must be >= 0, got {self.aux_ctc}")
+        if self.aux_ctc > 0:
+            if decoder_cls.codec_kind != "ctc":
+                raise ConfigError(f"model.aux_ctc: the auxiliary CTC loss needs a 'ctc' decoder (its targets), "
+                                  f"got '{decoder_spec['name']}'; set model.aux_ctc=0")
+            self.aux_head = nn.Linear(self.backbone.out_channels, self.codec.num_classes)
 
     @property
     def pipeline(self) -> str:
@@ -98,9 +107,12 @@ class RecognitionModel(nn.Module):
     def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None) -> ModelOutput:
         """Images B×C×H×W (normalised to [-1, 1]) -> :class:`ModelOutput`; the loss is computed when
         ``targets`` (from :meth:`encode`) are given. Pure tensor code: traceable and exportable."""
-        hidden = self.sequence(self.features(images))
-        logits = self.decoder(hidden, targets)
+        feats = self.features(images)
+        logits = self.decoder(self.sequence(feats), targets)
         loss = self.decoder.loss(logits, targets) if targets is not None else None
+        if loss is not None and self.aux_head is not None and self.training:
+            # Deep supervision of the visual features (B×T×C' -> B×T×K), same targets and CTC loss.
+            loss = loss + self.aux_ctc * self.decoder.loss(self.aux_head(feats), targets)
         return ModelOutput(logits, loss)
 
     def encode(self, labels: list[str]) -> dict[str, Tensor]:
