@@ -249,3 +249,70 @@ def test_config_errors_name_the_slot():
     cfg.decoder = {"name": "transformer"}
     with pytest.raises(RegistryError, match="unknown decoder 'transformer'"):
         build_model(cfg, 32, 100, 1)
+
+
+# --- training aids that leave the inference architecture unchanged ------------------------------------
+def test_aux_ctc_adds_a_training_only_loss():
+    torch.manual_seed(0)
+    cfg = small_config("none", "vgg", "bilstm", "ctc")
+    plain = build_model(cfg, 32, 100, 1)
+    cfg.aux_ctc = 0.5
+    aux = build_model(cfg, 32, 100, 1)
+    assert plain.aux_head is None and isinstance(aux.aux_head, torch.nn.Linear)
+    aux.load_state_dict({**plain.state_dict(), **{f"aux_head.{k}": v for k, v in aux.aux_head.state_dict().items()}})
+    images, targets = torch.randn(3, 1, 32, 100), aux.encode(["ab", "cat", "x"])
+    aux.eval(), plain.eval()  # inference: the head is unused, outputs and loss are the plain model's
+    with torch.no_grad():
+        assert torch.allclose(aux(images, targets).loss, plain(images, targets).loss, atol=1e-5)
+        assert torch.equal(aux(images).logits, plain(images).logits)
+        aux_loss = aux.decoder.loss(aux.aux_head(aux.features(images)), targets)
+    plain.train(), aux.train()
+    for m in (plain, aux):  # no BN statistics updates, so that both see the same features
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
+    main = plain(images, targets).loss
+    total = aux(images, targets).loss
+    assert torch.allclose(total, main + 0.5 * aux_loss, atol=1e-4) and total > main
+    total.backward()
+    assert aux.aux_head.weight.grad is not None and aux.aux_head.weight.grad.abs().sum() > 0
+
+
+def test_aux_ctc_needs_a_ctc_decoder():
+    cfg = small_config("none", "vgg", "none", "attention")
+    cfg.aux_ctc = 1.0
+    with pytest.raises(ConfigError, match="model.aux_ctc: .*needs a 'ctc' decoder"):
+        build_model(cfg, 32, 100, 1)
+    cfg = small_config("none", "vgg", "none", "ctc")
+    cfg.aux_ctc = -1.0
+    with pytest.raises(ConfigError, match="model.aux_ctc: must be >= 0"):
+        build_model(cfg, 32, 100, 1)
+
+
+def test_vgg_batch_norm_everywhere_keeps_the_layer_shapes():
+    from strkit.models.backbones.vgg import VGGBackbone
+
+    ref, bn = VGGBackbone(1, 32, 100), VGGBackbone(1, 32, 100, batch_norm="all")
+    assert n_params(bn) - n_params(ref) == 704  # 4 × (2c BN - c bias) for c = 64, 128, 256, 256
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules()) == 6
+    assert bn(torch.randn(2, 1, 32, 100)).shape == ref(torch.randn(2, 1, 32, 100)).shape == (2, 512, 1, 24)
+    with pytest.raises(ValueError, match="batch_norm must be 'reference' or 'all'"):
+        VGGBackbone(1, 32, 100, batch_norm="some")
+
+
+def test_bilstm_initialisations():
+    from strkit.models.sequence.bilstm import BidirectionalLSTM
+
+    torch.manual_seed(0)
+    layer = BidirectionalLSTM(12, 8, 8)  # orthogonal by default
+    w_hh = layer.rnn.weight_hh_l0
+    for gate in range(4):
+        block = w_hh[gate * 8:(gate + 1) * 8]
+        assert torch.allclose(block @ block.T, torch.eye(8), atol=1e-5)
+    bias = layer.rnn.bias_ih_l0 + layer.rnn.bias_hh_l0
+    assert torch.allclose(bias[8:16], torch.full((8,), 0.5)) and bias[:8].abs().sum() == 0
+    torch_init = BidirectionalLSTM(12, 8, 8, init="torch")
+    assert torch_init.rnn.bias_ih_l0.abs().sum() > 0
+    assert n_params(torch_init) == n_params(layer)
+    with pytest.raises(ValueError, match="init must be 'orthogonal' or 'torch'"):
+        BidirectionalLSTM(12, 8, 8, init="zeros")

@@ -126,3 +126,45 @@ def test_init_from_copies_selected_weights(word_folder, tmp_path):
     with pytest.raises(ValueError, match="no weight starts with"):
         Trainer(_tiny_cfg(word_folder, tmp_path / "c", f"train.init_from={tmp_path / 'a' / 'last.pt'}",
                           "train.init_prefixes=[nothing.]"))
+
+
+def test_set_schedule_length_retargets_the_annealing():
+    from strkit.engine.optim import set_schedule_length
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    cfg = SchedulerConfig(name="onecycle", warmup_fraction=0.1, min_lr_ratio=0.01)
+    sched = build_scheduler(opt, cfg, 1000)
+    for _ in range(40):
+        opt.step()
+        sched.step()
+    set_schedule_length(sched, cfg, 100)  # the budget allows 100 steps, not 1000
+    assert sched.get_last_lr()[0] == pytest.approx(SCHEDULES.get("onecycle")(100, cfg)(40))
+    for _ in range(60):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.01)  # fully annealed at the new end
+
+
+def test_schedule_is_fitted_to_the_time_budget(word_folder, tmp_path):
+    cfg = _tiny_cfg(word_folder, tmp_path / "run", "train.steps=1000", "train.max_minutes=1",
+                    "train.log_every=1")
+    trainer = Trainer(cfg)
+    trainer.step = 10
+    trainer._fit_schedule_to_budget(steps_done=10, seconds=6.0)  # 1.67 steps/s, ~60 s left -> ~108 steps
+    assert 95 < trainer.schedule_steps < 110
+    expected = SCHEDULES.get("onecycle")(trainer.schedule_steps, cfg.train.scheduler)(trainer.scheduler.last_epoch)
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(cfg.train.optimizer.lr * expected)
+    trainer._fit_schedule_to_budget(steps_done=10, seconds=1e-6)  # very fast: capped at train.steps
+    assert trainer.schedule_steps == 1000
+    # a run stops when the fitted schedule ends, and its length survives a resume
+    out = tmp_path / "run2"
+    cfg2 = _tiny_cfg(word_folder, out, "train.steps=50", "train.max_minutes=60", "train.log_every=100")
+    trainer = Trainer(cfg2)
+    trainer.schedule_steps = 3
+    trainer.fit()
+    assert trainer.step == 3
+    from strkit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "last.pt")["train_state"]["schedule_steps"] == 3
+    assert Trainer(cfg2, resume=out / "last.pt").schedule_steps == 3
