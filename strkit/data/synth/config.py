@@ -30,8 +30,9 @@ PRESET_NAMES: tuple[str, ...] = ("clean", "mjsynth", "hard")
 
 
 def preset_dir() -> Path:
-    """``<repo>/configs/synth``: where the named presets live."""
-    return Path(__file__).resolve().parents[3] / "configs" / "synth"
+    """Where the named presets live: package data ``strkit/data/synth/presets`` (``configs/synth`` in the
+    repository links to it), so that presets work from an installed wheel too."""
+    return Path(__file__).resolve().parent / "presets"
 
 
 def _rng2(lo: float, hi: float) -> Any:

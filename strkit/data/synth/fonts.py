@@ -200,8 +200,9 @@ class AuditCache:
 # Reviewed lists
 # ------------------------------------------------------------------------------------------------
 def lists_dir() -> Path:
-    """``<repo>/data/fonts``: the reviewed allow/blocklist."""
-    return Path(__file__).resolve().parents[3] / "data" / "fonts"
+    """The reviewed allow/block lists: package data ``strkit/data/synth/fontlists`` (``data/fonts`` in the
+    repository links to it)."""
+    return Path(__file__).resolve().parent / "fontlists"
 
 
 def read_patterns(path: Path) -> list[str]:
