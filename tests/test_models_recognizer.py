@@ -316,3 +316,13 @@ def test_bilstm_initialisations():
     assert n_params(torch_init) == n_params(layer)
     with pytest.raises(ValueError, match="init must be 'orthogonal' or 'torch'"):
         BidirectionalLSTM(12, 8, 8, init="zeros")
+
+
+def test_parameter_count_leaves_the_training_only_head_out():
+    cfg = small_config("none", "vgg", "bilstm", "ctc")
+    cfg.aux_ctc = 1.0
+    model = build_model(cfg, 32, 100, 1)
+    head = n_params(model.aux_head)
+    assert head == linear(32, 37)
+    assert model.num_parameters() == n_params(model) - head
+    assert model.num_parameters(inference=False) == n_params(model)

@@ -154,7 +154,8 @@ def measure_speed(model: torch.nn.Module, img_h: int, img_w: int, channels: int,
     xb = torch.randn(batch, channels, img_h, img_w, device=device)
     ms = timed(x1, repeats) * 1000
     ips = batch / timed(xb, max(3, repeats // 6))
-    params = sum(p.numel() for p in model.parameters()) / 1e6
+    count = getattr(model, "num_parameters", None)  # recognisers leave training-only heads out
+    params = (count() if callable(count) else sum(p.numel() for p in model.parameters())) / 1e6
     flops = count_flops(model, x1.float()) / 1e9
     return SpeedReport(params_m=params, flops_g=flops, ms_per_image=ms, images_per_s=ips,
                        device=str(device), threads=torch.get_num_threads())

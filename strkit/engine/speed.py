@@ -374,7 +374,7 @@ def prepare_inference_model(case: InferCase) -> tuple[torch.nn.Module, int]:
     cfg = load_config(model_config_path(case.model), lstm_overrides(case.model, case.lstm_autocast))
     torch.manual_seed(case.seed)
     model = build_model(cfg.model, case.img_h, case.img_w, case.channels).eval()
-    params = sum(p.numel() for p in model.parameters())
+    params = model.num_parameters()
     if case.fuse:
         model = fuse_for_inference(model, inplace=True)
     if case.precision == "bf16-weights":

@@ -99,6 +99,10 @@ class RecognitionModel(nn.Module):
         arch = getattr(self.backbone, "arch", None)
         return arch if isinstance(arch, dict) else None
 
+    def num_parameters(self, inference: bool = True) -> int:
+        """Parameter count; with ``inference`` the training-only auxiliary CTC head is left out."""
+        return sum(p.numel() for n, p in self.named_parameters() if not (inference and n.startswith("aux_head.")))
+
     def features(self, images: Tensor) -> Tensor:
         """B×C×H×W images -> B×T×C' visual features (rectified, backbone, averaged over height)."""
         fmap = self.backbone(self.rectifier(images))  # B×C'×H'×W'
