@@ -312,6 +312,8 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                 out_of_time = cfg.max_minutes > 0 and self.elapsed_s / 60 >= cfg.max_minutes
+                if cfg.max_minutes > 0:  # rank 0's clock decides, so that every rank stops at the same step
+                    out_of_time = bool(broadcast_object(out_of_time, self.dist))
                 if out_of_time:
                     stop_reason = "time"
                 elif self.step >= self.schedule_steps and self.schedule_steps < cfg.steps:
