@@ -115,3 +115,21 @@ def test_eval_unknown_benchmark_is_a_clear_error(checkpoint, tmp_path, capsys):
     rc = eval_main([str(checkpoint), "--benchmarks", "SVTP_645", "--root", str(tmp_path), "--no-speed"])
     assert rc == 2
     assert "SVTP_645" in capsys.readouterr().err
+
+
+def test_readme_python_snippet_runs(checkpoint, tmp_path, monkeypatch):
+    """The README's Python example, run as written, with its checkpoint and image names in place."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    snippet = next(b for b in blocks if "Recognizer" in b)
+    run_dir = tmp_path / "runs" / "crnn"
+    run_dir.mkdir(parents=True)
+    (run_dir / "best.pt").symlink_to(checkpoint)
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "word.png")
+    monkeypatch.chdir(tmp_path)
+    printed: list[tuple] = []
+    namespace = {"pil_image": Image.fromarray(rgb), "numpy_array": rgb[:, :, 0], "print": lambda *a: printed.append(a)}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert len(printed) == 3 and all(a[3] is None for a in printed)  # text, confidence, char_probs, error
+    assert printed[0][0] == printed[1][0]  # the same pixels from a file and from a PIL image

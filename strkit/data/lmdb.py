@@ -289,7 +289,8 @@ def lmdb_dir(path: str | Path) -> Path:
     if not (path / "data.mdb").is_file():
         what = "does not exist" if not path.exists() else "holds no data.mdb"
         raise LmdbNotFoundError(f"{path} {what}: expected an LMDB folder (with data.mdb). Check the path, "
-                                f"or create one with tools/create_lmdb.py.")
+                                f"or create one with tools/create_lmdb.py (from image crops) or tools/synth.py "
+                                f"(synthetic words).")
     return path
 
 
