@@ -120,7 +120,9 @@ class TrainConfig:
     val_batches: int = 0  # 0 = the whole validation set
     save_every: int = 500
     log_every: int = 50
-    max_minutes: float = 0.0  # wall-clock budget, summed over resumes; 0 = no limit
+    # Wall-clock budget, summed over resumes; 0 = no limit. With a budget the LR schedule is fitted to the
+    # steps it allows (from the measured step rate), so such runs are not bit-reproducible.
+    max_minutes: float = 0.0
     out_dir: str = "runs/default"
     # Start from another run's weights (staged training, fine-tuning): the weights of ``init_from``
     # whose names start with one of ``init_prefixes`` ("" = all), e.g. ["decoder.language."] to take a
