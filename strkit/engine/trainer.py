@@ -211,6 +211,10 @@ class Trainer:
             self.schedule_steps = total
             set_schedule_length(self.scheduler, cfg.scheduler, total)
 
+    def _last_step(self) -> int:
+        """Where the loop ends: ``train.steps``, or earlier when the schedule was fitted to the budget."""
+        return min(self.schedule_steps, self.cfg.train.steps)
+
     # -- loops ----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
         assert self.data is not None
@@ -289,14 +293,14 @@ class Trainer:
         batches = self._batches()
         first_step = self.step
         try:
-            while self.step < self.schedule_steps:
+            while self.step < self._last_step():
                 images, labels = next(batches)
                 loss = self.train_step(images, labels)
                 self.step += 1
                 n_window += len(labels) * self.dist.world_size
                 if loss is not None:
                     loss_window.append(loss)
-                if self.step % cfg.log_every == 0 or self.step >= self.schedule_steps:
+                if self.step % cfg.log_every == 0 or self.step >= self._last_step():
                     dt = time.perf_counter() - t_window
                     row = {"step": self.step, "loss": float(np.mean(loss_window)) if loss_window else math.nan,
                            "lr": self.scheduler.get_last_lr()[0], "images_per_s": n_window / max(dt, 1e-9),
@@ -316,9 +320,9 @@ class Trainer:
                     out_of_time = bool(broadcast_object(out_of_time, self.dist))
                 if out_of_time:
                     stop_reason = "time"
-                elif self.step >= self.schedule_steps and self.schedule_steps < cfg.steps:
+                elif self.step >= self._last_step() and self.schedule_steps < cfg.steps:
                     stop_reason = "schedule fitted to train.max_minutes"
-                do_val = self.step % cfg.val_every == 0 or self.step >= self.schedule_steps or out_of_time
+                do_val = self.step % cfg.val_every == 0 or self.step >= self._last_step() or out_of_time
                 if do_val:
                     last_val = self._validate_and_save_best(logger)
                 if do_val or self.step % cfg.save_every == 0:
