@@ -49,7 +49,7 @@ def test_tiny_search_end_to_end_and_retrain(word_folder, tmp_path, capsys):
     from strkit.models.recognizer import build_model
 
     out = tmp_path / "search"
-    assert main(["run", str(TINY), *overrides(word_folder, out)]) == 0
+    assert main(["run", str(TINY), *overrides(word_folder, out, 6, "search.cost_train_steps=2")]) == 0
     assert "architecture:" in capsys.readouterr().out
     for name in ("arch.json", "report.md", "report.json", "probabilities.png", "lut.json", "last.pt",
                  "config.yaml", "metrics.csv", "retrain.yaml"):
@@ -69,6 +69,12 @@ def test_tiny_search_end_to_end_and_retrain(word_folder, tmp_path, capsys):
     assert " ".join(arch_ops(arch)) in report
     figures = json.loads((out / "report.json").read_text())["figures"]
     assert figures["measured backbone latency (ms)"] > 0 and figures["predicted backbone latency (ms)"] > 0
+    # search cost: wall time, memory, and one search step against one training step of the derived network
+    assert 0 < figures["search wall time (min)"] < 10 and figures["peak RSS of the search process (GiB)"] > 0
+    assert figures["weight step, mean (s)"] > 0 and figures["α step, mean (s)"] > 0
+    assert figures["training step of the derived network (s)"] > 0
+    assert figures["search step / training step (time)"] > 0 and figures["search / training peak RSS (memory)"] > 0
+    assert state["timing"]["weight_n"] == 6 and state["timing"]["arch_n"] == 4
     # retrain the derived architecture with the trainer, from the written config
     cfg = load_config(out / "retrain.yaml", ["train.steps=2", f"train.out_dir={tmp_path / 'retrain'}"])
     assert cfg.model.backbone["name"] == "searched" and cfg.search == {}

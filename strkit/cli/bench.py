@@ -53,6 +53,18 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
+def report(args: argparse.Namespace, benchmark: str, table: str, results: list[Any]) -> int:
+    """Print the markdown ``table`` and, with ``--json``, write the command and ``r.to_dict()`` of every
+    result; returns 0 (the command's exit status)."""
+    print()
+    print(table)
+    if args.json:
+        write_json(args.json, {"benchmark": benchmark,
+                               "command": " ".join(["python tools/bench.py", *args.argv]),
+                               "results": [r.to_dict() for r in results]})
+    return 0
+
+
 @BENCH_COMMANDS.register("data")
 class DataBench:
     """Data loading: images/s from an LMDB to normalised batch tensors."""

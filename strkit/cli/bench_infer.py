@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from strkit.cli.bench import BENCH_COMMANDS, write_json
+from strkit.cli.bench import BENCH_COMMANDS, report
 from strkit.cli.bench_train import _on_off, add_common_arguments, check_common_arguments
 from strkit.cli.common import fail
 
@@ -69,10 +69,4 @@ class InferBench:
             print(f"  {result.ms_per_image:.2f} ms/image (batch 1), {result.images_per_s:.0f} images/s "
                   f"(batch {case.batch})", flush=True)
             results.append(result)
-        print()
-        print(speed.infer_table(results))
-        if args.json:
-            write_json(args.json, {"benchmark": "infer",
-                                   "command": " ".join(["python tools/bench.py", *args.argv]),
-                                   "results": [r.to_dict() for r in results]})
-        return 0
+        return report(args, "infer", speed.infer_table(results), results)

@@ -13,7 +13,7 @@ import argparse
 import itertools
 from pathlib import Path
 
-from strkit.cli.bench import BENCH_COMMANDS, write_json
+from strkit.cli.bench import BENCH_COMMANDS, report
 from strkit.cli.common import fail
 
 
@@ -123,13 +123,7 @@ class TrainBench:
             print(f"  {result.images_per_s:.1f} images/s, peak RSS {result.peak_rss_mib / 1024:.2f} GiB",
                   flush=True)
             results.append(result)
-        print()
-        print(speed.train_table(results))
-        if args.json:
-            write_json(args.json, {"benchmark": "train",
-                                   "command": " ".join(["python tools/bench.py", *args.argv]),
-                                   "results": [r.to_dict() for r in results]})
-        return 0
+        return report(args, "train", speed.train_table(results), results)
 
 
 def _data_kind(path: Path) -> tuple[str, str | None]:

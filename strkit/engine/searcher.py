@@ -170,6 +170,9 @@ class Searcher:
         self.skipped_steps = 0
         self.history = ProbabilityHistory()
         self.lut: LatencyTable | None = None
+        # wall time of the search loop and compute time of its steps (excluding data loading), kept
+        # across resumes: the search-cost figures of the report
+        self.timing = {"elapsed_s": 0.0, "weight_s": 0.0, "weight_n": 0, "arch_s": 0.0, "arch_n": 0}
         if payload is not None:
             self._load_state(payload)
         _broadcast_model(self.model, self.dist)  # every rank starts from rank 0's weights and α
@@ -208,6 +211,7 @@ class Searcher:
         self.history = ProbabilityHistory.from_dict(ss["history"])
         self.arch_steps = int(ss["arch_steps"])
         self.arch_batches = int(ss["arch_batches"])
+        self.timing.update(ss.get("timing") or {})
         if ss.get("lut"):
             self.lut = LatencyTable.from_dict(ss["lut"], "checkpoint latency table")
 
@@ -224,6 +228,7 @@ class Searcher:
             "arch_optimizer": self.arch_optimizer.state_dict(), "gates": self.gates.state_dict(),
             "history": self.history.to_dict(), "arch_steps": self.arch_steps,
             "arch_batches": self.arch_batches, "lut": self.lut.to_dict() if self.lut else None,
+            "timing": dict(self.timing),
             "probabilities": self.history.probs[-1] if self.history.probs else None,
             "arch": derive_arch(self.model),  # the current argmax architecture
         }
@@ -327,6 +332,48 @@ class Searcher:
         row["arch_loss"] = float(loss.detach())
         return row
 
+    def _count(self, kind: str, t0: float) -> None:
+        """Add the time since ``t0`` to the ``kind`` (``weight`` or ``arch``) step timing."""
+        self.timing[f"{kind}_s"] += time.perf_counter() - t0
+        self.timing[f"{kind}_n"] += 1
+
+    def cost_figures(self, retrain_config: Path) -> dict[str, Any]:
+        """Search cost: wall time, peak memory, mean step times, and (``search.cost_train_steps`` > 0) the
+        ratio of one search step (weight + α) to one training step of the derived network, timed in a fresh
+        process with the same batch, input, precision and threads on synthetic batches."""
+        from strkit.engine import speed
+
+        t = self.timing
+        weight_s = t["weight_s"] / max(t["weight_n"], 1)
+        arch_s = t["arch_s"] / max(t["arch_n"], 1)
+        rss = speed.peak_rss_mib() / 1024
+        figures: dict[str, Any] = {
+            "search wall time (min)": t["elapsed_s"] / 60,
+            "peak RSS of the search process (GiB)": rss,
+            "weight step, mean (s)": weight_s,
+            "α step, mean (s)": arch_s,
+        }
+        steps = self.scfg.cost_train_steps
+        if steps <= 0:
+            return figures
+        train, data = self.cfg.train, self.cfg.data
+        case = speed.TrainCase(
+            model=str(retrain_config), precision=train.precision, channels_last=bool(train.channels_last),
+            batch_size=train.batch_size, img_h=data.img_h, img_w=data.img_w, channels=data.channels,
+            threads=train.threads or torch.get_num_threads(), steps=steps, warmup=2, windows=1,
+            overrides=(f"train.out_dir={self.out_dir / 'cost_probe'}", "train.max_minutes=0"))
+        single = speed.run_case(speed.measure_train, case)
+        single_s = single.step_ms / 1000
+        search_s = weight_s + (arch_s / self.scfg.arch_every if t["arch_n"] else 0.0)
+        figures.update({
+            "training step of the derived network (s)": single_s,
+            "peak RSS of that training (GiB)": single.peak_rss_mib / 1024,
+            "search step / training step (time)": search_s / single_s if single_s > 0 else math.nan,
+            "search / training peak RSS (memory)": rss / (single.peak_rss_mib / 1024)
+            if single.peak_rss_mib > 0 else math.nan,
+        })
+        return figures
+
     def _arch_batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
         """Endless batches of the held-out split, resuming where the saved run stopped."""
         assert self.data is not None and self.data.val is not None
@@ -387,18 +434,24 @@ class Searcher:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="search", dynamic_ncols=True)
         train_batches, arch_batches = self._train_batches(), self._arch_batches()
         t_start = time.perf_counter()
+        elapsed_before = float(self.timing["elapsed_s"])
         last_val: dict[str, float] = {}
         losses: list[float] = []
         arch_row: dict[str, float] = {}
         try:
             while self.step < cfg.steps:
                 images, labels = next(train_batches)
+                t_step = time.perf_counter()
                 loss = self.weight_step(images, labels)
+                self._count("weight", t_step)
                 if loss is not None:
                     losses.append(loss)
                 self.step += 1
                 if self.step > s.warmup_steps and (self.step - s.warmup_steps) % s.arch_every == 0:
-                    arch_row = self.arch_step(*next(arch_batches))
+                    arch_images, arch_labels = next(arch_batches)
+                    t_step = time.perf_counter()
+                    arch_row = self.arch_step(arch_images, arch_labels)
+                    self._count("arch", t_step)
                 if self.step % s.history_every == 0 or self.step == cfg.steps:
                     self.history.record(self.step, self.model)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -413,6 +466,7 @@ class Searcher:
                 if bar is not None:
                     bar.update(1)
                 out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes
+                self.timing["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
                 do_val = self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time
                 if do_val and main:
                     last_val = self.validate()
@@ -469,15 +523,17 @@ class Searcher:
                 validation = validate_lut(self.model, self.lut, s.validate_samples, s.lut_device, threads,
                                           s.lut_repeats, s.lut_warmup, seed=self.cfg.train.seed).to_dict()
                 figures["latency table MAE on random sub-networks (%)"] = validation["mae_pct"]
-        paths = write_report(self.out_dir, cells=cell_descriptions(self.model), history=self.history, arch=arch,
-                             figures=figures, lut_validation=validation)
         retrain = self.cfg.to_dict()
         retrain["model"]["backbone"] = {"name": "searched", "arch": str(arch_path.resolve())}
         retrain["search"] = {}
         retrain["train"]["out_dir"] = str(self.out_dir / "retrain")
-        (self.out_dir / "retrain.yaml").write_text(
-            "# Retrain the searched architecture from scratch: tools/train.py " + str(self.out_dir / "retrain.yaml")
+        retrain_path = self.out_dir / "retrain.yaml"
+        retrain_path.write_text(
+            "# Retrain the searched architecture from scratch: tools/train.py " + str(retrain_path)
             + "\n" + yaml.safe_dump(retrain, sort_keys=False, default_flow_style=None))
+        figures.update(self.cost_figures(retrain_path))
+        paths = write_report(self.out_dir, cells=cell_descriptions(self.model), history=self.history, arch=arch,
+                             figures=figures, lut_validation=validation)
         log.info("architecture: %s -> %s; report: %s", " ".join(c["op"] for c in arch["cells"]), arch_path,
                  paths["markdown"])
         return {"arch": str(arch_path), "report": str(paths["markdown"]), "figures": figures}

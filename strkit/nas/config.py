@@ -59,6 +59,7 @@ class SearchConfig:
     validate_samples: int = 20  # random sub-networks timed end to end in the report (0 = skip)
     measure_repeats: int = 50  # timed runs of the derived network in the report
     history_every: int = 10  # record p every N steps (heat-map)
+    cost_train_steps: int = 10  # timed training steps of the derived network for the search-cost ratio (0 = skip)
 
     @property
     def target(self) -> float:
