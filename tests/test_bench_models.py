@@ -75,10 +75,31 @@ def test_infer_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert r["fused_pairs"] > 0 and r["ms_per_image"] > 0 and r["images_per_s"] > 0
 
 
-def test_cli_precisions_match_the_library() -> None:
-    from strkit.cli.bench_infer import PRECISIONS
+def test_infer_onnxruntime_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "infer.json"
+    assert main(["infer", "--models", "crnn", "--precision", "fp32", "--channels-last", "off",
+                 "--backend", "torch", "onnxruntime", "--threads", "1", "--repeats", "2", "--warmup", "1",
+                 "--batch", "2", "--batch-repeats", "1", "--in-process", "--json", str(out), *NO_WAIT]) == 0
+    assert "onnxruntime fp32" in capsys.readouterr().out
+    results = json.loads(out.read_text())["results"]
+    assert [r["case"]["backend"] for r in results] == ["torch", "onnxruntime"]
+    assert results[1]["pipeline"] == "none-vgg-bilstm-ctc" and results[1]["params"] == 8_451_621
+    assert results[1]["ms_per_image"] > 0 and results[1]["images_per_s"] > 0 and results[1]["threads"] == 1
 
-    assert PRECISIONS == speed.INFER_PRECISIONS
+
+def test_onnxruntime_backend_refuses_pytorch_levers() -> None:
+    case = speed.InferCase(model="crnn", backend="onnxruntime", precision="bf16")
+    with pytest.raises(ValueError, match="fp32 without the PyTorch levers"):
+        speed.measure_infer(case)
+    with pytest.raises(ValueError, match="use one of torch, onnxruntime"):
+        speed.measure_infer(speed.InferCase(model="crnn", backend="tensorrt"))
+
+
+def test_cli_precisions_match_the_library() -> None:
+    from strkit.cli.bench_infer import BACKENDS, PRECISIONS
+
+    assert PRECISIONS == speed.INFER_PRECISIONS and BACKENDS == speed.INFER_BACKENDS
 
 
 def test_unknown_model_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,10 +2,12 @@
 
 Every combination of ``--models`` × ``--precision`` × ``--lstm-bf16`` × ``--channels-last`` ×
 ``--fuse`` × ``--onednn-bf16`` runs in a fresh process and times ``model.predict`` (forward + greedy decoding)
-under ``torch.inference_mode()`` in eager PyTorch (see :mod:`strkit.engine.speed`)::
+under ``torch.inference_mode()`` in eager PyTorch (see :mod:`strkit.engine.speed`); with
+``--backend onnxruntime`` each model is also exported to ONNX and timed in ONNX Runtime (fp32)::
 
     flock /tmp/strkit-timing.lock python tools/bench.py infer --models crnn trba \\
-        --precision fp32 bf16 --channels-last off on --fuse off on --json runs/bench/infer.json
+        --precision fp32 bf16 --channels-last off on --fuse off on --backend torch onnxruntime \\
+        --json runs/bench/infer.json
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from strkit.cli.common import fail
 
 #: The same as :data:`strkit.engine.speed.INFER_PRECISIONS` (not imported here: it imports torch).
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
+#: The same as :data:`strkit.engine.speed.INFER_BACKENDS`.
+BACKENDS = ("torch", "onnxruntime")
 
 
 @BENCH_COMMANDS.register("infer")
@@ -36,6 +40,9 @@ class InferBench:
         parser.add_argument("--onednn-bf16", nargs="+", type=_on_off, default=[False], metavar="{on,off}",
                             help="let oneDNN use bf16 arithmetic for fp32 convolutions, matmuls and RNNs "
                                  "(default: off)")
+        parser.add_argument("--backend", nargs="+", choices=list(BACKENDS), default=["torch"],
+                            help="torch = eager PyTorch with the levers above; onnxruntime = the model exported "
+                                 "to ONNX and run by ONNX Runtime (fp32, one case per model; default: torch)")
         parser.add_argument("--batch", type=int, default=64, help="batch size of the throughput figure")
         parser.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls (default 50)")
         parser.add_argument("--batch-repeats", type=int, default=5, help="timed batch calls (default 5)")
@@ -57,14 +64,18 @@ class InferBench:
                                  batch_repeats=args.batch_repeats, warmup=args.warmup)
                  for m, p, lb, cl, fu, ob in itertools.product(args.models, args.precision, args.lstm_bf16,
                                                                args.channels_last, args.fuse, args.onednn_bf16)
-                 if not (lb and p != "bf16")]
+                 if not (lb and p != "bf16")] if "torch" in args.backend else []
+        cases += [speed.InferCase(model=m, backend=b, img_h=args.img_h, img_w=args.img_w, channels=args.channels,
+                                  threads=args.threads, batch=args.batch, repeats=args.repeats,
+                                  batch_repeats=args.batch_repeats, warmup=args.warmup)
+                  for m in args.models for b in args.backend if b != "torch"]
         gate = speed.LoadGate(args.max_busy, args.retries, args.wait_s)
         results = []
         for case in cases:
             print(f"infer: {case.model} {case.levers} ...", flush=True)
             try:
                 result = speed.run_case(speed.measure_infer, case, gate, isolate=not args.in_process)
-            except (ConfigError, RuntimeError) as exc:
+            except (ConfigError, RuntimeError, ValueError, ImportError) as exc:
                 return fail(str(exc))
             print(f"  {result.ms_per_image:.2f} ms/image (batch 1), {result.images_per_s:.0f} images/s "
                   f"(batch {case.batch})", flush=True)

@@ -34,6 +34,7 @@ import random
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,9 @@ class InferCase:
         onednn_bf16: let oneDNN compute fp32 convolutions, matmuls and RNNs with bf16 arithmetic
             (``torch.backends.mkldnn.*.fp32_precision = "bf16"``; set only in the benchmark process).
         repeats: timed batch-1 calls (median reported); ``batch_repeats`` timed batch calls.
+        backend: ``torch`` (eager PyTorch, the levers above) or ``onnxruntime`` (the model exported to ONNX
+            with a fixed width and run in an ONNX Runtime session with ``threads`` intra-op threads;
+            fp32 only, the levers are ONNX Runtime's own graph optimisations).
     """
 
     model: str
@@ -148,10 +152,13 @@ class InferCase:
     batch_repeats: int = 5
     warmup: int = 5
     seed: int = 0
+    backend: str = "torch"
 
     @property
     def levers(self) -> str:
         """The levers of this case in words, e.g. ``bf16 + channels-last + fused``."""
+        if self.backend != "torch":
+            return f"{self.backend} {self.precision}"
         parts = [self.precision]
         if self.lstm_autocast and self.precision == "bf16":
             parts.append("bf16 LSTM")
@@ -384,12 +391,49 @@ def prepare_inference_model(case: InferCase) -> tuple[torch.nn.Module, int]:
     return model, params
 
 
+#: Inference backends of :class:`InferCase`.
+INFER_BACKENDS = ("torch", "onnxruntime")
+
+
+def _onnx_predictor(model: torch.nn.Module, case: InferCase, folder: str) -> Any:
+    """``model`` exported to ONNX (fixed width: the timed inputs have one size) in an ONNX Runtime session
+    with ``case.threads`` intra-op threads; its ``predict`` decodes like ``model.predict``."""
+    from strkit.export import export_onnx
+    from strkit.inference.onnx_backend import OnnxBackend
+
+    path = Path(folder) / "model.onnx"
+    export_onnx(model, path, dynamic_batch=True, dynamic_width=False)
+    return OnnxBackend(path, threads=case.threads)
+
+
 def measure_infer(case: InferCase) -> InferResult:
-    """Median batch-1 latency and batch throughput of ``model.predict`` (forward + greedy decoding)."""
+    """Median batch-1 latency and batch throughput of ``predict`` (forward + greedy decoding), in eager
+    PyTorch or, with ``case.backend == "onnxruntime"``, in ONNX Runtime."""
     from strkit.engine.trainer import autocast_context
 
+    if case.backend not in INFER_BACKENDS:
+        raise ValueError(f"backend {case.backend!r}: use one of {', '.join(INFER_BACKENDS)}")
+    if case.backend != "torch" and (case.precision != "fp32" or case.channels_last or case.fuse):
+        raise ValueError(f"backend {case.backend!r} is timed in fp32 without the PyTorch levers "
+                         f"(got {case.levers}); ONNX Runtime applies its own graph optimisations")
     torch.set_num_threads(case.threads)
     model, params = prepare_inference_model(case)
+    pipeline, fused = model.pipeline, int(getattr(model, "fused_pairs", 0))
+    with contextlib.ExitStack() as stack:
+        if case.backend == "onnxruntime":
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="strkit-bench-"))
+            model = _onnx_predictor(model, case, folder)
+        single, batched = _time_predict(case, model, autocast_context)
+    return InferResult(
+        case=case, pipeline=pipeline, params=params,
+        ms_per_image=1000 * statistics.median(single), ms_per_image_min=1000 * min(single),
+        images_per_s=case.batch / statistics.median(batched), peak_rss_mib=peak_rss_mib(),
+        threads=case.threads if case.backend != "torch" else torch.get_num_threads(), fused_pairs=fused)
+
+
+def _time_predict(case: InferCase, model: Any,
+                  autocast_context: Callable[..., Any]) -> tuple[list[float], list[float]]:
+    """Seconds of each timed ``model.predict`` call at batch 1 and at ``case.batch``."""
     device = torch.device("cpu")
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
     dtype = torch.bfloat16 if case.precision == "bf16-weights" else torch.float32
@@ -413,11 +457,7 @@ def measure_infer(case: InferCase) -> InferResult:
     with torch.inference_mode(), onednn_fp32_precision("bf16" if case.onednn_bf16 else "none"):
         single = timed(inputs(1), case.warmup, case.repeats)
         batched = timed(inputs(case.batch), 1, case.batch_repeats)
-    return InferResult(
-        case=case, pipeline=model.pipeline, params=params,
-        ms_per_image=1000 * statistics.median(single), ms_per_image_min=1000 * min(single),
-        images_per_s=case.batch / statistics.median(batched), peak_rss_mib=peak_rss_mib(),
-        threads=torch.get_num_threads(), fused_pairs=int(getattr(model, "fused_pairs", 0)))
+    return single, batched
 
 
 # ----------------------------------------------------------------------------------------------
