@@ -49,6 +49,9 @@ class SourceConfig:
     name: str = ""
     # Fraction held out for validation; None = ``data.val_fraction``, 0 = none from this source.
     val_fraction: float | None = None
+    # Training sources of kind ``lmdb`` only: the LMDB carries the synthetic generator's word geometry
+    # (``geom-%09d``, written by ``tools/synth.py --geometry``), used by ``model.geometry_loss``.
+    geometry: bool = False
 
 
 @dataclass
@@ -82,6 +85,11 @@ class ModelConfig:
     # training only: inference and export never use it). 0 = off. Lets a CTC model leave the
     # blank-only plateau sooner when the sequence stage is a randomly initialised BiLSTM.
     aux_ctc: float = 0.0
+    # Weight of the ScRN rectifier's auxiliary geometry loss (training only): its predicted centre line,
+    # scale and orientation are pulled towards the word geometry of training sources marked
+    # ``geometry: true`` (LMDBs written by ``tools/synth.py --geometry``). 0 = off; > 0 needs the
+    # ``scrn`` rectifier and at least one such source.
+    geometry_loss: float = 0.0
 
 
 @dataclass

@@ -15,11 +15,13 @@ from strkit.config import ModelConfig, load_config
 from strkit.models.recognizer import build_model
 from strkit.nas.arch import build_searched, derive_arch
 from strkit.nas.latency import (
+    CALIBRATION_SEED_OFFSET,
     CostModel,
     LatencyTable,
     LatencyTableError,
     _count_flops,
     arch_infos,
+    calibrate_lut,
     cost_loss,
     entry_key,
     expected_latency,
@@ -27,6 +29,7 @@ from strkit.nas.latency import (
     load_lut,
     measure_lut,
     predict_arch_latency,
+    random_archs,
     stem_info,
     validate_lut,
 )
@@ -191,3 +194,40 @@ def test_validate_lut_reports_a_mean_absolute_error():
     assert result.mae_pct == pytest.approx(
         sum(abs(p - m) / m for p, m in zip(result.predicted_ms, result.measured_ms, strict=True)) / 3 * 100)
     assert result.to_dict()["n"] == 3 and len(result.ops[0]) == len(model.backbone.edges())
+
+
+def test_calibration_scales_every_lookup_and_round_trips(tmp_path):
+    net = tiny_net()
+    lut = synthetic_lut(net)
+    info = next(i for i in net.edges()[1].infos if i["op"] != "skip")
+    raw = lut.lookup(info)
+    lut.scale = 1.25
+    assert lut.lookup(info) == pytest.approx(1.25 * raw)
+    again = load_lut(lut.save(tmp_path / "lut.json"))
+    assert again.scale == 1.25 and again.lookup(info) == pytest.approx(1.25 * raw)
+    data = json.loads((tmp_path / "lut.json").read_text())
+    data["scale"] = -1
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(LatencyTableError, match="calibration scale"):
+        load_lut(tmp_path / "bad.json")
+    data.pop("scale")  # a table written before calibration existed reads as unscaled
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert load_lut(tmp_path / "old.json").scale == 1.0
+
+
+def test_calibrate_lut_fits_the_whole_network_factor_on_other_networks():
+    cfg = load_config(TINY)
+    model = build_model(ModelConfig(**{**vars(cfg.model)}), 32, 64, 1)
+    lut = measure_lut(model, threads=1, repeats=2, warmup=1, include_rest=False)
+    assert calibrate_lut(model, lut, 0).scale == 1.0 and "calibration" not in lut.meta
+    calibrate_lut(model, lut, 3, threads=1, repeats=2, warmup=1, seed=5)
+    cal = lut.meta["calibration"]
+    pred, meas = cal["predicted_ms"], cal["measured_ms"]
+    assert len(pred) == 3 and all(m > 0 for m in meas)
+    assert lut.scale == pytest.approx(sum(p * m for p, m in zip(pred, meas, strict=True)) / sum(p * p for p in pred))
+    # the calibration networks are not the validation networks of the same seed
+    assert cal["seed"] == 5 + CALIBRATION_SEED_OFFSET
+    assert random_archs(model, 3, 5 + CALIBRATION_SEED_OFFSET) != random_archs(model, 3, 5)
+    arch = random_archs(model, 1, 0)[0]
+    unscaled = sum(lut.entries[entry_key(i)][1] for i in arch_infos(arch) if i["op"] != "skip")
+    assert predict_arch_latency(arch, lut) == pytest.approx(lut.scale * unscaled)

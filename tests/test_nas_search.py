@@ -143,6 +143,14 @@ def test_search_needs_a_held_out_split(word_folder, tmp_path):
         Searcher(cfg).fit()
 
 
+def test_search_refuses_the_geometry_loss(word_folder, tmp_path):
+    from strkit.engine.searcher import Searcher
+
+    cfg = load_config(TINY, overrides(word_folder, tmp_path, 2, "model.geometry_loss=1.0"))
+    with pytest.raises(ValueError, match="geometry_loss"):
+        Searcher(cfg)
+
+
 def test_search_needs_a_supernet(tmp_path):
     from strkit.engine.searcher import Searcher
 

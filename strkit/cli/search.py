@@ -73,17 +73,19 @@ def _print_validation(result) -> None:  # noqa: ANN001 - LutValidation
 
 def _lut(cfg: Config, out: str | None, validate: int) -> int:
     from strkit.nas.config import search_config
-    from strkit.nas.latency import CostModel, measure_lut, validate_lut
+    from strkit.nas.latency import CostModel, calibrate_lut, measure_lut, validate_lut
 
     s = search_config(cfg.search)
     model = _model(cfg)
     threads = _threads(cfg)
     table = measure_lut(model, s.lut_device, threads, s.lut_repeats, s.lut_warmup, s.lut_batch,
                         include_rest=s.lut_rest)
+    calibrate_lut(model, table, s.lut_calibrate, s.lut_device, threads, s.lut_repeats, s.lut_warmup)
     path = table.save(out or Path(cfg.train.out_dir) / "lut.json")
     lo, hi = CostModel(model, "latency", table).bounds()
     print(f"wrote {path}: {len(table.entries)} entries on {table.meta['device']} ({table.meta['device_name']}), "
-          f"{table.meta['threads']} thread(s), batch {table.meta['batch']}")
+          f"{table.meta['threads']} thread(s), batch {table.meta['batch']}; calibration scale {table.scale:.3f} "
+          f"({s.lut_calibrate} random sub-networks timed whole)")
     print(f"sub-network latency (backbone + fixed parts {table.fixed_ms:.3f} ms): {lo:.3f} .. {hi:.3f} ms")
     if validate > 0:
         _print_validation(validate_lut(model, table, validate, s.lut_device, threads, s.lut_repeats,

@@ -5,6 +5,11 @@ integer), ``image-%09d`` (encoded image bytes: PNG, JPEG ...) and ``label-%09d``
 indices starting at 1. Extra per-record keys ``<key>-%09d`` may sit beside them. Existing MJ/ST and
 evaluation LMDBs of those projects load as they are.
 
+Word geometry: LMDBs written by ``tools/synth.py --geometry`` also hold ``geom-%09d`` (JSON
+``{"top": [[x, y]...], "bottom": [[x, y]...], "width": W, "height": H}``: the word's upper and lower
+boundary polylines in continuous pixel coordinates of the stored image, which spans ``[0, W] × [0, H]``).
+``LmdbDataset(..., geometry=True)`` reads and checks it with the image (:func:`decode_geometry`).
+
 Reading: the environment is opened lazily, read-only, without lock, readahead or meminit, in the
 process that reads. A dataset object never holds an open environment, so it pickles before and after
 first use and works with ``fork`` and ``spawn`` DataLoader workers. py-lmdb refuses to open the same
@@ -20,6 +25,7 @@ doubles the map size whenever LMDB reports it full, and renames the folder to ``
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -27,6 +33,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import cv2
 import lmdb
@@ -40,6 +47,8 @@ LabelFilter = Callable[[str], "str | None"]
 """Maps a raw label to its cleaned form, or to ``None`` to drop the record."""
 
 NUM_SAMPLES_KEY = b"num-samples"
+#: Extra key of the synthetic generator's word geometry (``strkit.data.synth.generate.GEOMETRY_KEY``).
+GEOMETRY_KEY = "geom"
 PARTIAL_SUFFIX = ".partial"
 _READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}
 
@@ -95,6 +104,29 @@ def decode_image(data: bytes, channels: int = 3) -> np.ndarray | None:
     if img.size == 0:
         return None
     return img
+
+
+def decode_geometry(data: bytes | str) -> dict[str, Any] | None:
+    """Parse and check one word-geometry record (the ``geom-%09d`` JSON of the synthetic generator).
+
+    Returns:
+        ``{"top": n×2 float64 array, "bottom": n×2 float64 array, "width": float, "height": float}``
+        (points ``[x, y]`` in continuous pixel coordinates of a ``width × height`` image, point i of
+        ``top`` paired with point i of ``bottom``, n >= 2), or ``None`` when the record is not valid
+        JSON of that form.
+    """
+    try:
+        record = json.loads(data)
+        top = np.asarray(record["top"], dtype=np.float64)
+        bottom = np.asarray(record["bottom"], dtype=np.float64)
+        width, height = float(record["width"]), float(record["height"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    if (top.ndim != 2 or top.shape[1:] != (2,) or top.shape[0] < 2 or bottom.shape != top.shape
+            or not (np.isfinite(top).all() and np.isfinite(bottom).all())
+            or not (np.isfinite(width) and np.isfinite(height) and width > 0 and height > 0)):
+        return None
+    return {"top": top, "bottom": bottom, "width": width, "height": height}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,8 +277,8 @@ class RecordDataset(torch.utils.data.Dataset):
             log.warning("skipping unusable record %s: %s (further ones are counted in num_corrupt)",
                         where, reason)
 
-    def _load(self, i: int) -> tuple[np.ndarray, str]:
-        """Return item ``i`` or raise :class:`BadRecord`."""
+    def _load(self, i: int) -> tuple[Any, ...]:
+        """Return item ``i`` (``(image, label)``, or a longer tuple) or raise :class:`BadRecord`."""
         raise NotImplementedError
 
     def _describe(self, i: int) -> str:
@@ -257,8 +289,9 @@ class RecordDataset(torch.utils.data.Dataset):
         self._note_bad(self._describe(i), reason)
         self._bad.add(i)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, str]:
-        """Item ``i``: (uint8 image H×W or H×W×3 RGB, label)."""
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        """Item ``i``: (uint8 image H×W or H×W×3 RGB, label), plus what the subclass adds (e.g. the word
+        geometry of an :class:`LmdbDataset` opened with ``geometry=True``)."""
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for {self.path} ({n} records)")
@@ -350,18 +383,26 @@ class LmdbDataset(RecordDataset):
         strict: raise :class:`CorruptRecordError` on an unusable record instead of skipping it.
         extra_keys: extra per-record keys the caller needs (``<key>-%09d``, read with :meth:`get_extra`);
             checked on the first kept record, so a DB written without them fails at once.
+        geometry: also read each record's word geometry (``geom-%09d``, see :func:`decode_geometry`);
+            implies ``"geom"`` in ``extra_keys``. A record whose geometry is missing or malformed is
+            unusable (skipped and counted, or raises when ``strict``).
 
-    Items: ``(image uint8 H×W or H×W×3 RGB, label str)``.
+    Items: ``(image uint8 H×W or H×W×3 RGB, label str)``; with ``geometry``
+    ``(image, label, geometry dict)``.
     """
 
     def __init__(self, path: str | Path, label_filter: LabelFilter | None = None, channels: int = 3,
-                 strict: bool = False, extra_keys: Sequence[str] = ()) -> None:
+                 strict: bool = False, extra_keys: Sequence[str] = (), geometry: bool = False) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
         self.path = lmdb_dir(path)
         self.channels = channels
         self.strict = strict
-        self.extra_keys = tuple(extra_keys)
+        self.geometry = bool(geometry)
+        keys = list(extra_keys)
+        if self.geometry and GEOMETRY_KEY not in keys:
+            keys.append(GEOMETRY_KEY)
+        self.extra_keys = tuple(keys)
         self._init_corrupt_tracking()
         self.num_filtered = 0
         env = _ENVS.get(self.path)
@@ -370,8 +411,12 @@ class LmdbDataset(RecordDataset):
             self._read_labels(txn, label_filter)
             for key in self.extra_keys:
                 if len(self) and txn.get(record_key(key, self.record_index(0))) is None:
+                    hint = ""
+                    if key == GEOMETRY_KEY:
+                        hint = (" Word geometry is written by the synthetic generator: regenerate this LMDB "
+                                "with tools/synth.py --geometry, or set 'geometry: false' on this source.")
                     raise LmdbError(f"{self.path} has no '{key}-%09d' records (checked on record "
-                                    f"{self.record_index(0)}); it was written without that extra key.")
+                                    f"{self.record_index(0)}); it was written without that extra key.{hint}")
 
     def _read_labels(self, txn: lmdb.Transaction, label_filter: LabelFilter | None) -> None:
         """Fill ``_indices`` (1-based record index per item), ``_offsets`` and ``_label_blob``."""
@@ -430,16 +475,24 @@ class LmdbDataset(RecordDataset):
     def _describe(self, i: int) -> str:
         return f"{self.path} record {self.record_index(i)}"
 
-    def _load(self, i: int) -> tuple[np.ndarray, str]:
+    def _load(self, i: int) -> tuple[Any, ...]:
         index = self.record_index(i)
         with _ENVS.get(self.path).begin(buffers=False) as txn:
             data = txn.get(record_key("image", index))
+            geom_raw = txn.get(record_key(GEOMETRY_KEY, index)) if self.geometry else None
         if data is None:
             raise BadRecord("image key is missing")
         img = decode_image(data, self.channels)
         if img is None:
             raise BadRecord(f"image bytes ({len(data)} bytes) cannot be decoded")
-        return img, self.label(i)
+        if not self.geometry:
+            return img, self.label(i)
+        if geom_raw is None:
+            raise BadRecord(f"'{GEOMETRY_KEY}' key is missing (regenerate with tools/synth.py --geometry)")
+        geom = decode_geometry(geom_raw)
+        if geom is None:
+            raise BadRecord(f"'{GEOMETRY_KEY}' record is not valid geometry JSON ({geom_raw[:60]!r})")
+        return img, self.label(i), geom
 
     def raw_image(self, i: int) -> bytes | None:
         """The stored (encoded) image bytes of item ``i``, or ``None`` if the key is missing."""

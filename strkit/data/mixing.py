@@ -229,7 +229,10 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
                        transform: ImageTransform, num_workers: int = 2, seed: int = 0, rank: int = 0,
                        world_size: int = 1, start_step: int = 0,
                        names: Sequence[str] | None = None) -> DataLoader:
-    """An endless training ``DataLoader`` of ``(B×C×H×W float32 in [-1, 1], labels)`` batches.
+    """An endless training ``DataLoader`` of ``(B×C×H×W float32 in [-1, 1], labels)`` batches, or of
+    ``(images, labels, geometries)`` batches when ``transform`` was built with ``geometry=True`` (the
+    word geometry of each sample in the model input frame, ``None`` for samples without; see
+    :meth:`ImageTransform.prepare_geometry`).
 
     ``ConcatDataset(datasets)`` -> :class:`TransformedDataset` (per-sample ``uint8`` work) ->
     :class:`MixedBatchSampler` -> :meth:`ImageTransform.collate` (per-batch normalisation). Workers are
@@ -240,7 +243,8 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
     resumable (:class:`MixedBatchSampler`). ``loader.batch_sampler`` is the sampler.
 
     Args:
-        datasets: the sources, each yielding ``(image ndarray, label)``.
+        datasets: the sources, each yielding ``(image ndarray, label)`` or, with geometry,
+            ``(image, label, geometry dict)``.
         ratios: per-source share of each batch.
         names: source names for the log (default: each dataset's ``name`` attribute, else
             ``source<i>``).

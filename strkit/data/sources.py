@@ -5,15 +5,20 @@
 are ``(uint8 image H×W or H×W×3 RGB, label str)``. ``lmdb`` and ``folder`` are registered here;
 ``synth`` is registered by :mod:`strkit.data.synth`, which the registry imports on first lookup when
 it exists. ``benchmark`` sources (``path`` = a benchmark or group name) are for evaluation only.
+
+Word geometry (``geometry=True`` in :func:`build_source`, for a source with ``geometry: true``): only
+``lmdb`` sources carry it; the ``lmdb`` factory is then called with ``geometry=True`` and its items
+are ``(image, label, geometry dict)`` (see :class:`strkit.data.lmdb.LmdbDataset`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import torch.utils.data
 
-from strkit.config import SourceConfig
+from strkit.config import ConfigError, SourceConfig
 from strkit.data.benchmarks import BenchmarkLeakError, assert_not_benchmark, expand_benchmarks, load_benchmark
 from strkit.data.folder import FolderDataset
 from strkit.data.lmdb import LabelFilter, open_lmdb_tree
@@ -21,6 +26,7 @@ from strkit.registry import Registry
 
 Dataset = torch.utils.data.Dataset
 GUARDED_PURPOSES = ("train", "search", "val")
+GEOMETRY_KINDS = ("lmdb",)
 
 
 def _import_plugins() -> None:
@@ -35,9 +41,10 @@ SOURCES: Registry[Dataset] = Registry("data source", loader=_import_plugins)
 
 
 @SOURCES.register("lmdb")
-def lmdb_source(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset:
-    """One LMDB, or every LMDB below ``path`` (concatenated in sorted path order)."""
-    return open_lmdb_tree(path, label_filter=label_filter, channels=channels)
+def lmdb_source(path: str, *, label_filter: LabelFilter | None, channels: int, geometry: bool = False) -> Dataset:
+    """One LMDB, or every LMDB below ``path`` (concatenated in sorted path order); with ``geometry``
+    every one of them must hold ``geom-%09d`` records, and items carry the parsed geometry."""
+    return open_lmdb_tree(path, label_filter=label_filter, channels=channels, geometry=geometry)
 
 
 @SOURCES.register("folder")
@@ -46,8 +53,21 @@ def folder_source(path: str, *, label_filter: LabelFilter | None, channels: int)
     return FolderDataset(path, label_filter=label_filter, channels=channels)
 
 
+def check_geometry_source(src: SourceConfig, where: str = "data.train") -> None:
+    """Refuse ``geometry: true`` on a source whose kind cannot carry word geometry.
+
+    Raises:
+        ConfigError: naming the source, its kind and the fix.
+    """
+    if src.geometry and src.kind not in GEOMETRY_KINDS:
+        raise ConfigError(f"{where}: source '{src.name or src.path}' of kind '{src.kind}' has 'geometry: true', "
+                          f"but word geometry is only read from {'/'.join(GEOMETRY_KINDS)} sources (an LMDB "
+                          f"written by tools/synth.py --geometry). Remove 'geometry: true' from this source, "
+                          f"or convert the data to such an LMDB.")
+
+
 def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: int,
-                 benchmark_root: str | None, purpose: str = "train") -> Dataset:
+                 benchmark_root: str | None, purpose: str = "train", geometry: bool = False) -> Dataset:
     """The dataset of one configured source.
 
     Args:
@@ -57,11 +77,17 @@ def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: 
         benchmark_root: the benchmark folder (``data.benchmark_root``): nothing in it but ``*_train``
             splits may be a training, search or validation source.
         purpose: ``train``, ``search`` or ``val`` (benchmark sets refused), or ``eval``.
+        geometry: read the source's word geometry (items ``(image, label, geometry)``); the source
+            must be an ``lmdb`` with ``geom-%09d`` records.
 
     Raises:
         BenchmarkLeakError: a benchmark set given for training, search or validation.
         RegistryError: unknown ``kind``.
+        ConfigError: ``geometry`` for a source kind that cannot carry it.
+        LmdbError: ``geometry`` for an LMDB written without it.
     """
+    if geometry:
+        check_geometry_source(dataclasses.replace(src, geometry=True))
     if src.kind == "benchmark":
         if purpose in GUARDED_PURPOSES:
             raise BenchmarkLeakError(f"source '{src.name or src.path}' has kind 'benchmark': benchmarks are "
@@ -78,4 +104,6 @@ def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: 
         raise ValueError(f"a data source of kind '{src.kind}' needs a path")
     if purpose in GUARDED_PURPOSES:
         assert_not_benchmark(src.path, benchmark_root)
+    if geometry:
+        return factory(src.path, label_filter=label_filter, channels=channels, geometry=True)
     return factory(src.path, label_filter=label_filter, channels=channels)

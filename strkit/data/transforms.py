@@ -20,6 +20,16 @@ For training, steps 1-4 run per sample (:meth:`ImageTransform.prepare`, ``uint8`
 per batch in :func:`collate`, which is much cheaper than per-sample float tensors.
 :class:`TransformedDataset` and :meth:`ImageTransform.collate` wire this up for a ``DataLoader``.
 
+Word geometry (``ImageTransform(geometry=True)``, for the ScRN rectifier's auxiliary loss): a sample may
+carry the synthetic generator's boundary polylines (``{"top", "bottom", "width", "height"}``, continuous
+pixel coordinates, see :func:`strkit.data.lmdb.decode_geometry`). :meth:`ImageTransform.prepare_geometry`
+moves them with the image: scaled by the resize of step 3, then passed through the augmentation as
+albumentations keypoints, and returned in the *model input* frame (``width = W``, ``height = H``: the
+right padding of ``keep_ratio`` adds nothing on the left, so coordinates are unchanged by it). A sample
+on which a geometric transform without exact keypoint support was applied gets ``None`` (no
+geometry) rather than a wrong one (see :meth:`AlbumentationsPipeline.apply_with_keypoints`). Items are
+then ``(image, label, geometry or None)`` and :func:`collate` returns ``(images, labels, geometries)``.
+
 Randomness: augmentation uses albumentations' own generators (not numpy's or torch's global RNG),
 seeded by ``ImageTransform(seed=...)``. A forked ``DataLoader`` worker inherits the parent's generator
 state, so every worker must be reseeded (:func:`seed_worker` does this from the per-worker torch seed);
@@ -29,7 +39,7 @@ otherwise all workers would apply the same "random" augmentations.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -68,6 +78,42 @@ class Identity:
         """Nothing to seed."""
 
 
+#: albumentations classes whose keypoint mapping is only approximate (their ``apply_to_keypoints``
+#: remaps through an integer-rounded inverse map, or a rasterised mask that can lose points).
+_APPROXIMATE_KEYPOINT_BASES = ("BaseDistortion",)
+
+
+def _leaf_transforms(transforms: Sequence[Any]) -> list[Any]:
+    """The transforms of a (possibly nested: ``OneOf``, ``SomeOf`` ...) albumentations pipeline."""
+    A = import_albumentations()
+    out: list[Any] = []
+    for t in transforms:
+        if isinstance(t, A.BaseCompose):
+            out.extend(_leaf_transforms(t.transforms))
+        else:
+            out.append(t)
+    return out
+
+
+def keypoints_exact(transform: Any) -> bool:
+    """Whether an albumentations transform moves keypoints exactly as it moves the pixels.
+
+    True for pixel-level (image-only) transforms, which move nothing, and for geometric transforms that
+    list keypoints among their targets and map them with the same matrix as the image (``Affine``,
+    ``Perspective``, flips ...). False for geometric transforms without keypoint support and for the
+    remap-based distortions (``GridDistortion``, ``ElasticTransform``, ``OpticalDistortion``,
+    ``PiecewiseAffine``, ``ThinPlateSpline``), whose keypoints are rounded to whole pixels or dropped.
+    """
+    A = import_albumentations()
+    if isinstance(transform, A.ImageOnlyTransform):
+        return True
+    if any(cls.__name__ in _APPROXIMATE_KEYPOINT_BASES for cls in type(transform).__mro__):
+        return False
+    targets = getattr(transform, "_targets", ())
+    targets = targets if isinstance(targets, tuple | list) else (targets,)
+    return any(getattr(t, "name", "") == "KEYPOINTS" for t in targets)
+
+
 class AlbumentationsPipeline:
     """An albumentations ``Compose`` over a list of transforms, called on a single image.
 
@@ -77,12 +123,54 @@ class AlbumentationsPipeline:
     """
 
     def __init__(self, transforms: Sequence[Any], seed: int | None = None) -> None:
+        self.transforms = list(transforms)
+        self.keypoints = False
+        self._inexact: list[Any] = []
+        self.compose = self._build(seed)
+
+    def _build(self, seed: int | None) -> Any:
         A = import_albumentations()
-        self.compose = A.Compose(list(transforms), seed=seed, is_check_shapes=False)
+        if not self.keypoints:
+            return A.Compose(self.transforms, seed=seed, is_check_shapes=False)
+        return A.Compose(self.transforms, seed=seed, is_check_shapes=False,
+                         keypoint_params=A.KeypointParams(format="xy", remove_invisible=False))
+
+    def enable_keypoints(self, seed: int | None = None) -> None:
+        """Rebuild the pipeline so that :meth:`apply_with_keypoints` can move points with the image
+        (albumentations ``KeypointParams(format="xy", remove_invisible=False)``); reseeds it from
+        ``seed``. Plain calls work as before."""
+        self.keypoints = True
+        self._inexact = [t for t in _leaf_transforms(self.transforms) if not keypoints_exact(t)]
+        self.compose = self._build(seed)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``uint8`` ``H×W`` or ``H×W×3`` -> augmented image of the same shape and dtype."""
         return self.compose(image=image)["image"]
+
+    def apply_with_keypoints(self, image: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Augment ``image`` and move ``points`` (N×2 ``[x, y]``, pixel-index frame: the centre of the
+        top-left pixel is ``(0, 0)``, as in albumentations and OpenCV) with it.
+
+        Returns:
+            ``(augmented image, N×2 float64 points)``, or ``(augmented image, None)`` when a transform
+            whose keypoint mapping is not exact (:func:`keypoints_exact`) was applied to this sample,
+            or points were lost: the caller then has no geometry for the sample rather than a wrong one.
+
+        Raises:
+            RuntimeError: :meth:`enable_keypoints` was not called.
+        """
+        if not self.keypoints:
+            raise RuntimeError("AlbumentationsPipeline.apply_with_keypoints needs enable_keypoints() first")
+        for t in self._inexact:  # albumentations sets `params` on the transforms it applies in this call
+            t.params = {}
+        try:
+            out = self.compose(image=image, keypoints=np.asarray(points, dtype=np.float32).reshape(-1, 2))
+        except NotImplementedError:  # a geometric transform without keypoint support was drawn
+            return self.compose(image=image)["image"], None
+        moved = np.asarray(out["keypoints"], dtype=np.float64)
+        if any(getattr(t, "params", None) for t in self._inexact) or moved.shape[0] != len(points):
+            return out["image"], None
+        return out["image"], moved[:, :2]
 
     def reseed(self, seed: int | None) -> None:
         """Reset the generators of the pipeline (and of each of its transforms) from ``seed``."""
@@ -227,10 +315,14 @@ class ImageTransform:
             ``strong``).
         pad_value: value of the right padding, in normalised units (``-1`` black ... ``1`` white).
         seed: seed of the augmentation generators (``None``: fresh entropy). See :func:`seed_worker`.
+        geometry: samples may carry word geometry (see the module docstring): the augmentation is built
+            to move keypoints, and :class:`TransformedDataset` yields ``(image, label, geometry)``
+            through :meth:`prepare_geometry`.
     """
 
     def __init__(self, img_h: int, img_w: int, channels: int = 1, keep_ratio: bool = False,
-                 augment: str = "none", pad_value: float = 0.0, seed: int | None = None) -> None:
+                 augment: str = "none", pad_value: float = 0.0, seed: int | None = None,
+                 geometry: bool = False) -> None:
         if img_h < 1 or img_w < 1:
             raise ValueError(f"image size must be positive, got img_h={img_h}, img_w={img_w}")
         if channels not in (1, 3):
@@ -245,10 +337,18 @@ class ImageTransform:
         self.pad_value = float(pad_value)
         augmentation = build_augmentation(augment, channels=channels, seed=seed)
         self.augmentation: Augment | None = None if isinstance(augmentation, Identity) else augmentation
+        self.geometry = bool(geometry)
+        if self.geometry and self.augmentation is not None:
+            if not isinstance(self.augmentation, AlbumentationsPipeline):
+                raise ValueError(f"augmentation preset '{augment}' is not an albumentations pipeline, so the word "
+                                 f"geometry cannot follow it: use a preset built on AlbumentationsPipeline "
+                                 f"(none, light, strong) or turn the geometry off (model.geometry_loss=0)")
+            self.augmentation.enable_keypoints(seed)
 
     def __repr__(self) -> str:
         return (f"ImageTransform(img_h={self.img_h}, img_w={self.img_w}, channels={self.channels}, "
-                f"keep_ratio={self.keep_ratio}, augment={self.augment_name!r}, pad_value={self.pad_value})")
+                f"keep_ratio={self.keep_ratio}, augment={self.augment_name!r}, pad_value={self.pad_value}, "
+                f"geometry={self.geometry})")
 
     def reseed(self, seed: int | None) -> None:
         """Reseed the augmentation generators (called in each DataLoader worker by :func:`seed_worker`)."""
@@ -269,6 +369,59 @@ class ImageTransform:
         Raises:
             ValueError: the image is empty (a zero-size side) or of an unsupported layout/dtype.
         """
+        image = self._resize(image)
+        if self.augmentation is not None:
+            image = self.augmentation(image)
+        return image[:, :, None] if image.ndim == 2 else image
+
+    def prepare_geometry(self, image: np.ndarray, geometry: Mapping[str, Any] | None
+                         ) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """:meth:`prepare` that moves the sample's word geometry with the image.
+
+        Args:
+            image: the source image (any layout :meth:`prepare` accepts).
+            geometry: ``{"top": n×2, "bottom": n×2, "width": w0, "height": h0}`` (continuous pixel
+                coordinates of the ``w0 × h0`` source image, as :func:`strkit.data.lmdb.decode_geometry`
+                returns), or ``None``.
+
+        Returns:
+            ``(uint8 H×w×C image as from prepare, geometry)`` where the geometry is
+            ``{"top": n×2 float64, "bottom": n×2 float64, "width": W, "height": H}`` in continuous pixel
+            coordinates of the padded ``H × W`` model input (what
+            :func:`strkit.models.rectifiers.scrn.geometry_targets_from_json` expects with ``img_w = W``,
+            ``img_h = H``), or ``None`` when the sample had none or an augmentation without exact
+            keypoint support was applied to it.
+
+        Raises:
+            ValueError: as :meth:`prepare`; or this transform was built without ``geometry=True`` while
+                it augments.
+        """
+        if geometry is None:
+            return self.prepare(image), None
+        if self.augmentation is not None and not self.geometry:
+            raise ValueError("ImageTransform.prepare_geometry: build the transform with geometry=True so that "
+                             "its augmentation moves the word geometry with the image")
+        image = self._resize(image)
+        h, w = image.shape[:2]  # img_h × target width
+        top = np.asarray(geometry["top"], dtype=np.float64).reshape(-1, 2)
+        bottom = np.asarray(geometry["bottom"], dtype=np.float64).reshape(-1, 2)
+        scale = np.array([w / float(geometry["width"]), h / float(geometry["height"])])
+        points = np.concatenate([top, bottom]) * scale  # continuous coordinates of the resized image
+        moved: np.ndarray | None = points
+        if self.augmentation is not None:
+            assert isinstance(self.augmentation, AlbumentationsPipeline)
+            # albumentations maps keypoints in the pixel-index frame (pixel centres at integers)
+            image, shifted = self.augmentation.apply_with_keypoints(image, points - 0.5)
+            moved = None if shifted is None else shifted + 0.5
+        image = image[:, :, None] if image.ndim == 2 else image
+        if moved is None:
+            return image, None
+        n = len(top)
+        return image, {"top": moved[:n], "bottom": moved[n:], "width": float(self.img_w),
+                       "height": float(self.img_h)}
+
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        """Steps 1-3 of :meth:`prepare`: any image -> ``uint8`` ``H×w`` or ``H×w×3`` (not augmented)."""
         if not isinstance(image, np.ndarray):
             raise ValueError(f"expected a numpy array image, got {type(image).__name__}")
         if image.ndim not in (2, 3):
@@ -287,15 +440,13 @@ class ImageTransform:
             shrink = h >= self.img_h and w >= tw
             image = cv2.resize(image, (tw, self.img_h),
                                interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        if self.augmentation is not None:
-            image = self.augmentation(image)
-        return image[:, :, None] if image.ndim == 2 else image
+        return image
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """Any image (see :func:`to_channels`) -> float32 tensor ``C×H×W`` in ``[-1, 1]``."""
         return collate([(self.prepare(image), "")], width=self.img_w, pad_value=self.pad_value)[0][0]
 
-    def collate(self, batch: Sequence[tuple[Any, str]]) -> tuple[torch.Tensor, list[str]]:
+    def collate(self, batch: Sequence[tuple[Any, ...]]) -> Batch:
         """:func:`collate` with this transform's width and pad value (a DataLoader ``collate_fn``)."""
         return collate(batch, width=self.img_w, pad_value=self.pad_value)
 
@@ -303,9 +454,14 @@ class ImageTransform:
 # ----------------------------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------------------------
-def collate(batch: Sequence[tuple[Any, str]], width: int | None = None,
-            pad_value: float = 0.0) -> tuple[torch.Tensor, list[str]]:
-    """Stack ``(image, label)`` items into ``(B×C×H×W float32 tensor, labels)``.
+Batch = tuple[torch.Tensor, list[str]] | tuple[torch.Tensor, list[str], list[dict[str, Any] | None]]
+"""``(images B×C×H×W, labels)``, or ``(images, labels, geometries)`` for items that carry geometry."""
+
+
+def collate(batch: Sequence[tuple[Any, ...]], width: int | None = None, pad_value: float = 0.0) -> Batch:
+    """Stack ``(image, label)`` items into ``(B×C×H×W float32 tensor, labels)``, and
+    ``(image, label, geometry)`` items into ``(images, labels, geometries)`` (a list of the items'
+    geometry records or ``None``, in batch order).
 
     Items are either float tensors ``C×H×W`` (stacked as they are) or ``uint8`` arrays ``H×w×C`` from
     :meth:`ImageTransform.prepare`, which are copied into one ``uint8`` batch, normalised once
@@ -314,11 +470,22 @@ def collate(batch: Sequence[tuple[Any, str]], width: int | None = None,
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
+    sizes = {len(item) for item in batch}
+    if len(sizes) != 1 or not sizes <= {2, 3}:
+        raise ValueError(f"cannot collate items of {sorted(sizes)} elements: every item must be (image, label) "
+                         f"or every item (image, label, geometry)")
     images = [item[0] for item in batch]
     labels = [item[1] for item in batch]
+    geometries = [item[2] for item in batch] if sizes == {3} else None
+    stacked = _stack_images(images, width, pad_value)
+    return (stacked, labels) if geometries is None else (stacked, labels, geometries)
+
+
+def _stack_images(images: Sequence[Any], width: int | None, pad_value: float) -> torch.Tensor:
+    """The image part of :func:`collate`: items -> B×C×H×W float32 tensor."""
     first = images[0]
     if isinstance(first, torch.Tensor):
-        return torch.stack(images), labels
+        return torch.stack(list(images))
     h, c = first.shape[0], first.shape[2]
     widths = [img.shape[1] for img in images]
     full = max(widths) if width is None else width
@@ -336,7 +503,7 @@ def collate(batch: Sequence[tuple[Any, str]], width: int | None = None,
     for i, w in enumerate(widths):
         if w < full:
             out[i, :, :, w:] = pad_value
-    return torch.from_numpy(out), labels
+    return torch.from_numpy(out)
 
 
 class TransformedDataset(Dataset):
@@ -346,6 +513,11 @@ class TransformedDataset(Dataset):
     from :meth:`ImageTransform.prepare`, to be batched by :meth:`ImageTransform.collate`, which
     normalises and pads once per batch. With any other callable (or ``batch_normalise=False``), items
     are ``(transform(image), label)``.
+
+    Geometry: with an :class:`ImageTransform` built with ``geometry=True`` (and ``batch_normalise``),
+    items are ``(image, label, geometry or None)`` from :meth:`ImageTransform.prepare_geometry`, the
+    geometry taken from the third element of a source item (``None`` for 2-element items). Otherwise
+    any element after the label is dropped, so validation and evaluation batches stay 2-tuples.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[np.ndarray], Any],
@@ -353,14 +525,21 @@ class TransformedDataset(Dataset):
         self.dataset = dataset
         self.transform = transform
         self._apply: Callable[[np.ndarray], Any] = transform
+        self._geometry: ImageTransform | None = None
         if batch_normalise and isinstance(transform, ImageTransform):
             self._apply = transform.prepare
+            if transform.geometry:
+                self._geometry = transform
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, str]:
-        image, label = self.dataset[index]
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        item = self.dataset[index]
+        image, label = item[0], item[1]
+        if self._geometry is not None:
+            prepared, geometry = self._geometry.prepare_geometry(image, item[2] if len(item) > 2 else None)
+            return prepared, label, geometry
         return self._apply(image), label
 
     def reseed(self, seed: int | None) -> None:

@@ -3,6 +3,13 @@
 Joins :mod:`strkit.data` (sources, transforms, mixing) with the charset of the model: labels are
 normalised and filtered by the model's charset and maximum length, and every source is checked not
 to be a benchmark set.
+
+Word geometry (``build_run_data(..., geometry=True)``, what the trainer asks for when
+``model.geometry_loss > 0``): training sources marked ``geometry: true`` (LMDBs written by
+``tools/synth.py --geometry``) are read with their ``geom-%09d`` records, the training transform moves
+the geometry with the image, and training batches are ``(images, labels, geometries)`` (``None`` for
+samples of the other sources). Validation batches stay ``(images, labels)``. Without it nothing
+changes, whatever the sources say.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from strkit.charset import Charset, LabelFilter
-from strkit.config import Config
+from strkit.config import Config, ConfigError
 from strkit.data.mixing import build_eval_loader, build_mixed_loader
-from strkit.data.sources import build_source
+from strkit.data.sources import build_source, check_geometry_source
 from strkit.data.transforms import ImageTransform
 
 from .distributed import DistInfo
@@ -55,19 +62,43 @@ def eval_transform(cfg: Config) -> ImageTransform:
     return ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio, augment="none")
 
 
-def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: int = 0) -> RunData:
-    """Training loader (mixed, endless, resumable at ``start_step``) and validation loader."""
+def check_geometry_sources(cfg: Config, geometry: bool) -> None:
+    """The ``geometry`` flags of ``data.train`` are usable, and, when the run uses word geometry
+    (``geometry``), at least one training source provides it.
+
+    Raises:
+        ConfigError: ``geometry: true`` on a source that is not an LMDB, or no source with geometry
+            while the run needs it; the message names the keys and the fix.
+    """
+    for i, src in enumerate(cfg.data.train):
+        check_geometry_source(src, where=f"data.train[{i}].geometry")
+    if geometry and not any(src.geometry for src in cfg.data.train):
+        raise ConfigError(f"model.geometry_loss={cfg.model.geometry_loss:g} needs word geometry, but no "
+                          f"training source has 'geometry: true'. Write a synthetic LMDB with geometry "
+                          f"(tools/synth.py ... --geometry), add it to data.train with 'geometry: true', "
+                          f"or set model.geometry_loss=0.")
+
+
+def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: int = 0,
+                   geometry: bool = False) -> RunData:
+    """Training loader (mixed, endless, resumable at ``start_step``) and validation loader.
+
+    Args:
+        geometry: feed word geometry to training (see the module docstring): training batches become
+            ``(images, labels, geometries)``. The trainer sets it when ``model.geometry_loss > 0``.
+    """
     d = cfg.data
     if not d.train:
         raise ValueError("data.train is empty: list at least one source, e.g. "
                          "data.train=[{path: my_lmdb, kind: lmdb}]")
+    check_geometry_sources(cfg, geometry)
     label_filter = LabelFilter(charset, cfg.model.max_length)
     train_sets: list[Dataset] = []
     val_sets: list[Dataset] = []
     names: list[str] = []
     for i, src in enumerate(d.train):
         ds = build_source(src, label_filter=label_filter, channels=d.channels,
-                          benchmark_root=d.benchmark_root, purpose="train")
+                          benchmark_root=d.benchmark_root, purpose="train", geometry=geometry and src.geometry)
         name = src.name or f"{src.kind}:{src.path}"
         if len(ds) == 0:
             raise ValueError(f"training source {name} has no usable sample after filtering "
@@ -84,7 +115,7 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
     label_filter.warn_if_needed()
 
     train_tf = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
-                              augment=d.augment)
+                              augment=d.augment, geometry=geometry)
     train_loader = build_mixed_loader(
         train_sets, [s.ratio for s in d.train], batch_size=cfg.train.batch_size, transform=train_tf,
         num_workers=d.workers, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,

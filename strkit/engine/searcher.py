@@ -48,6 +48,7 @@ from strkit.nas.config import SearchConfig, search_config
 from strkit.nas.latency import (
     CostModel,
     LatencyTable,
+    calibrate_lut,
     cost_loss,
     measure_arch_latency,
     measure_lut,
@@ -149,6 +150,9 @@ class Searcher:
         if str(dict(cfg.model.backbone).get("name")) != "supernet":
             raise ValueError(f"model.backbone.name is {dict(cfg.model.backbone).get('name')!r}: a search needs "
                              "the 'supernet' backbone (see configs/search/)")
+        if cfg.model.geometry_loss > 0:
+            raise ValueError("model.geometry_loss: the search does not feed word geometry to the rectifier; "
+                             "search with model.geometry_loss=0 and use it when retraining (tools/train.py)")
         charset = Charset.from_dict(payload["charset"]) if payload else None
         self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
                                                    cfg.data.channels, charset=charset).to(self.device)
@@ -249,10 +253,12 @@ class Searcher:
                     log.info("measuring the latency table on %s with %d thread(s), %d repeats ...",
                              s.lut_device, self.lut_threads, s.lut_repeats)
                     t0 = time.perf_counter()
-                    table = measure_lut(self.model, s.lut_device, self.lut_threads, s.lut_repeats,
-                                        s.lut_warmup, s.lut_batch, include_rest=s.lut_rest).to_dict()
-                    log.info("latency table: %d entries in %.1f s", len(table["entries"]),
-                             time.perf_counter() - t0)
+                    lut = measure_lut(self.model, s.lut_device, self.lut_threads, s.lut_repeats,
+                                      s.lut_warmup, s.lut_batch, include_rest=s.lut_rest)
+                    table = calibrate_lut(self.model, lut, s.lut_calibrate, s.lut_device, self.lut_threads,
+                                          s.lut_repeats, s.lut_warmup, seed=self.cfg.train.seed).to_dict()
+                    log.info("latency table: %d entries in %.1f s, calibration scale %.3f", len(table["entries"]),
+                             time.perf_counter() - t0, table["scale"])
                 table = broadcast_object(table, self.dist)
                 self.lut = LatencyTable.from_dict(table)
         if self.lut is not None:
@@ -362,7 +368,12 @@ class Searcher:
             batch_size=train.batch_size, img_h=data.img_h, img_w=data.img_w, channels=data.channels,
             threads=train.threads or torch.get_num_threads(), steps=steps, warmup=2, windows=1,
             overrides=(f"train.out_dir={self.out_dir / 'cost_probe'}", "train.max_minutes=0"))
-        single = speed.run_case(speed.measure_train, case)
+        try:
+            single = speed.run_case(speed.measure_train, case)
+        except Exception as exc:  # noqa: BLE001 - the search's results must not be lost to a timing probe
+            log.warning("search cost: timing the derived network's training step failed (%s: %s); the report "
+                        "leaves the step and memory ratios out", type(exc).__name__, exc)
+            return figures
         single_s = single.step_ms / 1000
         search_s = weight_s + (arch_s / self.scfg.arch_every if t["arch_n"] else 0.0)
         figures.update({

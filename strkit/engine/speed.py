@@ -214,7 +214,18 @@ def model_config_path(model: str) -> Path:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (``getrusage`` ``ru_maxrss``), in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``: the high-water mark of the process's current
+    address space. ``getrusage``'s ``ru_maxrss`` is not used there because it survives ``execve``, so a
+    benchmark child spawned by a large parent (e.g. the timing probe at the end of a search) would
+    report at least the parent's resident size at fork time. Elsewhere: ``ru_maxrss``.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 

@@ -10,6 +10,11 @@ Resume is exact: model, optimiser, scheduler, step, RNG states and the sampler p
 sampler is a pure function of seed and step) are restored, so a run killed at any moment and resumed
 from ``last.pt`` ends with the same weights as an uninterrupted run (with deterministic kernels and
 no random augmentation in the worker processes).
+
+Word geometry: with ``model.geometry_loss > 0`` the training batches carry each sample's word geometry
+(``(images, labels, geometries)``, see :mod:`strkit.engine.data`); :meth:`Trainer.train_step` turns it
+into the ScRN rectifier's targets and the model adds the weighted geometry loss. Its unweighted value
+is logged as ``geometry_loss`` (mean over the log window, steps whose batch had geometry).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,7 @@ from strkit.charset import Charset
 from strkit.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from strkit.config import Config, from_dict
 from strkit.engine.metrics import RecognitionMetrics
-from strkit.models.recognizer import RecognitionModel, build_model
+from strkit.models.recognizer import GEOMETRY_TARGETS, RecognitionModel, build_model
 
 from .data import RunData, build_run_data
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
@@ -135,6 +140,8 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.data: RunData | None = None
+        # Unweighted geometry loss of the last train_step (None: off, no geometry in the batch, or skipped).
+        self.last_geometry_loss: float | None = None
 
     # -- state --------------------------------------------------------------------------------
     def _check_resume_config(self, payload: dict, path: str | Path) -> None:
@@ -216,18 +223,32 @@ class Trainer:
         return min(self.schedule_steps, self.cfg.train.steps)
 
     # -- loops ----------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    def _batches(self) -> Iterator[tuple[Any, ...]]:
+        """Training batches: ``(images, labels)``, or ``(images, labels, geometries)`` with geometry."""
         assert self.data is not None
         while True:  # the mixed loader is endless; loop in case a finite loader is plugged in
             yield from self.data.train
 
-    def train_step(self, images: torch.Tensor, labels: list[str]) -> float | None:
-        """One optimisation step. Returns the loss, or None when it was not finite (step skipped)."""
+    def train_step(self, images: torch.Tensor, labels: list[str],
+                   geometries: Sequence[Mapping[str, Any] | None] | None = None) -> float | None:
+        """One optimisation step. Returns the loss, or None when it was not finite (step skipped).
+
+        Args:
+            images: B×C×H×W batch (normalised to [-1, 1]).
+            labels: B normalised labels.
+            geometries: B word-geometry records in the model input frame (``None`` for samples without),
+                used when ``model.geometry_loss > 0``; the unweighted geometry loss is kept in
+                :attr:`last_geometry_loss`.
+        """
         cfg = self.cfg.train
         images = images.to(self.device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = {k: v.to(self.device) for k, v in self.model.encode(labels).items()}
+        targets: dict[str, Any] = {k: v.to(self.device) for k, v in self.model.encode(labels).items()}
+        geom = self.model.encode_geometry(geometries) if geometries is not None else None
+        if geom is not None:
+            targets[GEOMETRY_TARGETS] = {k: v.to(self.device) for k, v in geom.items()}
+        self.last_geometry_loss = None
         self.net.train()
         with autocast_context(self.device, cfg.precision):
             out = self.net(images, targets)
@@ -245,6 +266,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if out.geometry_loss is not None:
+            self.last_geometry_loss = float(out.geometry_loss.detach())
         return float(loss.detach())
 
     @torch.inference_mode()
@@ -271,7 +294,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
         cfg = self.cfg.train
-        self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step)
+        self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step,
+                                   geometry=self.cfg.model.geometry_loss > 0)
         main = self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,28 +312,34 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
         self._t_start = time.perf_counter()
         t_window, n_window, loss_window = time.perf_counter(), 0, []
+        geo_window: list[float] = []
         last_val: dict[str, float] = {}
         stop_reason = "steps"
         batches = self._batches()
         first_step = self.step
         try:
             while self.step < self._last_step():
-                images, labels = next(batches)
-                loss = self.train_step(images, labels)
+                batch = next(batches)
+                images, labels = batch[0], batch[1]
+                loss = self.train_step(images, labels, batch[2] if len(batch) > 2 else None)
                 self.step += 1
                 n_window += len(labels) * self.dist.world_size
                 if loss is not None:
                     loss_window.append(loss)
+                if self.last_geometry_loss is not None:
+                    geo_window.append(self.last_geometry_loss)
                 if self.step % cfg.log_every == 0 or self.step >= self._last_step():
                     dt = time.perf_counter() - t_window
                     row = {"step": self.step, "loss": float(np.mean(loss_window)) if loss_window else math.nan,
                            "lr": self.scheduler.get_last_lr()[0], "images_per_s": n_window / max(dt, 1e-9),
                            "skipped_steps": self.skipped_steps}
+                    if geo_window:
+                        row["geometry_loss"] = float(np.mean(geo_window))
                     logger.log(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.0f}",
                                         acc=f"{last_val.get('val_accuracy', float('nan')):.1f}")
-                    t_window, n_window, loss_window = time.perf_counter(), 0, []
+                    t_window, n_window, loss_window, geo_window = time.perf_counter(), 0, [], []
                     self._fit_schedule_to_budget(self.step - first_step, time.perf_counter() - self._t_start)
                     if bar is not None:
                         bar.total = self.schedule_steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +22,17 @@ class ModelOutput:
     Attributes:
         logits: B×L×K decoder scores (L = T frames for CTC, max_length + 1 steps for attention).
         loss: scalar training loss when targets were given, else ``None``.
+        geometry_loss: the (unweighted) scalar auxiliary geometry loss when it was part of ``loss``,
+            else ``None``.
     """
 
     logits: Tensor
     loss: Tensor | None = None
+    geometry_loss: Tensor | None = None
+
+
+#: Key of the rectifier's geometry targets in the targets mapping of :meth:`RecognitionModel.forward`.
+GEOMETRY_TARGETS = "geometry"
 
 
 def _spec(spec: dict[str, Any] | str) -> dict[str, Any]:
@@ -86,6 +94,14 @@ class RecognitionModel(nn.Module):
                 raise ConfigError(f"model.aux_ctc: the auxiliary CTC loss needs a 'ctc' decoder (its targets), "
                                   f"got '{decoder_spec['name']}'; set model.aux_ctc=0")
             self.aux_head = nn.Linear(self.backbone.out_channels, self.codec.num_classes)
+        self.geometry_loss = float(cfg.geometry_loss)
+        if self.geometry_loss < 0:
+            raise ConfigError(f"model.geometry_loss: must be >= 0, got {self.geometry_loss}")
+        if self.geometry_loss > 0 and not callable(getattr(self.rectifier, "attribute_loss", None)):
+            raise ConfigError(f"model.geometry_loss: the auxiliary geometry loss needs the 'scrn' rectifier (the "
+                              f"one that predicts the text's centre line and height), got "
+                              f"'{_spec(cfg.rectifier).get('name', '?')}'; set model.geometry_loss=0 or "
+                              f"model.rectifier.name=scrn")
 
     @property
     def pipeline(self) -> str:
@@ -105,23 +121,56 @@ class RecognitionModel(nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """B×C×H×W images -> B×T×C' visual features (rectified, backbone, averaged over height)."""
-        fmap = self.backbone(self.rectifier(images))  # B×C'×H'×W'
-        return fmap.mean(dim=2).transpose(1, 2)  # B×W'×C'
+        return self._collapse(self.backbone(self.rectifier(images)))
 
-    def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None) -> ModelOutput:
+    @staticmethod
+    def _collapse(fmap: Tensor) -> Tensor:
+        """B×C'×H'×W' feature map -> B×W'×C' (average over height)."""
+        return fmap.mean(dim=2).transpose(1, 2)
+
+    def forward(self, images: Tensor, targets: Mapping[str, Any] | None = None) -> ModelOutput:
         """Images B×C×H×W (normalised to [-1, 1]) -> :class:`ModelOutput`; the loss is computed when
-        ``targets`` (from :meth:`encode`) are given. Pure tensor code: traceable and exportable."""
-        feats = self.features(images)
-        logits = self.decoder(self.sequence(feats), targets)
-        loss = self.decoder.loss(logits, targets) if targets is not None else None
+        ``targets`` (from :meth:`encode`) are given. Pure tensor code: traceable and exportable.
+
+        In training, ``targets[GEOMETRY_TARGETS]`` (from :meth:`encode_geometry`: ``centre`` B×K×2,
+        ``scale`` B×K, ``theta`` B×K, ``valid`` B) adds ``model.geometry_loss`` × the rectifier's
+        geometry loss, computed on the same localisation pass as the warp; samples with
+        ``valid = False`` contribute nothing.
+        """
+        geometry: Mapping[str, Tensor] | None = None
+        decoder_targets = targets
+        if targets is not None and GEOMETRY_TARGETS in targets:
+            geometry = targets[GEOMETRY_TARGETS]
+            decoder_targets = {k: v for k, v in targets.items() if k != GEOMETRY_TARGETS}
+        geo_loss: Tensor | None = None
+        if geometry is not None and self.geometry_loss > 0 and self.training:
+            rectified, attrs = self.rectifier.rectify(images)
+            geo_loss = self.rectifier.attribute_loss(*attrs, geometry)
+            feats = self._collapse(self.backbone(rectified))
+        else:
+            feats = self.features(images)
+        logits = self.decoder(self.sequence(feats), decoder_targets)
+        loss = self.decoder.loss(logits, decoder_targets) if decoder_targets is not None else None
         if loss is not None and self.aux_head is not None and self.training:
             # Deep supervision of the visual features (B×T×C' -> B×T×K), same targets and CTC loss.
-            loss = loss + self.aux_ctc * self.decoder.loss(self.aux_head(feats), targets)
-        return ModelOutput(logits, loss)
+            loss = loss + self.aux_ctc * self.decoder.loss(self.aux_head(feats), decoder_targets)
+        if loss is not None and geo_loss is not None:
+            loss = loss + self.geometry_loss * geo_loss
+        return ModelOutput(logits, loss, geo_loss)
 
     def encode(self, labels: list[str]) -> dict[str, Tensor]:
         """Normalised labels -> decoder targets (see the codec's ``encode``), on the CPU."""
         return self.codec.encode(labels)
+
+    def encode_geometry(self, records: Sequence[Mapping[str, Any] | None]) -> dict[str, Tensor] | None:
+        """Word-geometry records of a batch (model input frame, as from
+        :meth:`strkit.data.transforms.ImageTransform.prepare_geometry`; ``None`` for samples without)
+        -> the rectifier's geometry targets on the CPU (``centre`` B×K×2, ``scale`` B×K, ``theta`` B×K,
+        ``valid`` B), to pass as ``targets[GEOMETRY_TARGETS]``. ``None`` when the geometry loss is off
+        (``model.geometry_loss = 0``) or no sample has geometry (nothing to learn from)."""
+        if self.geometry_loss <= 0 or all(r is None for r in records):
+            return None
+        return self.rectifier.geometry_targets(records)
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> list[Prediction]:

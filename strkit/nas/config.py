@@ -56,6 +56,7 @@ class SearchConfig:
     lut_warmup: int = 5
     lut_batch: int = 1
     lut_rest: bool = True  # time rectifier and sequence + decoder once, as a fixed part
+    lut_calibrate: int = 5  # random sub-networks timed whole to fit the table's scale factor (0 = none)
     validate_samples: int = 20  # random sub-networks timed end to end in the report (0 = skip)
     measure_repeats: int = 50  # timed runs of the derived network in the report
     history_every: int = 10  # record p every N steps (heat-map)
@@ -90,6 +91,8 @@ def search_config(data: Mapping[str, Any] | SearchConfig | None) -> SearchConfig
         raise ConfigError(f"'search.paths' must be 1 or 2, got {cfg.paths}")
     if cfg.arch_every < 1:
         raise ConfigError(f"'search.arch_every' must be >= 1, got {cfg.arch_every}")
+    if cfg.lut_calibrate < 0:
+        raise ConfigError(f"'search.lut_calibrate' must be >= 0 (0 = no calibration), got {cfg.lut_calibrate}")
     if cfg.warmup_steps < 0 or cfg.history_every < 1 or cfg.lut_repeats < 1 or cfg.lut_batch < 1:
         raise ConfigError("'search.warmup_steps' must be >= 0 and 'search.history_every', "
                           "'search.lut_repeats', 'search.lut_batch' >= 1")

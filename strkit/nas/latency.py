@@ -149,11 +149,15 @@ class LatencyTable:
         entries: :func:`entry_key` -> (op description, ms).
         fixed: parts outside the backbone measured once (``rectifier``, ``sequence_decoder``) -> ms.
         meta: device, device_name, threads, torch, batch, dtype, repeats, warmup, created, input.
+        scale: calibration factor applied by :meth:`lookup` (see :func:`calibrate_lut`): ops timed one
+            by one miss part of what a whole network costs (memory traffic between ops, allocator,
+            dispatch), and on CPU that share is nearly the same fraction for every sub-network.
     """
 
     entries: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
     fixed: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    scale: float = 1.0  # calibration: whole-backbone latency ≈ scale · Σ isolated op latencies
 
     def add(self, info: Mapping[str, Any], ms: float) -> None:
         self.entries[entry_key(info)] = (dict(info), round(float(ms), 6))  # what the JSON file keeps
@@ -169,7 +173,7 @@ class LatencyTable:
                 f"the latency table has no entry for {key} (measured on {self.meta.get('device', '?')} for "
                 f"input {self.meta.get('input', '?')}); it was measured for another search space or "
                 "input size: re-measure it with 'tools/search.py lut CONFIG'")
-        return self.entries[key][1]
+        return self.entries[key][1] * self.scale
 
     @property
     def fixed_ms(self) -> float:
@@ -183,7 +187,7 @@ class LatencyTable:
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": LUT_FORMAT, "version": LUT_VERSION, **self.meta,
-                "fixed": dict(self.fixed),
+                "fixed": dict(self.fixed), "scale": self.scale,
                 "entries": [{**info, "ms": ms} for info, ms in self.entries.values()]}
 
     @classmethod
@@ -195,9 +199,14 @@ class LatencyTable:
         if not isinstance(version, int) or version > LUT_VERSION:
             raise LatencyTableError(f"{where}: latency table version {version!r} is not readable by this "
                                     f"strkit (reads <= {LUT_VERSION})")
-        table = cls(meta={k: v for k, v in data.items() if k not in ("format", "version", "entries", "fixed")})
+        table = cls(meta={k: v for k, v in data.items()
+                          if k not in ("format", "version", "entries", "fixed", "scale")})
         try:
             table.fixed = {str(k): float(v) for k, v in dict(data.get("fixed", {})).items()}
+            table.scale = float(data.get("scale", 1.0))
+            if not math.isfinite(table.scale) or table.scale <= 0:
+                raise LatencyTableError(f"{where}: calibration scale must be a positive number, got "
+                                        f"{data.get('scale')!r}")
             for i, e in enumerate(data["entries"]):
                 if not isinstance(e, Mapping) or "ms" not in e:
                     raise LatencyTableError(f"{where}: entries[{i}] has no 'ms'")
@@ -592,13 +601,42 @@ def validate_lut(model: nn.Module, lut: LatencyTable, n: int = 20, device: torch
     """Build ``n`` random sub-networks of the supernet in ``model`` (uniform op per cell) as
     ``searched`` backbones, measure each end to end and compare with the LUT prediction (backbone:
     stem + cells + head; the fixed parts are left out of both sides)."""
-    net = find_supernet(model)
-    rng = random.Random(seed)
     threads = threads or int(lut.meta.get("threads", 0) or 0)
     batch = int(lut.meta.get("batch", 1))
-    archs = [derive_arch(net, [rng.randrange(len(e)) for e in net.edges()]) for _ in range(n)]
+    archs = random_archs(model, n, seed)
     pred = [predict_arch_latency(a, lut) for a in archs]
     ops = [[c["op"] for c in a["cells"]] for a in archs]
     meas = measure_archs_latency(archs, device, threads, repeats, warmup, batch, progress)
     return LutValidation(pred, meas, ops)
 
+
+def random_archs(model: nn.Module, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` random sub-networks (a uniformly drawn op per cell) of the supernet in ``model``."""
+    net = find_supernet(model)
+    rng = random.Random(seed)
+    return [derive_arch(net, [rng.randrange(len(e)) for e in net.edges()]) for _ in range(n)]
+
+
+#: Offset of the calibration networks' seed from the validation seed: the two sets never coincide.
+CALIBRATION_SEED_OFFSET = 7919
+
+
+def calibrate_lut(model: nn.Module, lut: LatencyTable, n: int = 5, device: torch.device | str = "cpu",
+                  threads: int = 0, repeats: int = 30, warmup: int = 5, seed: int = 0) -> LatencyTable:
+    """Fit ``lut.scale`` (least squares, measured ≈ scale · Σ ops) on ``n`` random sub-networks timed end to
+    end, drawn with ``seed + CALIBRATION_SEED_OFFSET`` so that :func:`validate_lut` (same ``seed``) checks
+    the calibrated table on other networks. Returns ``lut`` (changed in place); ``n = 0`` leaves it as is."""
+    if n <= 0:
+        return lut
+    threads = threads or int(lut.meta.get("threads", 0) or 0)
+    archs = random_archs(model, n, seed + CALIBRATION_SEED_OFFSET)
+    lut.scale = 1.0
+    pred = [predict_arch_latency(a, lut) for a in archs]
+    meas = measure_archs_latency(archs, device, threads, repeats, warmup, int(lut.meta.get("batch", 1)))
+    fit = LutValidation(pred, meas, [[c["op"] for c in a["cells"]] for a in archs]).scale
+    if not math.isfinite(fit) or fit <= 0:
+        raise LatencyTableError(f"latency table calibration failed: measured {meas} ms for predicted {pred} ms")
+    lut.scale = float(fit)
+    lut.meta["calibration"] = {"networks": n, "seed": seed + CALIBRATION_SEED_OFFSET, "predicted_ms": pred,
+                               "measured_ms": meas}
+    return lut

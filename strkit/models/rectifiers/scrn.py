@@ -260,8 +260,10 @@ class ScRNRectifier(nn.Module):
         loc_hidden: width of the per-point head.
 
     Shapes: ``forward(x: B×C×H×W) -> B×C×img_h×img_w``; ``attributes(x)`` -> ``(centre B×K×2, scale B×K,
-    theta B×K)``; ``control_points(x)`` -> B×3K×2 (K upper, K lower, K centre points). The grid is
-    computed and sampled in fp32 even under autocast. Exports to ONNX (opset >= 16).
+    theta B×K)``; ``control_points(x)`` -> B×3K×2 (K upper, K lower, K centre points); ``rectify(x)`` ->
+    ``(B×C×img_h×img_w, attributes)`` (one localisation pass for both the warp and
+    :meth:`attribute_loss`). The grid is computed and sampled in fp32 even under autocast. Exports to
+    ONNX (opset >= 16).
     """
 
     def __init__(self, img_h: int, img_w: int, in_channels: int, num_points: int = 10,
@@ -299,12 +301,23 @@ class ScRNRectifier(nn.Module):
         """Attributes (as from :func:`geometry_targets_from_json`, batched) -> B×img_h×img_w×2 grid."""
         return self.sampling_grid(self.points_from_attributes(centre, scale, theta))
 
-    def forward(self, x: Tensor) -> Tensor:
-        points = self.control_points(x)
+    def rectify(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """Rectified images B×C×img_h×img_w and the attributes ``(centre B×K×2, scale B×K, theta B×K)``
+        the warp was built from (images B×C×H×W)."""
+        attrs = self.attributes(x)
+        points = self.points_from_attributes(*attrs)
         with torch.autocast(device_type=x.device.type, enabled=False):
             grid = self.sampling_grid(points)
             out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return out.to(x.dtype)
+        return out.to(x.dtype), attrs
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rectify(x)[0]
+
+    def geometry_targets(self, records: Sequence[Mapping[str, Any] | None]) -> dict[str, Tensor]:
+        """:func:`geometry_targets_batch` for this rectifier's image size and ``num_points`` (CPU tensors:
+        ``centre`` B×K×2, ``scale`` B×K, ``theta`` B×K, ``valid`` B)."""
+        return geometry_targets_batch(records, self.img_w, self.img_h, self.num_points)
 
     def geometry_loss(self, images: Tensor, geom_targets: Mapping[str, Tensor]) -> Tensor:
         """Auxiliary loss between predicted and target attributes (e.g. from :func:`geometry_targets_batch`).
@@ -317,7 +330,13 @@ class ScRNRectifier(nn.Module):
             images: B×C×H×W, the rectifier's input.
             geom_targets: ``centre`` B×K×2, ``scale`` B×K, ``theta`` B×K, optional ``valid`` B (bool).
         """
-        centre, scale, theta = self.attributes(images)
+        return self.attribute_loss(*self.attributes(images), geom_targets)
+
+    def attribute_loss(self, centre: Tensor, scale: Tensor, theta: Tensor,
+                       geom_targets: Mapping[str, Tensor]) -> Tensor:
+        """:meth:`geometry_loss` of already predicted attributes (centre B×K×2, scale B×K, theta B×K, e.g.
+        from :meth:`rectify`). Invalid samples are masked out (not multiplied by 0), so a non-finite
+        prediction on a sample without geometry cannot turn the loss into NaN."""
         tc = geom_targets["centre"].to(centre)
         if tc.shape != centre.shape:
             raise ValueError(f"scrn geometry_loss: targets have {tuple(tc.shape)} centre points, the "
@@ -330,8 +349,9 @@ class ScRNRectifier(nn.Module):
         valid = geom_targets.get("valid")
         if valid is None:
             return per_sample.mean()
-        weight = valid.to(per_sample.device, per_sample.dtype)
-        return (per_sample * weight).sum() / weight.sum().clamp_min(1.0)
+        valid = valid.to(per_sample.device, torch.bool)
+        kept = torch.where(valid, per_sample, torch.zeros_like(per_sample))
+        return kept.sum() / valid.sum().clamp_min(1).to(per_sample.dtype)
 
 
 __all__ = ["ScRNRectifier", "attributes_from_boundaries", "crop_aspect", "geometry_targets_batch",
