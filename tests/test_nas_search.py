@@ -151,6 +151,24 @@ def test_search_refuses_the_geometry_loss(word_folder, tmp_path):
         Searcher(cfg)
 
 
+def test_fixed_baseline_subcommand(tmp_path, capsys):
+    from strkit.models.recognizer import build_model
+
+    out = tmp_path / "fixed"
+    space = load_config(TINY)
+    op = space.model.backbone["normal_ops"][-1]
+    assert main(["fixed", str(TINY), "--op", op, "--out", str(out)]) == 0
+    assert "train it: python tools/train.py" in capsys.readouterr().out
+    ops = arch_ops(load_arch(out / "arch.json"))
+    kernel = op.split("_")[0]
+    assert ops[1:] == [op] * (len(ops) - 1) and ops[0].startswith(kernel)  # first cell: same kernel
+    cfg = load_config(out / "train.yaml")
+    assert build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels).backbone.op_names() == ops
+    assert cfg.search == {} and cfg.train.out_dir == str(out / "run")
+    assert main(["fixed", str(TINY), "--op", "k9_e9", "--out", str(out)]) == 2
+    assert "k9_e9" in capsys.readouterr().err
+
+
 def test_search_needs_a_supernet(tmp_path):
     from strkit.engine.searcher import Searcher
 

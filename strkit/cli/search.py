@@ -7,6 +7,9 @@ section, see ``configs/search/``; ``key.sub=value`` overrides follow it)::
     search.py lut CONFIG [overrides] [--out LUT_JSON]       measure the latency table only
     search.py validate-lut CONFIG [overrides] --lut LUT_JSON [-n 20]
                                                             LUT prediction vs measurement, MAE in %
+    search.py fixed CONFIG [overrides] --op k3_e3 [--out DIR]
+                                                            a fixed baseline of the space (every cell one
+                                                            op): DIR/arch.json + DIR/train.yaml
 
 Runs under ``torchrun`` (``run`` only) like ``tools/train.py``.
 """
@@ -49,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--lut", required=True, help="latency table JSON")
     val.add_argument("-n", type=int, default=20, help="number of random sub-networks (default 20)")
     val.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+    fixed = sub.add_parser("fixed", help="write a fixed baseline of the space (the same op in every cell)")
+    common(fixed)
+    fixed.add_argument("--op", required=True, help="op of every cell, e.g. k3_e3, k5_e6")
+    fixed.add_argument("--first-op", default=None,
+                       help="op of cells that lack --op (default: the candidate with the same kernel)")
+    fixed.add_argument("--out", default=None, help="output folder (default: train.out_dir/../fixed_OP)")
     return p
 
 
@@ -107,6 +117,18 @@ def _validate(cfg: Config, lut_path: str, n: int, json_out: str | None) -> int:
     return 0
 
 
+def _fixed(cfg: Config, op: str, first_op: str | None, out: str | None) -> int:
+    from strkit.engine.searcher import write_retrain_config
+    from strkit.nas.arch import arch_ops, fixed_arch, save_arch
+
+    folder = Path(out) if out else Path(cfg.train.out_dir).parent / f"fixed_{op}"
+    arch_path = save_arch(fixed_arch(_model(cfg), op, first_op), folder / "arch.json")
+    train_path = write_retrain_config(cfg, arch_path, folder / "train.yaml", folder / "run")
+    print(f"{' '.join(arch_ops(json.loads(arch_path.read_text())))}\narchitecture: {arch_path}\n"
+          f"train it: python tools/train.py {train_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -122,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             return _lut(cfg, args.out, args.validate)
         if args.command == "validate-lut":
             return _validate(cfg, args.lut, args.n, args.json)
+        if args.command == "fixed":
+            return _fixed(cfg, args.op, args.first_op, args.out)
         if args.print_config:
             print(cfg.dump(), end="")
             return 0

@@ -130,6 +130,19 @@ def _mean_entropy(model: torch.nn.Module) -> float:
     return float(np.mean(ents)) if ents else 0.0
 
 
+def write_retrain_config(cfg: Config, arch_path: Path, path: Path, out_dir: Path) -> Path:
+    """Write ``path``: the search config ``cfg`` with ``model.backbone: {name: searched, arch: arch_path}``,
+    no ``search`` section and ``train.out_dir = out_dir``, ready for ``tools/train.py``."""
+    retrain = cfg.to_dict()
+    retrain["model"]["backbone"] = {"name": "searched", "arch": str(Path(arch_path).resolve())}
+    retrain["search"] = {}
+    retrain["train"]["out_dir"] = str(out_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Train this architecture from scratch: tools/train.py " + str(path) + "\n"
+                    + yaml.safe_dump(retrain, sort_keys=False, default_flow_style=None))
+    return path
+
+
 class Searcher:
     """Runs one architecture search from a resolved :class:`Config`.
 
@@ -534,14 +547,8 @@ class Searcher:
                 validation = validate_lut(self.model, self.lut, s.validate_samples, s.lut_device, threads,
                                           s.lut_repeats, s.lut_warmup, seed=self.cfg.train.seed).to_dict()
                 figures["latency table MAE on random sub-networks (%)"] = validation["mae_pct"]
-        retrain = self.cfg.to_dict()
-        retrain["model"]["backbone"] = {"name": "searched", "arch": str(arch_path.resolve())}
-        retrain["search"] = {}
-        retrain["train"]["out_dir"] = str(self.out_dir / "retrain")
-        retrain_path = self.out_dir / "retrain.yaml"
-        retrain_path.write_text(
-            "# Retrain the searched architecture from scratch: tools/train.py " + str(retrain_path)
-            + "\n" + yaml.safe_dump(retrain, sort_keys=False, default_flow_style=None))
+        retrain_path = write_retrain_config(self.cfg, arch_path, self.out_dir / "retrain.yaml",
+                                            self.out_dir / "retrain")
         figures.update(self.cost_figures(retrain_path))
         paths = write_report(self.out_dir, cells=cell_descriptions(self.model), history=self.history, arch=arch,
                              figures=figures, lut_validation=validation)

@@ -75,6 +75,34 @@ def derive_arch(model: nn.Module, choices: Sequence[int] | None = None,
     return validate_arch(arch, "derived architecture")
 
 
+def fixed_arch(model: nn.Module, op: str, first_op: str | None = None) -> dict[str, Any]:
+    """The sub-network with the same op in every cell: the fixed baselines of a search space (e.g. every
+    cell ``k3_e3``, as in the "verify the effect of NAS" tables).
+
+    Args:
+        model: a :class:`SuperNet` or a module containing one.
+        op: the op of every cell that offers it.
+        first_op: the op of cells that do not offer ``op`` (e.g. the first cell, whose candidates are
+            ``k{3,5,7}_e1``); default: the candidate with ``op``'s kernel (``k5_e6`` -> ``k5_e1``).
+
+    Raises:
+        ValueError: a cell offers neither op (the candidates are listed).
+    """
+    net = find_supernet(model)
+    kernel = op.split("_")[0]
+    choices = []
+    for e in net.edges():
+        if op in e.candidates:
+            choices.append(e.candidates.index(op))
+            continue
+        fallback = first_op or next((c for c in e.candidates if c.split("_")[0] == kernel), None)
+        if fallback not in e.candidates:
+            raise ValueError(f"cell {e.meta['index']} offers neither '{op}' nor '{fallback}'; its candidates "
+                             f"are {list(e.candidates)}")
+        choices.append(e.candidates.index(fallback))
+    return derive_arch(net, choices, metadata={"fixed": op})
+
+
 def arch_ops(arch: Mapping[str, Any]) -> list[str]:
     """The op name of every cell, in order."""
     return [c["op"] for c in arch["cells"]]
