@@ -122,9 +122,10 @@ def _fixed(cfg: Config, op: str, first_op: str | None, out: str | None) -> int:
     from strkit.nas.arch import arch_ops, fixed_arch, save_arch
 
     folder = Path(out) if out else Path(cfg.train.out_dir).parent / f"fixed_{op}"
-    arch_path = save_arch(fixed_arch(_model(cfg), op, first_op), folder / "arch.json")
+    arch = fixed_arch(_model(cfg), op, first_op)
+    arch_path = save_arch(arch, folder / "arch.json")
     train_path = write_retrain_config(cfg, arch_path, folder / "train.yaml", folder / "run")
-    print(f"{' '.join(arch_ops(json.loads(arch_path.read_text())))}\narchitecture: {arch_path}\n"
+    print(f"{' '.join(arch_ops(arch))}\narchitecture: {arch_path}\n"
           f"train it: python tools/train.py {train_path}")
     return 0
 

@@ -420,8 +420,6 @@ def _onnx_predictor(model: torch.nn.Module, case: InferCase, folder: str) -> Any
 def measure_infer(case: InferCase) -> InferResult:
     """Median batch-1 latency and batch throughput of ``predict`` (forward + greedy decoding), in eager
     PyTorch or, with ``case.backend == "onnxruntime"``, in ONNX Runtime."""
-    from strkit.engine.trainer import autocast_context
-
     if case.backend not in INFER_BACKENDS:
         raise ValueError(f"backend {case.backend!r}: use one of {', '.join(INFER_BACKENDS)}")
     if case.backend != "torch" and (case.precision != "fp32" or case.channels_last or case.fuse):
@@ -434,7 +432,7 @@ def measure_infer(case: InferCase) -> InferResult:
         if case.backend == "onnxruntime":
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="strkit-bench-"))
             model = _onnx_predictor(model, case, folder)
-        single, batched = _time_predict(case, model, autocast_context)
+        single, batched = _time_predict(case, model)
     return InferResult(
         case=case, pipeline=pipeline, params=params,
         ms_per_image=1000 * statistics.median(single), ms_per_image_min=1000 * min(single),
@@ -442,9 +440,10 @@ def measure_infer(case: InferCase) -> InferResult:
         threads=case.threads if case.backend != "torch" else torch.get_num_threads(), fused_pairs=fused)
 
 
-def _time_predict(case: InferCase, model: Any,
-                  autocast_context: Callable[..., Any]) -> tuple[list[float], list[float]]:
+def _time_predict(case: InferCase, model: Any) -> tuple[list[float], list[float]]:
     """Seconds of each timed ``model.predict`` call at batch 1 and at ``case.batch``."""
+    from strkit.engine.trainer import autocast_context
+
     device = torch.device("cpu")
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
     dtype = torch.bfloat16 if case.precision == "bf16-weights" else torch.float32
