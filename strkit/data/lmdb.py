@@ -47,7 +47,7 @@ LabelFilter = Callable[[str], "str | None"]
 """Maps a raw label to its cleaned form, or to ``None`` to drop the record."""
 
 NUM_SAMPLES_KEY = b"num-samples"
-#: Extra key of the synthetic generator's word geometry (``strkit.data.synth.generate.GEOMETRY_KEY``).
+#: Extra key of the word geometry written by the synthetic generator (:mod:`strkit.data.synth.generate`).
 GEOMETRY_KEY = "geom"
 PARTIAL_SUFFIX = ".partial"
 _READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}

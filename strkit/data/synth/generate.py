@@ -25,12 +25,11 @@ from typing import Any
 
 import cv2
 
-from strkit.data.lmdb import LmdbWriter
+from strkit.data.lmdb import GEOMETRY_KEY, LmdbWriter
 from strkit.data.synth.renderer import Renderer
 
 log = logging.getLogger("strkit")
 
-GEOMETRY_KEY = "geom"
 META_KEY = "meta"
 Record = tuple[int, bytes, str, bytes | None]
 
