@@ -52,6 +52,9 @@ class SourceConfig:
     # Training sources of kind ``lmdb`` only: the LMDB carries the synthetic generator's word geometry
     # (``geom-%09d``, written by ``tools/synth.py --geometry``), used by ``model.geometry_loss``.
     geometry: bool = False
+    # Curriculum: [[from_step, ratio], ...] changes ``ratio`` from those steps on, e.g.
+    # ``ratio: 1.0, ratio_schedule: [[1500, 0.2]]`` (clean synthetic text first, a fifth of each batch later).
+    ratio_schedule: list[list[float]] = field(default_factory=list)
 
 
 @dataclass

@@ -12,7 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strkit.data.mixing import MixedBatchSampler, batch_counts, build_eval_loader, build_mixed_loader
+from strkit.data.mixing import (
+    MixedBatchSampler,
+    batch_counts,
+    build_eval_loader,
+    build_mixed_loader,
+    ratio_phases,
+)
 from strkit.data.transforms import ImageTransform
 
 
@@ -140,6 +146,68 @@ def test_determinism_from_seed_and_unshuffled_order() -> None:
     assert run(3) != run(4)
     plain = run(0, shuffle=False)
     assert plain[0] == [0, 1, 2, 20, 21, 22] and plain[1] == [3, 4, 5, 23, 24, 25]
+
+
+# -- ratio schedules (curriculum) -------------------------------------------------------------------
+def test_ratio_phases_examples() -> None:
+    assert ratio_phases([1.0, 0.5]) == [(0, [1.0, 0.5])]
+    assert ratio_phases([1.0, 0.0], [[(100, 0.2)], [(100, 0.8)]]) == [(0, [1.0, 0.0]), (100, [0.2, 0.8])]
+    # steps of different sources interleave; a change to the same mix makes no new phase
+    assert ratio_phases([1.0, 1.0], [[(10, 0.5), (30, 1.0)], [(20, 2.0)]]) == [
+        (0, [1.0, 1.0]), (10, [0.5, 1.0]), (20, [0.5, 2.0]), (30, [1.0, 2.0])]
+    assert ratio_phases([1.0], [[(5, 1.0)]]) == [(0, [1.0])]
+    assert ratio_phases([0.0, 1.0], [[(0, 1.0)], []]) == [(0, [1.0, 1.0])]  # a step-0 entry replaces ratio
+
+
+@pytest.mark.parametrize(("schedules", "match"), [
+    ([[(5, 0.5)]], "2 sources but 1"),
+    ([[(-1, 0.5)], []], "step must be >= 0"),
+    ([[(5, -0.5)], []], "ratio a finite number"),
+    ([[(5, 0.5), (5, 0.2)], []], "names a step twice"),
+    ([[(5,)], []], "from_step, ratio"),
+])
+def test_ratio_phases_errors(schedules: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ratio_phases([1.0, 1.0], schedules)
+
+
+def test_a_phase_with_every_ratio_zero_names_its_step() -> None:
+    with pytest.raises(ValueError, match="from step 7: all ratios are zero"):
+        MixedBatchSampler([10, 10], [1.0, 0.0], 4, schedules=[[(7, 0.0)], []])
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(3, 40), min_size=2, max_size=3),
+       switch=st.integers(1, 12), batch_size=st.integers(4, 16), seed=st.integers(0, 2**31),
+       start=st.integers(0, 25), late=st.floats(0.1, 5.0))
+def test_scheduled_mix_is_exact_gapless_and_resumable(lengths: list[int], switch: int, batch_size: int,
+                                                      seed: int, start: int, late: float) -> None:
+    """Source 0 alone until ``switch``, then every source: each batch has the phase's composition, each
+    source's samples run through its epochs without a gap or a repeat across the phase change, and a
+    sampler started at any step yields the same batches."""
+    ratios = [1.0] + [0.0] * (len(lengths) - 1)
+    schedules = [[(switch, 1.0)]] + [[(switch, late)] for _ in lengths[1:]]
+    sampler = MixedBatchSampler(lengths, ratios, batch_size, seed=seed, schedules=schedules)
+    steps = 30
+    for step in range(steps):
+        per_source = np.bincount([_source_of(i, lengths) for i in sampler.batch(step)], minlength=len(lengths))
+        assert per_source.tolist() == sampler.counts_at(step)
+        assert (per_source[1:].sum() == 0) == (step < switch)
+    for source, n in enumerate(lengths):
+        seen = _consumed(sampler, steps, source)
+        assert len(seen) == sampler.consumed(source, steps)
+        for e in range(len(seen) // n):  # every whole epoch is a permutation of the source
+            assert sorted(seen[n * e: n * (e + 1)]) == list(range(sum(lengths[:source]), sum(lengths[:source + 1])))
+    resumed = MixedBatchSampler(lengths, ratios, batch_size, seed=seed, schedules=schedules, start_step=start)
+    assert list(itertools.islice(iter(resumed), 5)) == [sampler.batch(s) for s in range(start, start + 5)]
+
+
+def test_scheduled_composition_and_state() -> None:
+    sampler = MixedBatchSampler([10, 10], [1.0, 0.0], 8, names=["clean", "real"],
+                                schedules=[[(100, 0.25)], [(100, 0.75)]])
+    assert sampler.composition() == "batch of 8: clean 8, real 0; from step 100: clean 2, real 6"
+    assert sampler.describe(150)["sources"][1]["samples_seen"] == 50 * 6
+    assert sampler.state_dict(3)["phases"] == [[0, [8, 0]], [100, [2, 6]]]
 
 
 def test_describe_and_composition() -> None:

@@ -168,3 +168,30 @@ def test_schedule_is_fitted_to_the_time_budget(word_folder, tmp_path):
 
     assert load_checkpoint(out / "last.pt")["train_state"]["schedule_steps"] == 3
     assert Trainer(cfg2, resume=out / "last.pt").schedule_steps == 3
+
+
+def test_ratio_schedule_switches_sources_at_the_step(tmp_path):
+    """``data.train[i].ratio_schedule`` is a curriculum: only 'easy' words until step 2, then both."""
+    from conftest import write_folder_dataset
+
+    from strkit.charset import Charset
+    from strkit.config import ConfigError
+    from strkit.engine.data import build_run_data
+    from strkit.engine.distributed import DistInfo
+
+    easy = write_folder_dataset(tmp_path / "easy", 8, words=["easy"])
+    hard = write_folder_dataset(tmp_path / "hard", 8, words=["hard"])
+    sources = (f"data.train=[{{path: {easy}, kind: folder, ratio: 1.0, ratio_schedule: [[2, 0.5]]}}, "
+               f"{{path: {hard}, kind: folder, ratio: 0.0, ratio_schedule: [[2, 0.5]]}}]")
+    cfg = load_config(REPO / "configs/models/crnn.yaml", [sources, "data.workers=0", "train.batch_size=4"])
+    run = build_run_data(cfg, Charset.from_spec(cfg.model.charset), DistInfo())
+    labels = [batch[1] for _, batch in zip(range(4), run.train, strict=False)]
+    assert labels[:2] == [["easy"] * 4] * 2
+    assert [sorted(b) for b in labels[2:]] == [["easy", "easy", "hard", "hard"]] * 2
+    resumed = build_run_data(cfg, Charset.from_spec(cfg.model.charset), DistInfo(), start_step=3)
+    assert sorted(next(iter(resumed.train))[1]) == ["easy", "easy", "hard", "hard"]
+    bad = sources.replace("[[2, 0.5]]}, ", "[[2, 0.0]]}, ").replace("ratio: 0.0, ratio_schedule: [[2, 0.5]]",
+                                                                  "ratio: 0.0")
+    with pytest.raises(ConfigError, match=r"data.train ratios / ratio_schedule: .*from step 2: all ratios are zero"):
+        build_run_data(load_config(REPO / "configs/models/crnn.yaml", [bad, "data.workers=0"]),
+                       Charset.from_spec("36_lowercase"), DistInfo())

@@ -13,6 +13,12 @@ function of ``(seed, step, rank)``:
   offset into the shard follow by arithmetic. Resuming at ``start_step`` therefore reproduces the
   batches of an uninterrupted run exactly, with nothing replayed and nothing skipped.
 
+A source's ratio may change during training (a curriculum: e.g. clean synthetic text first, the hard
+real crops later): ``schedules[i]`` lists ``(from_step, ratio)`` pairs. The batches then fall into
+phases of constant counts (:func:`ratio_phases`), and the number of samples source ``i`` consumed
+before step ``s`` is the sum over the phases before ``s`` of ``steps × counts``: still arithmetic, still
+exactly resumable.
+
 :func:`build_mixed_loader` wraps sources + transform + sampler into a ``DataLoader``;
 :func:`build_eval_loader` is the plain in-order loader for validation and evaluation.
 """
@@ -72,6 +78,56 @@ def batch_counts(ratios: Sequence[float], batch_size: int) -> list[int]:
     return counts
 
 
+RatioSchedule = Sequence[tuple[int, float]]
+
+
+def ratio_phases(ratios: Sequence[float], schedules: Sequence[RatioSchedule] | None = None
+                 ) -> list[tuple[int, list[float]]]:
+    """Piecewise-constant source ratios: ``[(start_step, ratios of every source), ...]``, sorted.
+
+    Source ``i`` has ratio ``ratios[i]`` until the first step of ``schedules[i]`` (a list of
+    ``(from_step, ratio)`` pairs), then each pair's ratio from its step on. Without schedules there is
+    one phase starting at step 0.
+
+    Raises:
+        ValueError: a schedule of the wrong length, a negative or repeated step, or a bad ratio.
+    """
+    base = [float(r) for r in ratios]
+    schedules = list(schedules) if schedules is not None else [() for _ in base]
+    if len(schedules) != len(base):
+        raise ValueError(f"{len(base)} sources but {len(schedules)} ratio schedules")
+    parsed: list[list[tuple[int, float]]] = []
+    for i, sched in enumerate(schedules):
+        entries = []
+        for entry in sched:
+            try:
+                step, ratio = int(entry[0]), float(entry[1])
+            except (TypeError, ValueError, IndexError):
+                raise ValueError(f"ratio schedule of source {i}: expected [from_step, ratio] pairs, "
+                                 f"got {entry!r}") from None
+            if step < 0 or not math.isfinite(ratio) or ratio < 0:
+                raise ValueError(f"ratio schedule of source {i}: step must be >= 0 and ratio a finite "
+                                 f"number >= 0, got {entry!r}")
+            entries.append((step, ratio))
+        steps = [e[0] for e in entries]
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"ratio schedule of source {i} names a step twice: {steps}")
+        parsed.append(sorted(entries))
+    starts = sorted({0, *(step for sched in parsed for step, _ in sched)})
+    phases = []
+    for start in starts:
+        current = []
+        for i, sched in enumerate(parsed):
+            ratio = base[i]
+            for step, value in sched:
+                if step <= start:
+                    ratio = value
+            current.append(ratio)
+        if not phases or phases[-1][1] != current:
+            phases.append((start, current))
+    return phases
+
+
 class MixedBatchSampler(Sampler[list[int]]):
     """Endless batches of indices into ``ConcatDataset(sources)`` with an exact mix per batch.
 
@@ -85,15 +141,18 @@ class MixedBatchSampler(Sampler[list[int]]):
         start_step: the step of the first batch :meth:`__iter__` yields (resume).
         shuffle: permute each source per epoch; ``False`` reads shards in order.
         names: source names, for :meth:`describe` and the log (default ``source0``, ``source1``...).
+        schedules: per source, ``(from_step, ratio)`` pairs that change its ratio during training
+            (see :func:`ratio_phases`); ``None`` = constant ratios.
 
     Raises:
         ValueError: a source with a ratio > 0 gets no sample per batch, or has fewer samples than
-            ``world_size``; bad rank / world size.
+            ``world_size``; all ratios zero in some phase; bad rank / world size.
     """
 
     def __init__(self, source_lengths: Sequence[int], ratios: Sequence[float], batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, start_step: int = 0,
-                 shuffle: bool = True, names: Sequence[str] | None = None) -> None:
+                 shuffle: bool = True, names: Sequence[str] | None = None,
+                 schedules: Sequence[RatioSchedule] | None = None) -> None:
         if len(source_lengths) != len(ratios):
             raise ValueError(f"{len(source_lengths)} sources but {len(ratios)} ratios")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -107,14 +166,24 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.source_lengths = [int(n) for n in source_lengths]
         self.ratios = [float(r) for r in ratios]
         self.batch_size = batch_size
-        self.counts = batch_counts(self.ratios, batch_size)
-        for name, n, r, c in zip(self.names, self.source_lengths, self.ratios, self.counts, strict=True):
-            if r > 0 and c == 0:
-                raise ValueError(f"source '{name}' (ratio {r}) gets no sample in a batch of {batch_size} "
-                                 f"shared by {len(ratios)} sources: raise the batch size or drop the source")
-            if c > 0 and n < world_size:
-                raise ValueError(f"source '{name}' has {n} samples, fewer than the {world_size} ranks "
-                                 "that must each read a disjoint share of it")
+        # (start step, counts per source) of each phase of constant ratios; one phase without schedules
+        self.phases: list[tuple[int, list[int]]] = []
+        for start, phase_ratios in ratio_phases(self.ratios, schedules):
+            when = f" from step {start}" if start else ""
+            try:
+                counts = batch_counts(phase_ratios, batch_size)
+            except ValueError as exc:
+                raise ValueError(f"source ratios{when}: {exc}") from None
+            for name, n, r, c in zip(self.names, self.source_lengths, phase_ratios, counts, strict=True):
+                if r > 0 and c == 0:
+                    raise ValueError(f"source '{name}' (ratio {r}{when}) gets no sample in a batch of "
+                                     f"{batch_size} shared by {len(ratios)} sources: raise the batch size or "
+                                     "drop the source")
+                if c > 0 and n < world_size:
+                    raise ValueError(f"source '{name}' has {n} samples, fewer than the {world_size} ranks "
+                                     "that must each read a disjoint share of it")
+            self.phases.append((start, counts))
+        self.counts = self.phases[0][1]  # the counts of the first phase (the only one without schedules)
         self.seed = int(seed)
         self.rank = rank
         self.world_size = world_size
@@ -143,14 +212,33 @@ class MixedBatchSampler(Sampler[list[int]]):
         self._shards[source] = (epoch, shard)
         return shard
 
+    def counts_at(self, step: int) -> list[int]:
+        """Samples per source in batch ``step`` (the counts of the phase holding ``step``)."""
+        current = self.phases[0][1]
+        for start, counts in self.phases:
+            if start > step:
+                break
+            current = counts
+        return current
+
+    def consumed(self, source: int, step: int) -> int:
+        """Samples of ``source`` this rank read in batches ``0 .. step - 1`` (sum over the phases)."""
+        total = 0
+        for k, (start, counts) in enumerate(self.phases):
+            if start >= step:
+                break
+            end = self.phases[k + 1][0] if k + 1 < len(self.phases) else step
+            total += (min(step, end) - start) * counts[source]
+        return total
+
     def batch(self, step: int) -> list[int]:
         """Global indices of batch ``step`` on this rank: ``counts[0]`` of source 0, then source 1..."""
         indices: list[int] = []
-        for source, count in enumerate(self.counts):
+        for source, count in enumerate(self.counts_at(step)):
             if count == 0:
                 continue
             length = self.shard_lengths[source]
-            position = step * count
+            position = self.consumed(source, step)
             while count > 0:
                 epoch, offset = divmod(position, length)
                 take = min(count, length - offset)
@@ -163,18 +251,22 @@ class MixedBatchSampler(Sampler[list[int]]):
         """What batch ``step`` holds per source: ``{"step", "batch_size", "sources": [{"name",
         "count", "epoch", "offset", "samples_seen"}...]}`` (epoch/offset within this rank's shard)."""
         sources = []
-        for source, count in enumerate(self.counts):
+        for source, count in enumerate(self.counts_at(step)):
             length = self.shard_lengths[source]
-            position = step * count
+            position = self.consumed(source, step)
             epoch, offset = divmod(position, length) if length else (0, 0)
             sources.append({"name": self.names[source], "count": count, "epoch": epoch,
                             "offset": offset, "samples_seen": position})
         return {"step": step, "batch_size": self.batch_size, "sources": sources}
 
     def composition(self) -> str:
-        """One line for the log, e.g. ``batch of 32: MJ 16, ST 16``."""
-        parts = ", ".join(f"{name} {count}" for name, count in zip(self.names, self.counts, strict=True))
-        return f"batch of {self.batch_size}: {parts}"
+        """One line for the log, e.g. ``batch of 32: MJ 16, ST 16``; with a ratio schedule one part per
+        phase, e.g. ``batch of 32: clean 32, real 0; from step 1500: clean 8, real 24``."""
+        parts = []
+        for start, counts in self.phases:
+            mix = ", ".join(f"{name} {count}" for name, count in zip(self.names, counts, strict=True))
+            parts.append(f"from step {start}: {mix}" if start else mix)
+        return f"batch of {self.batch_size}: " + "; ".join(parts)
 
     # -- Sampler protocol -----------------------------------------------------------------------
     def __iter__(self) -> Iterator[list[int]]:
@@ -194,11 +286,12 @@ class MixedBatchSampler(Sampler[list[int]]):
         """
         return {"step": self._produced if step is None else int(step), "seed": self.seed,
                 "counts": list(self.counts), "source_lengths": list(self.source_lengths),
-                "world_size": self.world_size}
+                "world_size": self.world_size,
+                "phases": [[start, list(counts)] for start, counts in self.phases]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state["step"]``; warns (log) if the seed, mix or sources changed since."""
-        changed = [k for k in ("seed", "counts", "source_lengths", "world_size")
+        changed = [k for k in ("seed", "counts", "source_lengths", "world_size", "phases")
                    if k in state and state[k] != self.state_dict()[k]]
         if changed:
             logger.warning("resuming the mixed sampler with a different %s than the saved run: the "
@@ -227,8 +320,8 @@ def limit_opencv_threads() -> None:
 
 def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], batch_size: int,
                        transform: ImageTransform, num_workers: int = 2, seed: int = 0, rank: int = 0,
-                       world_size: int = 1, start_step: int = 0,
-                       names: Sequence[str] | None = None) -> DataLoader:
+                       world_size: int = 1, start_step: int = 0, names: Sequence[str] | None = None,
+                       schedules: Sequence[RatioSchedule] | None = None) -> DataLoader:
     """An endless training ``DataLoader`` of ``(B×C×H×W float32 in [-1, 1], labels)`` batches, or of
     ``(images, labels, geometries)`` batches when ``transform`` was built with ``geometry=True`` (the
     word geometry of each sample in the model input frame, ``None`` for samples without; see
@@ -246,6 +339,7 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
         datasets: the sources, each yielding ``(image ndarray, label)`` or, with geometry,
             ``(image, label, geometry dict)``.
         ratios: per-source share of each batch.
+        schedules: per-source ``(from_step, ratio)`` changes of that share (see :func:`ratio_phases`).
         names: source names for the log (default: each dataset's ``name`` attribute, else
             ``source<i>``).
     """
@@ -253,7 +347,7 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
         names = [str(getattr(ds, "name", "") or f"source{i}") for i, ds in enumerate(datasets)]
     sampler = MixedBatchSampler([len(ds) for ds in datasets], ratios, batch_size,  # type: ignore[arg-type]
                                 seed=seed, rank=rank, world_size=world_size, start_step=start_step,
-                                shuffle=True, names=names)
+                                shuffle=True, names=names, schedules=schedules)
     logger.info("%s (ratios %s, %d worker(s), rank %d/%d, from step %d)", sampler.composition(),
                 ", ".join(f"{r:g}" for r in sampler.ratios), num_workers, rank, world_size, start_step)
     dataset = TransformedDataset(ConcatDataset(datasets), transform)

@@ -116,10 +116,14 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
 
     train_tf = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
                               augment=d.augment, geometry=geometry)
-    train_loader = build_mixed_loader(
-        train_sets, [s.ratio for s in d.train], batch_size=cfg.train.batch_size, transform=train_tf,
-        num_workers=d.workers, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
-        start_step=start_step, names=names)
+    schedules = [s.ratio_schedule for s in d.train]
+    try:
+        train_loader = build_mixed_loader(
+            train_sets, [s.ratio for s in d.train], batch_size=cfg.train.batch_size, transform=train_tf,
+            num_workers=d.workers, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
+            start_step=start_step, names=names, schedules=schedules)
+    except ValueError as exc:
+        raise ConfigError(f"data.train ratios / ratio_schedule: {exc}") from None
     val_loader = None
     val_size = 0
     if val_sets:
