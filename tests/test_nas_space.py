@@ -186,3 +186,55 @@ def test_arch_file_errors(tmp_path):
     cfg = ModelConfig(backbone={"name": "searched", "arch": str(tmp_path / "missing.json")})
     with pytest.raises((ArchError, ConfigError), match="missing.json"):
         build_model(cfg, 32, 64, 1)
+
+
+# -- weight sharing (strkit.nas.shared) ------------------------------------------------------------------
+def test_shared_candidate_equals_the_standalone_block_with_sliced_weights():
+    """k3_e3 of a k7_e6 superkernel computes exactly the InvertedResidual holding the weight slices."""
+    from strkit.models.backbones.blocks import InvertedResidual
+    from strkit.nas.shared import SharedChoice, SharedInvertedResidual
+
+    torch.manual_seed(0)
+    shared = SharedInvertedResidual(8, 8, [3, 5, 7], [3, 6], (1, 1))
+    for kernel, expansion in [(3, 3), (5, 6), (7, 6), (7, 3)]:
+        op = SharedChoice(shared, kernel, expansion).eval()
+        ref = InvertedResidual(8, 8, kernel, expansion, (1, 1)).eval()
+        hidden, off = 8 * expansion, (7 - kernel) // 2
+        with torch.no_grad():
+            ref.body[0][0].weight.copy_(shared.expand[:hidden])
+            ref.body[1][0].weight.copy_(shared.depthwise[:hidden, :, off:off + kernel, off:off + kernel])
+            ref.body[2][0].weight.copy_(shared.project[:, :hidden])
+        x = torch.randn(2, 8, 6, 10)
+        torch.testing.assert_close(op(x), ref(x))
+        assert [n for n, _ in op.named_parameters()] == [  # only its own BNs: the superkernel is the edge's
+            f"{bn}.{p}" for bn in ("bn_expand", "bn_depthwise", "bn_project") for p in ("weight", "bias")]
+    e1 = SharedChoice(SharedInvertedResidual(8, 16, [3, 5], [1], (2, 1)), 5, 1)
+    assert e1.bn_expand is None and e1(torch.randn(1, 8, 6, 10)).shape == (1, 16, 3, 10)
+    with pytest.raises(ValueError, match="does not fit the superkernel"):
+        SharedChoice(shared, 9, 3)
+
+
+def test_shared_supernet_trains_one_superkernel_from_every_path_and_keeps_costs():
+    from strkit.nas.latency import COST_KINDS
+    from strkit.nas.shared import SharedInvertedResidual
+
+    space = tiny_space()
+    plain, shared = build_supernet(space, 1, 32, 64), build_supernet({**space, "weight_sharing": True}, 1, 32, 64)
+    assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in plain.parameters())
+    edge = next(e for e in shared.edges() if "skip" in e.candidates and len(e) > 2)
+    assert isinstance(edge.shared, SharedInvertedResidual)
+    x = torch.randn(2, *edge.in_shape, requires_grad=True)
+    for i, name in enumerate(edge.candidates):  # any sampled path but skip trains the superkernel
+        edge.zero_grad()
+        edge.set_path(i)
+        edge(x).sum().backward()
+        got = edge.shared.depthwise.grad
+        assert (got is None) == (name == "skip"), name
+    # the cost tables describe the standalone blocks, so they do not depend on the sharing
+    for kind in ("params", "flops"):
+        a, fixed_a = COST_KINDS.get(kind)(plain)
+        b, fixed_b = COST_KINDS.get(kind)(shared)
+        assert fixed_a == fixed_b and all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    GateController(shared).argmax()  # the derived architecture names the same ops
+    assert arch_ops(derive_arch(shared)) == arch_ops(derive_arch(plain))
+    assert shared(torch.randn(1, 1, 32, 64)).shape == plain(torch.randn(1, 1, 32, 64)).shape

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from strkit.nas.arch import build_searched, derive_arch, find_supernet
 from strkit.nas.proxyless import MixedEdge
-from strkit.nas.search_space import op_info
+from strkit.nas.search_space import op_info, standalone_op
 from strkit.registry import Registry
 
 LUT_FORMAT = "strkit-latency-lut"
@@ -306,8 +306,10 @@ def measure_lut(model: nn.Module, device: torch.device | str = "cpu", threads: i
     todo[entry_key(stem_info(net))] = (stem_info(net), net.stem,
                                       (net.input["channels"], net.input["img_h"], net.input["img_w"]))
     for edge in net.edges():
-        for info, op in zip(edge.infos, edge.ops, strict=True):
-            todo.setdefault(entry_key(info), (info, op, edge.in_shape))
+        for info in edge.infos:  # standalone blocks: what the derived network runs, shared weights or not
+            key = entry_key(info)
+            if key not in todo:
+                todo[key] = (info, standalone_op(info), edge.in_shape)
     todo[entry_key(head_info(net))] = (head_info(net), net.head, net.head_in)
     rest = recogniser_parts(model, batch) if include_rest else {}
     table = LatencyTable(meta={
@@ -415,7 +417,8 @@ def _latency_costs(net: nn.Module, lut: LatencyTable | None = None) -> tuple[lis
 
 @COST_KINDS.register("params")
 def _params_costs(net: nn.Module, lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
-    costs = [torch.tensor([_param_count(op) / 1e6 for op in e.ops], dtype=torch.float64) for e in net.edges()]
+    costs = [torch.tensor([_param_count(standalone_op(i)) / 1e6 for i in e.infos], dtype=torch.float64)
+             for e in net.edges()]
     return costs, (_param_count(net.stem) + _param_count(net.head)) / 1e6
 
 
@@ -424,7 +427,7 @@ def _flops_costs(net: nn.Module, lut: LatencyTable | None = None) -> tuple[list[
     costs = []
     for e in net.edges():
         x = torch.zeros(1, *e.in_shape)
-        costs.append(torch.tensor([_count_flops(op, x) / 1e6 for op in e.ops], dtype=torch.float64))
+        costs.append(torch.tensor([_count_flops(standalone_op(i), x) / 1e6 for i in e.infos], dtype=torch.float64))
     c, h, w = net.input["channels"], net.input["img_h"], net.input["img_w"]
     fixed = _count_flops(net.stem, torch.zeros(1, c, h, w)) + _count_flops(net.head, torch.zeros(1, *net.head_in))
     return costs, fixed / 1e6

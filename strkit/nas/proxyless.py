@@ -106,6 +106,8 @@ class MixedEdge(nn.Module):
         infos: one mapping per candidate describing it for the latency table (op name, input
             shape, widths, stride, kernel, expansion...). Must hold ``c_in``, ``h``, ``w``.
         meta: what the architecture file records about the position (kind, stage, widths, stride).
+        shared: weights the candidates share (a :class:`~strkit.nas.shared.SharedInvertedResidual`
+            that the candidates slice), registered here once; None when each candidate has its own.
 
     Attributes:
         alpha: architecture logits, shape (N,), initialised to 0 (uniform p).
@@ -115,7 +117,7 @@ class MixedEdge(nn.Module):
     """
 
     def __init__(self, ops: Mapping[str, nn.Module], infos: Sequence[Mapping[str, Any]],
-                 meta: Mapping[str, Any] | None = None) -> None:
+                 meta: Mapping[str, Any] | None = None, shared: nn.Module | None = None) -> None:
         super().__init__()
         if not ops:
             raise ValueError("a mixed edge needs at least one candidate op")
@@ -123,6 +125,7 @@ class MixedEdge(nn.Module):
             raise ValueError(f"mixed edge: {len(ops)} ops but {len(infos)} infos")
         self.candidates: tuple[str, ...] = tuple(ops)
         self.ops = nn.ModuleList(ops.values())
+        self.shared = shared
         self.infos: tuple[dict[str, Any], ...] = tuple(dict(i) for i in infos)
         self.meta: dict[str, Any] = dict(meta or {})
         self.alpha = nn.Parameter(torch.zeros(len(self.ops)))

@@ -31,6 +31,7 @@ from strkit.models.backbones.searched import SKIP_OP, ArchError, op_block_spec, 
 from strkit.models.common import check_feature_size, init_conv_weights
 from strkit.models.registry import BACKBONES
 from strkit.nas.proxyless import MixedEdge
+from strkit.nas.shared import SharedChoice, SharedInvertedResidual
 
 KERNELS = (3, 5, 7)
 EXPANSIONS = (3, 6)
@@ -100,6 +101,14 @@ def _ops(names: Any, where: str) -> tuple[str, ...]:
     return out
 
 
+def standalone_op(info: Mapping[str, Any]) -> nn.Module:
+    """The standalone block a candidate stands for (what the derived network builds): from an
+    :func:`op_info` record. Latency, parameter and FLOP costs are measured on it, so that they do not
+    depend on whether the supernet shares weights between candidates."""
+    stride = (int(info["stride"][0]), int(info["stride"][1]))
+    return op_block_spec(str(info["op"]), int(info["c_out"]), stride).build(int(info["c_in"]))
+
+
 def op_info(op: str, c_in: int, c_out: int, h: int, w: int, stride: tuple[int, int]) -> dict[str, Any]:
     """What the latency table records about one candidate at one position."""
     ke = parse_op(op)
@@ -121,6 +130,8 @@ class SuperNet(nn.Module):
         reduction_ops: candidates of the first cell of each stage (no ``skip``: it changes width/size).
         normal_ops: candidates of the other cells.
         out_channels: width of the fixed 1×1 head conv.
+        weight_sharing: the candidates of a cell are slices of one superkernel (its largest candidate)
+            instead of separate blocks (:mod:`strkit.nas.shared`): every step trains the shared weights.
 
     Attributes:
         cells: the mixed edges, in order; ``cells[i].meta`` holds kind/stage/c_in/c_out/stride/in_hw.
@@ -135,7 +146,8 @@ class SuperNet(nn.Module):
                  first_ops: Sequence[str] = DEFAULT_FIRST_OPS,
                  stages: Sequence[Any] = DEFAULT_STAGES,
                  reduction_ops: Sequence[str] = DEFAULT_REDUCTION_OPS,
-                 normal_ops: Sequence[str] = DEFAULT_NORMAL_OPS, out_channels: int = 384) -> None:
+                 normal_ops: Sequence[str] = DEFAULT_NORMAL_OPS, out_channels: int = 384,
+                 weight_sharing: bool = False) -> None:
         super().__init__()
         where = "backbone 'supernet'"
         specs = [StageSpec.parse(s, reduction_ops, normal_ops, f"{where} stages[{i}]")
@@ -162,18 +174,24 @@ class SuperNet(nn.Module):
             if SKIP_OP in ops and (c != c_out or stride != (1, 1)):
                 raise ValueError(f"{cw}: 'skip' is a candidate but the cell changes width ({c}->{c_out}) or "
                                  f"size (stride {list(stride)}); remove 'skip' from its op list")
-            modules: dict[str, nn.Module] = {}
-            infos = []
-            for name in ops:
-                modules[name] = op_block_spec(name, c_out, stride).build(c)
-                infos.append(op_info(name, c, c_out, h, w, stride))
+            infos = [op_info(name, c, c_out, h, w, stride) for name in ops]
+            shared = None
+            shaped = [(name, parse_op(name)) for name in ops]
+            if weight_sharing and any(ke is not None for _, ke in shaped):
+                ke_list = [ke for _, ke in shaped if ke is not None]
+                shared = SharedInvertedResidual(c, c_out, [k for k, _ in ke_list], [e for _, e in ke_list], stride)
+                modules = {name: SharedChoice(shared, *ke) if ke is not None else standalone_op(info)
+                           for (name, ke), info in zip(shaped, infos, strict=True)}
+            else:
+                modules = {name: standalone_op(info) for name, info in zip(ops, infos, strict=True)}
             meta = {"index": i, "kind": kind, "stage": stage, "c_in": c, "c_out": c_out,
                     "stride": [stride[0], stride[1]], "in_hw": [h, w]}
-            cells.append(MixedEdge(modules, infos, meta))
+            cells.append(MixedEdge(modules, infos, meta, shared=shared))
             # odd kernels with padding k//2 all give ceil(size / stride)
             h, w = strided_size(h, 3, stride[0]), strided_size(w, 3, stride[1])
             c = c_out
         self.cells = nn.ModuleList(cells)
+        self.weight_sharing = bool(weight_sharing)
         self.head = conv_bn_act(c, out_channels, 1)
         init_conv_weights(self, mode="fan_out")  # as the mobilenetv2 / searched backbones
         self.head_in = (c, h, w)
