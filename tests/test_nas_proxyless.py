@@ -79,18 +79,26 @@ def test_binary_gate_alpha_grads_match_full_mode_autograd():
         torch.testing.assert_close(edge.alpha.grad, reference)
 
 
-def test_lazy_gate_grads_equal_running_every_path():
+@pytest.mark.parametrize("involved", [None, (0, 2)])
+def test_lazy_gate_grads_equal_running_every_path(involved):
     """For any (non-linear) loss, recomputing the inactive paths in backward gives the same α and input
-    gradients as keeping every path in the graph."""
+    gradients as keeping every path in the graph: with every path involved, and in the two-path mode."""
     edge = make_edge()
+    involved = range(len(edge)) if involved is None else involved
     x0 = torch.randn(2, 8, 6, 6, dtype=torch.float64)
     grads = {}
     for lazy in (True, False):
         x = x0.clone().requires_grad_(True)
         edge.alpha.grad = None
-        edge.set_binary(2, range(len(edge)), lazy=lazy)
+        edge.set_binary(2, involved, lazy=lazy)
+        calls = [0] * len(edge)
+        hooks = [op.register_forward_hook(lambda *_a, i=i, c=calls: c.__setitem__(i, c[i] + 1))
+                 for i, op in enumerate(edge.ops)]
         (edge(x).tanh() ** 2).sum().backward()
         grads[lazy] = (edge.alpha.grad.clone(), x.grad.clone())
+        for h in hooks:
+            h.remove()
+        assert [c > 0 for c in calls] == [i in involved for i in range(len(edge))]  # no path outside the pair
     torch.testing.assert_close(grads[True][0], grads[False][0])
     torch.testing.assert_close(grads[True][1], grads[False][1])
 

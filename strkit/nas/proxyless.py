@@ -69,13 +69,14 @@ class _BinaryGates(torch.autograd.Function):
 
 class _LazyGateGrads(torch.autograd.Function):
     """Adds nothing to the output (returns zeros of its shape) but, in backward, gives every
-    inactive gate its gradient ⟨∂L/∂out, op_i(x)⟩, recomputing ``op_i(x)`` without a graph."""
+    inactive involved gate its gradient ⟨∂L/∂out, op_i(x)⟩, recomputing ``op_i(x)`` without a graph."""
 
     @staticmethod
     def forward(ctx: Any, gates: Tensor, x: Tensor, edge: MixedEdge, active: int,
                 like: Tensor) -> Tensor:  # noqa: D102
         ctx.save_for_backward(x)
         ctx.edge, ctx.active, ctx.gate_dtype = edge, active, gates.dtype
+        ctx.involved = tuple(edge.involved)
         kind = x.device.type
         # the recomputation in backward runs under the forward's autocast state
         ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
@@ -89,9 +90,9 @@ class _LazyGateGrads(torch.autograd.Function):
         grad = torch.zeros(len(edge.ops), dtype=dtype, device=grad_out.device)
         kind, enabled, amp_dtype = ctx.autocast
         with torch.no_grad(), torch.autocast(device_type=kind, dtype=amp_dtype, enabled=enabled):
-            for i, op in enumerate(edge.ops):
+            for i in ctx.involved:  # the other gates' gradients are not used (see _BinaryGates)
                 if i != ctx.active:
-                    grad[i] = (grad_out.to(dtype) * op(x).to(dtype)).sum()
+                    grad[i] = (grad_out.to(dtype) * edge.ops[i](x).to(dtype)).sum()
         return grad.to(ctx.gate_dtype), None, None, None, None
 
 
@@ -295,7 +296,9 @@ class GateController:
                 sub = torch.softmax(e.alpha.detach().float().cpu()[pair], dim=0)
                 (k,) = self._sample(sub)
                 j = pair[k]
-                e.set_binary(j, pair, lazy=False)
+                # lazy: only the active path keeps a graph, the other one is recomputed without one in
+                # backward for its gate gradient (the α step then needs one path's activation memory)
+                e.set_binary(j, pair, lazy=True)
             chosen.append(j)
         return chosen
 
