@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 SHARED_BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 WORDS = ["cat", "dog", "sun", "tree", "road", "stop", "open", "bar", "cafe", "shop", "12", "707"]
@@ -46,3 +47,13 @@ def shared_benchmarks() -> Path:
     if not (SHARED_BENCHMARKS / "SVT_647" / "labels.tsv").is_file():
         pytest.skip("real benchmark crops (../shared/benchmarks) are not available")
     return SHARED_BENCHMARKS
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster on a shared 2-core machine (restored afterwards).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -17,12 +17,7 @@ CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name 
 MODELS = sorted(p for p in CONFIGS if p.parent.name in {"models", "ablation"} and p.name != "base.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))

@@ -27,12 +27,7 @@ TINY_DEC = {"name": "iterative_vl", "d_model": 32, "num_heads": 4, "ffn_size": 6
 SMALL_RESNET = {"name": "resnet", "out_channels": 32, "layers": [1, 1, 1, 1]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
 
 
 def n_params(module: torch.nn.Module) -> int:

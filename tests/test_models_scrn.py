@@ -28,12 +28,7 @@ from strkit.models.registry import RECTIFIERS
 SMALL = {"name": "scrn", "loc_channels": [8, 8, 8], "loc_hidden": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
 
 
 def build(img_w: int = 100, channels: int = 1, **kw) -> ScRNRectifier:

@@ -39,12 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "search" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
 
 
 def tiny_net():

@@ -24,13 +24,7 @@ from strkit.nas.search_space import build_supernet, op_info
 floats = st.floats(min_value=-4, max_value=4, allow_nan=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
 
 
 @settings(max_examples=60, deadline=None)

@@ -21,13 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "search" / "tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread
 
 
 def tiny_space() -> dict:
