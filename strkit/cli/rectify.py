@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         indices = list(args.indices)
     else:
         pool = list(range(min(args.scan, len(dataset))))
-        images, _, _ = load_crops(dataset, transform, pool)
+        images, _ = load_crops(dataset, transform, pool)
         scores = torch.stack([movement_scores(model, images) for model, _ in models]).amax(dim=0)
         indices = [pool[i] for i in scores.argsort(descending=True)[:args.count].tolist()]
-    images, _, labels = load_crops(dataset, transform, indices)
+    images, labels = load_crops(dataset, transform, indices)
     h, w = images.shape[2:]
     input_col = Column(f"input {args.benchmark}", to_uint8(images))
     columns = [input_col]

@@ -46,16 +46,14 @@ def movement_scores(model: RecognitionModel, images: Tensor) -> Tensor:
     return (out.float() - images.float()).abs().mean(dim=(1, 2, 3))
 
 
-def load_crops(dataset: Sequence, transform: ImageTransform, indices: Sequence[int]
-               ) -> tuple[Tensor, list[np.ndarray], list[str]]:
-    """Items ``indices`` of a benchmark dataset: (model inputs B×C×H×W, original RGB/gray crops, labels)."""
-    originals, labels, tensors = [], [], []
+def load_crops(dataset: Sequence, transform: ImageTransform, indices: Sequence[int]) -> tuple[Tensor, list[str]]:
+    """Items ``indices`` of a benchmark dataset: (model inputs B×C×H×W, labels)."""
+    labels, tensors = [], []
     for i in indices:
         image, label = dataset[int(i)][:2]
-        originals.append(image)
         labels.append(label)
         tensors.append(transform(image))
-    return torch.stack(tensors), originals, labels
+    return torch.stack(tensors), labels
 
 
 @dataclass

@@ -191,7 +191,6 @@ class SuperNet(nn.Module):
             h, w = strided_size(h, 3, stride[0]), strided_size(w, 3, stride[1])
             c = c_out
         self.cells = nn.ModuleList(cells)
-        self.weight_sharing = bool(weight_sharing)
         self.head = conv_bn_act(c, out_channels, 1)
         init_conv_weights(self, mode="fan_out")  # as the mobilenetv2 / searched backbones
         self.head_in = (c, h, w)
