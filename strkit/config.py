@@ -85,8 +85,9 @@ class ModelConfig:
     sequence: dict[str, Any] = field(default_factory=lambda: {"name": "bilstm"})
     decoder: dict[str, Any] = field(default_factory=lambda: {"name": "ctc"})
     # Weight of an auxiliary CTC loss on the visual features (a Linear head on the backbone output,
-    # training only: inference and export never use it). 0 = off. Lets a CTC model leave the
-    # blank-only plateau sooner when the sequence stage is a randomly initialised BiLSTM.
+    # training only: inference and export never use it). 0 = off. Lets a model leave the blank-only /
+    # most-frequent-character plateau sooner; works with every decoder (attention and iterative_vl models
+    # get a CTC codec of their own for it).
     aux_ctc: float = 0.0
     # Weight of the ScRN rectifier's auxiliary geometry loss (training only): its predicted centre line,
     # scale and orientation are pulled towards the word geometry of training sources marked
@@ -140,6 +141,9 @@ class TrainConfig:
     # pre-trained language model. Ignored when resuming.
     init_from: str = ""
     init_prefixes: list[str] = field(default_factory=lambda: [""])
+    # Parameters kept fixed for the first steps: {name prefix: step}, e.g. {"rectifier.": 1200} trains
+    # the rest of the network while an identity-initialised rectifier stays the identity, then lets it learn.
+    freeze: dict[str, int] = field(default_factory=dict)
     tensorboard: bool = True
     progress: bool = True
 

@@ -278,11 +278,41 @@ def test_aux_ctc_adds_a_training_only_loss():
     assert aux.aux_head.weight.grad is not None and aux.aux_head.weight.grad.abs().sum() > 0
 
 
-def test_aux_ctc_needs_a_ctc_decoder():
+@pytest.mark.parametrize("decoder", ["attention", "iterative_vl"])
+def test_aux_ctc_on_a_non_ctc_decoder_uses_its_own_ctc_targets(decoder):
+    from strkit.models.decoders.ctc import ctc_loss
+
+    torch.manual_seed(0)
     cfg = small_config("none", "vgg", "none", "attention")
-    cfg.aux_ctc = 1.0
-    with pytest.raises(ConfigError, match="model.aux_ctc: .*needs a 'ctc' decoder"):
-        build_model(cfg, 32, 100, 1)
+    if decoder == "iterative_vl":
+        cfg.decoder = {"name": "iterative_vl", "d_model": 16, "num_heads": 2, "ffn_size": 32, "encoder_layers": 1,
+                       "lm_layers": 1, "iterations": 2, "key_channels": 8}
+    plain = build_model(cfg, 32, 100, 1)
+    cfg.aux_ctc = 0.25
+    aux = build_model(cfg, 32, 100, 1)
+    assert aux.aux_codec is not None and aux.aux_head.out_features == len(aux.charset) + 1
+    assert aux.num_parameters() == plain.num_parameters() < aux.num_parameters(inference=False)
+    aux.load_state_dict({**plain.state_dict(), **{f"aux_head.{k}": v for k, v in aux.aux_head.state_dict().items()}})
+    labels = ["ab", "cat", "x"]
+    targets = aux.encode(labels)
+    ctc_targets = aux.aux_codec.encode(labels)
+    assert torch.equal(targets["aux_ctc.target_lengths"], ctc_targets["target_lengths"])
+    assert set(plain.encode(labels)) == {k for k in targets if not k.startswith("aux_ctc.")}
+    images = torch.randn(3, 1, 32, 100)
+    aux.eval(), plain.eval()  # batch-norm statistics frozen and dropout off: both see the same features
+    with torch.no_grad():
+        assert torch.allclose(aux(images, targets).loss, plain(images, plain.encode(labels)).loss, atol=1e-5)
+        expected_aux = ctc_loss(aux.aux_head(aux.features(images)), ctc_targets)
+        aux.training = True  # the auxiliary loss is added in training mode only; no module is switched
+        total = aux(images, targets).loss
+        aux.training = False
+        assert torch.allclose(total, plain(images, plain.encode(labels)).loss + 0.25 * expected_aux, atol=1e-4)
+        aux.train()
+        with pytest.raises(ValueError, match="auxiliary CTC targets"):
+            aux(images, plain.encode(labels))
+
+
+def test_aux_ctc_must_not_be_negative():
     cfg = small_config("none", "vgg", "none", "ctc")
     cfg.aux_ctc = -1.0
     with pytest.raises(ConfigError, match="model.aux_ctc: must be >= 0"):

@@ -195,3 +195,28 @@ def test_ratio_schedule_switches_sources_at_the_step(tmp_path):
     with pytest.raises(ConfigError, match=r"data.train ratios / ratio_schedule: .*from step 2: all ratios are zero"):
         build_run_data(load_config(REPO / "configs/models/crnn.yaml", [bad, "data.workers=0"]),
                        Charset.from_spec("36_lowercase"), DistInfo())
+
+
+def test_freeze_keeps_a_stage_fixed_until_its_step(word_folder, tmp_path):
+    from strkit.config import ConfigError
+
+    trainer = Trainer(_tiny_cfg(word_folder, tmp_path / "run", "model.rectifier={name: tps, num_fiducial: 6}",
+                                "train.freeze={rectifier.: 2}", "train.steps=4"))
+    def snapshot(prefix):
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if n.startswith(prefix)}
+
+    images = torch.rand(2, 1, 32, 100) * 2 - 1
+    rect0, back0 = snapshot("rectifier."), snapshot("backbone.")
+    for step in range(2):
+        trainer.step = step
+        trainer.train_step(images, ["cat", "dog"])
+    assert all(torch.equal(p, rect0[n]) for n, p in snapshot("rectifier.").items())  # no update, no decay
+    assert any(not torch.equal(p, back0[n]) for n, p in snapshot("backbone.").items())
+    trainer.step = 2
+    trainer.train_step(images, ["cat", "dog"])
+    assert any(not torch.equal(p, rect0[n]) for n, p in snapshot("rectifier.").items())
+    with pytest.raises(ConfigError, match=r"train.freeze: no parameter name starts with 'rectifer.'.*'rectifier.'"):
+        Trainer(_tiny_cfg(word_folder, tmp_path / "b", "model.rectifier={name: tps, num_fiducial: 6}",
+                          "train.freeze={rectifer.: 2}"))
+    with pytest.raises(ConfigError, match="train.freeze.backbone.: .*integer >= 0"):
+        Trainer(_tiny_cfg(word_folder, tmp_path / "c", "train.freeze={backbone.: -1}"))

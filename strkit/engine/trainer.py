@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from strkit.charset import Charset
 from strkit.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
-from strkit.config import Config, from_dict
+from strkit.config import Config, ConfigError, from_dict
 from strkit.engine.metrics import RecognitionMetrics
 from strkit.models.recognizer import GEOMETRY_TARGETS, RecognitionModel, build_model
 
@@ -84,6 +84,23 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def frozen_parameters(model: torch.nn.Module, freeze: Mapping[str, int]) -> list[tuple[int, list[torch.nn.Parameter]]]:
+    """``train.freeze`` ({parameter-name prefix: step}) -> [(step, parameters)], checked: every prefix
+    must name parameters of the model and every step must be a non-negative integer."""
+    out: list[tuple[int, list[torch.nn.Parameter]]] = []
+    for prefix, until in (freeze or {}).items():
+        if not isinstance(until, int) or isinstance(until, bool) or until < 0:
+            raise ConfigError(f"train.freeze.{prefix}: the step until which it stays fixed must be an integer "
+                              f">= 0, got {until!r}")
+        params = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+        if not params:
+            stages = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+            raise ConfigError(f"train.freeze: no parameter name starts with '{prefix}'; use a stage prefix such "
+                              f"as {', '.join(repr(s + '.') for s in stages)}")
+        out.append((until, params))
+    return out
+
+
 def setup_run(cfg: Config) -> tuple[torch.device, DistInfo]:
     """Thread count, device and (under ``torchrun``) process group of a training or search run."""
     if cfg.train.threads > 0:
@@ -122,6 +139,7 @@ class Trainer:
             log.info("initialised %d tensors from %s", len(names), cfg.train.init_from)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._frozen = frozen_parameters(self.model, cfg.train.freeze)
         self.optimizer = build_optimizer(self.model, cfg.train.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler, cfg.train.steps)
         self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
@@ -260,6 +278,10 @@ class Trainer:
             self.scheduler.step()
             return None
         self.scaler.scale(loss).backward()
+        for until, params in self._frozen:
+            if self.step < until:
+                for p in params:  # no gradient: no update and no weight decay (gradients still computed, DDP-safe)
+                    p.grad = None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

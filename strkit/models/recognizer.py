@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from strkit.charset import Charset, Prediction, build_codec
 from strkit.config import ConfigError, ModelConfig
+from strkit.models.decoders.ctc import ctc_loss
 from strkit.models.registry import BACKBONES, DECODERS, RECTIFIERS, SEQUENCES
 from strkit.registry import Registry
 
@@ -33,6 +34,9 @@ class ModelOutput:
 
 #: Key of the rectifier's geometry targets in the targets mapping of :meth:`RecognitionModel.forward`.
 GEOMETRY_TARGETS = "geometry"
+# Prefix of the auxiliary CTC head's targets in :meth:`RecognitionModel.encode` when the decoder's own
+# codec is not CTC (attention / iterative_vl): ``aux_ctc.targets``, ``aux_ctc.target_lengths``.
+AUX_CTC_PREFIX = "aux_ctc."
 
 
 def _spec(spec: dict[str, Any] | str) -> dict[str, Any]:
@@ -89,11 +93,14 @@ class RecognitionModel(nn.Module):
         self.aux_head: nn.Linear | None = None
         if self.aux_ctc < 0:
             raise ConfigError(f"model.aux_ctc: must be >= 0, got {self.aux_ctc}")
+        # With a non-CTC decoder the auxiliary head gets its own CTC codec (same charset), so attention
+        # and iterative_vl models get the same deep supervision of the visual features.
+        self.aux_codec = None
         if self.aux_ctc > 0:
             if decoder_cls.codec_kind != "ctc":
-                raise ConfigError(f"model.aux_ctc: the auxiliary CTC loss needs a 'ctc' decoder (its targets), "
-                                  f"got '{decoder_spec['name']}'; set model.aux_ctc=0")
-            self.aux_head = nn.Linear(self.backbone.out_channels, self.codec.num_classes)
+                self.aux_codec = build_codec("ctc", self.charset, cfg.max_length)
+            aux_classes = (self.aux_codec or self.codec).num_classes
+            self.aux_head = nn.Linear(self.backbone.out_channels, aux_classes)
         self.geometry_loss = float(cfg.geometry_loss)
         if self.geometry_loss < 0:
             raise ConfigError(f"model.geometry_loss: must be >= 0, got {self.geometry_loss}")
@@ -139,9 +146,14 @@ class RecognitionModel(nn.Module):
         """
         geometry: Mapping[str, Tensor] | None = None
         decoder_targets = targets
-        if targets is not None and GEOMETRY_TARGETS in targets:
-            geometry = targets[GEOMETRY_TARGETS]
-            decoder_targets = {k: v for k, v in targets.items() if k != GEOMETRY_TARGETS}
+        aux_targets = targets
+        if targets is not None:
+            geometry = targets.get(GEOMETRY_TARGETS)
+            decoder_targets = {k: v for k, v in targets.items()
+                               if k != GEOMETRY_TARGETS and not k.startswith(AUX_CTC_PREFIX)}
+            if self.aux_codec is not None:
+                aux_targets = {k[len(AUX_CTC_PREFIX):]: v for k, v in targets.items()
+                               if k.startswith(AUX_CTC_PREFIX)}
         geo_loss: Tensor | None = None
         if geometry is not None and self.geometry_loss > 0 and self.training:
             rectified, attrs = self.rectifier.rectify(images)
@@ -152,15 +164,24 @@ class RecognitionModel(nn.Module):
         logits = self.decoder(self.sequence(feats), decoder_targets)
         loss = self.decoder.loss(logits, decoder_targets) if decoder_targets is not None else None
         if loss is not None and self.aux_head is not None and self.training:
-            # Deep supervision of the visual features (B×T×C' -> B×T×K), same targets and CTC loss.
-            loss = loss + self.aux_ctc * self.decoder.loss(self.aux_head(feats), decoder_targets)
+            # Deep supervision of the visual features (B×T×C' -> B×T×K) with a CTC loss: the decoder's
+            # own targets for a CTC model, the auxiliary codec's (encode's aux_ctc.* keys) otherwise.
+            if not aux_targets or "target_lengths" not in aux_targets:
+                raise ValueError("RecognitionModel.forward: model.aux_ctc > 0 needs the auxiliary CTC targets; "
+                                 "build targets with model.encode(labels)")
+            blank = (self.aux_codec or self.codec).blank
+            loss = loss + self.aux_ctc * ctc_loss(self.aux_head(feats), aux_targets, blank)
         if loss is not None and geo_loss is not None:
             loss = loss + self.geometry_loss * geo_loss
         return ModelOutput(logits, loss, geo_loss)
 
     def encode(self, labels: list[str]) -> dict[str, Tensor]:
-        """Normalised labels -> decoder targets (see the codec's ``encode``), on the CPU."""
-        return self.codec.encode(labels)
+        """Normalised labels -> decoder targets (see the codec's ``encode``), on the CPU; with an
+        auxiliary CTC head on a non-CTC decoder also its CTC targets under ``aux_ctc.*`` keys."""
+        targets = self.codec.encode(labels)
+        if self.aux_codec is not None:
+            targets.update({AUX_CTC_PREFIX + k: v for k, v in self.aux_codec.encode(labels).items()})
+        return targets
 
     def encode_geometry(self, records: Sequence[Mapping[str, Any] | None]) -> dict[str, Tensor] | None:
         """Word-geometry records of a batch (model input frame, as from

@@ -25,6 +25,18 @@ def read_lexicon(path: str | Path) -> list[str]:
     return [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
 
 
+def ctc_loss(logits: Tensor, targets: dict[str, Tensor], blank: int = 0) -> Tensor:
+    """Mean CTC loss of B×T×K logits (per-sample loss / target length, averaged; infinite losses
+    zeroed), computed in fp32. ``targets``: ``targets`` (concatenated ids, or B×S padded) and
+    ``target_lengths`` (B,), as :class:`strkit.charset.CTCCodec` encodes them."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # T×B×K
+        n_frames, batch = log_probs.shape[:2]
+        input_lengths = torch.full((batch,), n_frames, dtype=torch.long, device=logits.device)
+        return F.ctc_loss(log_probs, targets["targets"], input_lengths, targets["target_lengths"],
+                          blank=blank, reduction="mean", zero_infinity=True)
+
+
 @DECODERS.register("ctc")
 class CTCDecoder(nn.Module):
     """Linear(D -> K) on every time step, trained with CTC (class ``blank`` = 0).
@@ -68,12 +80,7 @@ class CTCDecoder(nn.Module):
 
         ``targets``: ``targets`` (concatenated ids, or B×S padded) and ``target_lengths`` (B,).
         """
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # T×B×K
-            n_frames, batch = log_probs.shape[:2]
-            input_lengths = torch.full((batch,), n_frames, dtype=torch.long, device=logits.device)
-            return F.ctc_loss(log_probs, targets["targets"], input_lengths, targets["target_lengths"],
-                              blank=self.blank, reduction="mean", zero_infinity=True)
+        return ctc_loss(logits, targets, self.blank)
 
     # -- decoding ----------------------------------------------------------------------------------
     def decode(self, logits: Tensor, codec: CTCCodec) -> list[Prediction]:
