@@ -1,7 +1,9 @@
-"""The Python API: ``Recognizer.from_checkpoint(path).recognize(images)``.
+"""The Python API: ``Recognizer.from_pretrained().recognize(images)`` for the bundled default model,
+``Recognizer.from_checkpoint(path).recognize(images)`` for your own.
 
-``Recognizer.from_checkpoint`` runs a training checkpoint with PyTorch, or an exported ``.onnx`` file with
-ONNX Runtime (``Recognizer.from_onnx``); ``backend='onnx'`` exports a checkpoint once and runs the export.
+The fastest available path is picked by default (``backend='auto'``): ONNX Runtime when it is installed
+(a checkpoint is exported once to ``<checkpoint>.onnx``; the bundled model ships its export), else
+PyTorch under inference mode. ``backend='torch'`` / ``'onnx'`` force one.
 
 Images may be file paths, ``PIL.Image`` objects or numpy arrays (gray H×W or H×W×1, RGB H×W×3,
 RGBA H×W×4; uint8 or uint16). A bad item (missing file, undecodable bytes, empty array) yields a
@@ -10,6 +12,8 @@ result whose ``error`` says what is wrong; the other items of the batch are stil
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +90,14 @@ def load_image(item: ImageInput) -> np.ndarray:
 
 
 BACKENDS = ("auto", "torch", "onnx")
+#: The bundled default model under ``strkit/assets/``: checkpoint, its ONNX export, its int8 export.
+DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_INT8 = "default.pt", "default.onnx", "default.int8.onnx"
+log = logging.getLogger(__name__)
+
+
+def onnx_runtime_available() -> bool:
+    """Whether ONNX Runtime (to run) and onnx (to export) are importable, without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 class Recognizer:
@@ -136,9 +148,12 @@ class Recognizer:
         """Load a checkpoint written by ``tools/train.py`` (``best.pt`` or ``last.pt``) or an exported ``.onnx``.
 
         Args:
-            backend: ``auto``: ONNX Runtime for ``.onnx`` files, PyTorch for checkpoints; ``torch``;
-                ``onnx``: for a checkpoint, export it once to ``<checkpoint>.onnx`` beside it (re-exported
-                when the checkpoint is newer; a temporary folder if that one is read-only) and run that.
+            backend: ``onnx``: for a checkpoint, export it once to ``<checkpoint>.onnx`` beside it
+                (re-exported when the checkpoint is newer; a temporary folder if that one is read-only) and
+                run that with ONNX Runtime; ``torch``: PyTorch; ``auto`` (the fastest available): ONNX
+                Runtime for ``.onnx`` files, and for checkpoints on the CPU when onnxruntime and onnx are
+                installed and ``channels_last`` is not asked for (falling back to PyTorch, with a log
+                message, when the model does not export), else PyTorch.
             threads: PyTorch threads (this sets ``torch.set_num_threads`` for the process) or ONNX
                 Runtime intra-op threads (per session); ``None`` = the library's default.
             channels_last, trim_padding: see the class docstring.
@@ -156,6 +171,16 @@ class Recognizer:
 
             return cls.from_onnx(cached_onnx_export(path), threads=threads, device=device,
                                  trim_padding=trim_padding)
+        if backend == "auto" and torch.device(device).type == "cpu" and not channels_last \
+                and onnx_runtime_available():
+            from strkit.export import ExportError, cached_onnx_export
+
+            try:
+                onnx_path = cached_onnx_export(path)
+            except ExportError as exc:
+                log.info("running %s with PyTorch: it does not export to ONNX (%s)", path, exc)
+            else:
+                return cls.from_onnx(onnx_path, threads=threads, device=device, trim_padding=trim_padding)
         if threads:
             torch.set_num_threads(threads)
         model, cfg = load_model(path, device)
@@ -183,16 +208,43 @@ class Recognizer:
 
     @classmethod
     def from_pretrained(cls, device: str | torch.device = "cpu", threads: int | None = None,
-                        backend: str = "auto") -> Recognizer:
-        """The default model bundled with the package."""
+                        backend: str = "auto", int8: bool | None = None) -> Recognizer:
+        """The default model bundled with the package (``strkit/assets``; docs/model_card.md): no
+        training, no download.
+
+        Args:
+            backend: ``auto``: ONNX Runtime when installed (on the CPU), else PyTorch; ``onnx``; ``torch``.
+            int8: with ONNX Runtime, run the int8-quantised export (shipped only when its accuracy is within
+                0.5 point of the float model on every benchmark); ``None`` = when it ships; ``False`` = fp32.
+            threads, device: as :meth:`from_checkpoint`.
+        """
         from importlib import resources
 
-        ref = resources.files("strkit") / "assets" / "default.pt"
-        if not ref.is_file():
-            raise FileNotFoundError("this strkit build ships no bundled default model yet; train one with "
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+        assets = resources.files("strkit") / "assets"
+        checkpoint = assets / DEFAULT_MODEL
+        if not checkpoint.is_file():
+            raise FileNotFoundError("this strkit build ships no bundled default model; train one with "
                                     "tools/train.py and use Recognizer.from_checkpoint(PATH)")
-        with resources.as_file(ref) as path:
-            return cls.from_checkpoint(path, device=device, threads=threads, backend=backend)
+        use_onnx = backend == "onnx" or (backend == "auto" and torch.device(device).type == "cpu"
+                                         and onnx_runtime_available())
+        if int8 and not use_onnx:
+            raise ValueError("int8=True runs the int8 ONNX export: it needs backend 'onnx' or 'auto' with "
+                             "onnxruntime installed (pip install onnxruntime onnx)")
+        if use_onnx:
+            names = [DEFAULT_INT8] if int8 else [DEFAULT_ONNX] if int8 is False else [DEFAULT_INT8, DEFAULT_ONNX]
+            for name in names:
+                ref = assets / name
+                if ref.is_file():
+                    with resources.as_file(ref) as path:
+                        return cls.from_onnx(path, threads=threads, device=device)
+            if int8:
+                raise FileNotFoundError(f"this strkit build ships no int8 default model ({DEFAULT_INT8}): its "
+                                        f"accuracy was not within 0.5 point of the float model; use int8=None")
+        with resources.as_file(checkpoint) as path:
+            return cls.from_checkpoint(path, device=device, threads=threads,
+                                       backend="torch" if backend == "auto" else backend)
 
     @property
     def model(self) -> RecognitionModel | None:

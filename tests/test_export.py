@@ -222,7 +222,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def test_from_checkpoint_backends_and_onnx_cache(checkpoint, images, tmp_path):
     checkpoint = Path(shutil.copy(checkpoint, tmp_path / "best.pt"))
-    torch_rec = Recognizer.from_checkpoint(checkpoint)
+    torch_rec = Recognizer.from_checkpoint(checkpoint, backend="torch")
     assert torch_rec.backend.name == "torch" and torch_rec.model is not None
     onnx_rec = Recognizer.from_checkpoint(checkpoint, backend="onnx", threads=1)
     cache = Path(f"{checkpoint}.onnx")
@@ -235,6 +235,9 @@ def test_from_checkpoint_backends_and_onnx_cache(checkpoint, images, tmp_path):
     assert cached_onnx_export(checkpoint) == cache and cache.stat().st_mtime_ns != stamp
     auto = Recognizer.from_checkpoint(cache)
     assert auto.backend.name == "onnxruntime"
+    auto = Recognizer.from_checkpoint(checkpoint)  # the fastest path: ONNX Runtime, from the cached export
+    assert auto.backend.name == "onnxruntime" and auto.backend.path == cache
+    assert Recognizer.from_checkpoint(checkpoint, channels_last=True).backend.name == "torch"  # a PyTorch lever
     with pytest.raises(ValueError, match="ONNX model"):
         Recognizer.from_checkpoint(cache, backend="torch")
     with pytest.raises(ValueError, match="unknown backend"):
@@ -245,7 +248,7 @@ def test_trim_padding_pads_each_batch_to_its_widest_image(checkpoint):
     rng = np.random.default_rng(1)
     # resized to height 32 (keep_ratio): widths 100 (capped), 40, 90, 20, 64
     crops = [rng.integers(0, 256, (32, w), dtype=np.uint8) for w in (150, 40, 90, 20, 64)]
-    for rec in (Recognizer.from_checkpoint(checkpoint, trim_padding=True, channels_last=True),
+    for rec in (Recognizer.from_checkpoint(checkpoint, trim_padding=True, channels_last=True, backend="torch"),
                 Recognizer.from_checkpoint(checkpoint, backend="onnx", trim_padding=True, threads=1)):
         # sorted by width, in pairs: [20, 40] -> width 40, [64, 90] -> 92, [100] -> 100
         batched = rec.recognize(crops, batch_size=2)
@@ -287,3 +290,19 @@ def test_export_cli_user_errors(checkpoint, tmp_path, capsys):
     rc = main([str(checkpoint), "--out", str(tmp_path / "o"), "--parity-count", "0", "--int8",
                "--calibration", str(tmp_path / "none")])
     assert rc == 2 and "calibration" in capsys.readouterr().err
+
+
+def test_auto_backend_falls_back_to_pytorch(checkpoint, tmp_path, monkeypatch):
+    import strkit.api
+    import strkit.export
+
+    checkpoint = Path(shutil.copy(checkpoint, tmp_path / "best.pt"))
+    monkeypatch.setattr(strkit.api, "onnx_runtime_available", lambda: False)
+    assert Recognizer.from_checkpoint(checkpoint).backend.name == "torch"  # onnxruntime not installed
+    monkeypatch.undo()
+
+    def no_export(path, opset=17):
+        raise strkit.export.ExportError("this model does not export")
+
+    monkeypatch.setattr(strkit.export, "cached_onnx_export", no_export)
+    assert Recognizer.from_checkpoint(checkpoint).backend.name == "torch"  # does not export

@@ -3,7 +3,9 @@
 Every combination of ``--models`` × ``--precision`` × ``--lstm-bf16`` × ``--channels-last`` ×
 ``--fuse`` × ``--onednn-bf16`` runs in a fresh process and times ``model.predict`` (forward + greedy decoding)
 under ``torch.inference_mode()`` in eager PyTorch (see :mod:`strkit.engine.speed`); with
-``--backend onnxruntime`` each model is also exported to ONNX and timed in ONNX Runtime (fp32)::
+``--backend onnxruntime`` each model is also exported to ONNX and timed in ONNX Runtime (fp32). A model is a
+config name or YAML (random weights, at ``--img-h``/``--img-w``), a trained checkpoint (``.pt``) or an
+exported ``.onnx`` file (e.g. the int8 one; ONNX Runtime only), both timed at their own input size::
 
     flock /tmp/strkit-timing.lock python tools/bench.py infer --models crnn trba \\
         --precision fp32 bf16 --channels-last off on --fuse off on --backend torch onnxruntime \\
@@ -64,7 +66,7 @@ class InferBench:
                                  batch_repeats=args.batch_repeats, warmup=args.warmup)
                  for m, p, lb, cl, fu, ob in itertools.product(args.models, args.precision, args.lstm_bf16,
                                                                args.channels_last, args.fuse, args.onednn_bf16)
-                 if not (lb and p != "bf16")] if "torch" in args.backend else []
+                 if not (lb and p != "bf16") and not m.lower().endswith(".onnx")] if "torch" in args.backend else []
         cases += [speed.InferCase(model=m, backend=b, img_h=args.img_h, img_w=args.img_w, channels=args.channels,
                                   threads=args.threads, batch=args.batch, repeats=args.repeats,
                                   batch_repeats=args.batch_repeats, warmup=args.warmup)

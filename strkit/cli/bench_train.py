@@ -27,7 +27,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_models: list[s
     """Options shared by ``train`` and ``infer``: models, precision, layout, threads, image size,
     the load gate and the JSON output."""
     parser.add_argument("--models", nargs="+", default=default_models,
-                        help="model config names (configs/models/) or model YAML paths "
+                        help="model config names (configs/models/) or model YAML paths; for infer also "
+                             "trained checkpoints (.pt) and exported .onnx files "
                              f"(default: {' '.join(default_models)})")
     parser.add_argument("--channels-last", nargs="+", type=_on_off, default=[False, True],
                         metavar="{on,off}", help="channels-last layout settings to measure (default: off on)")

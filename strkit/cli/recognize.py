@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto (default) = ONNX Runtime when installed, else PyTorch")
     return p
 
 
@@ -45,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.checkpoint == "default":
-            rec = Recognizer.from_pretrained(device=args.device, threads=args.threads or None)
+            rec = Recognizer.from_pretrained(device=args.device, threads=args.threads or None,
+                                             backend=args.backend)
         else:
-            rec = Recognizer.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads or None)
+            rec = Recognizer.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads or None,
+                                             backend=args.backend)
     except (CheckpointError, FileNotFoundError) as exc:
         return fail(str(exc))
     paths = expand_inputs(args.inputs)

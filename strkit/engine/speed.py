@@ -37,10 +37,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from strkit.config import Config, ConfigError, SourceConfig, load_config
@@ -196,14 +197,34 @@ class InferResult:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-def model_config_path(model: str) -> Path:
-    """``configs/models/<model>.yaml``, or ``model`` itself when it is a YAML file.
+#: Model files the inference benchmark times with their trained weights instead of a config's random ones.
+TRAINED_MODEL_SUFFIXES = (".pt", ".onnx")
+
+
+def trained_model_path(model: str) -> Path | None:
+    """``model`` as a checkpoint (``.pt``) or exported ONNX file when it names one, else None.
 
     Raises:
-        ConfigError: neither exists (the shipped names are listed).
+        ConfigError: it has such a suffix but the file does not exist.
     """
     path = Path(model).expanduser()
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix.lower() not in TRAINED_MODEL_SUFFIXES:
+        return None
+    if not path.is_file():
+        raise ConfigError(f"model '{model}': no such file; give a checkpoint written by tools/train.py (.pt) or "
+                          f"an ONNX file written by tools/export.py (.onnx)")
+    return path
+
+
+def model_config_path(model: str) -> Path:
+    """``configs/models/<model>.yaml``, or ``model`` itself when it is a YAML file (or, for the inference
+    benchmark, a trained ``.pt`` / ``.onnx`` file: see :func:`trained_model_path`).
+
+    Raises:
+        ConfigError: none of these exists (the shipped names are listed).
+    """
+    path = Path(model).expanduser()
+    if (path.suffix in (".yaml", ".yml") and path.is_file()) or trained_model_path(model) is not None:
         return path
     candidate = MODEL_CONFIG_DIR / f"{model}.yaml"
     if candidate.is_file():
@@ -382,16 +403,25 @@ def onednn_fp32_precision(precision: str) -> Iterator[None]:
 
 
 def prepare_inference_model(case: InferCase) -> tuple[torch.nn.Module, int]:
-    """The eval-mode model of ``case`` (random weights): fused, cast and/or channels-last as asked;
-    and the parameter count of its architecture (before folding)."""
+    """The eval-mode model of ``case`` (random weights, or a checkpoint's trained ones): fused, cast
+    and/or channels-last as asked; and the parameter count of its architecture (before folding)."""
     from strkit.models.optimize import cast_for_inference, fuse_for_inference
+    from strkit.models.pretrained import load_model
     from strkit.models.recognizer import build_model
 
     if case.precision not in INFER_PRECISIONS:
         raise ValueError(f"precision {case.precision!r}: use one of {', '.join(INFER_PRECISIONS)}")
-    cfg = load_config(model_config_path(case.model), lstm_overrides(case.model, case.lstm_autocast))
-    torch.manual_seed(case.seed)
-    model = build_model(cfg.model, case.img_h, case.img_w, case.channels).eval()
+    checkpoint = trained_model_path(case.model)
+    if checkpoint is not None:
+        if checkpoint.suffix.lower() != ".pt":
+            raise ValueError(f"model '{case.model}' is an exported ONNX file: time it with --backend onnxruntime")
+        model = load_model(checkpoint)[0].eval()
+        if case.lstm_autocast:
+            raise ValueError(f"model '{case.model}': --lstm-bf16 on applies to model configs, not checkpoints")
+    else:
+        cfg = load_config(model_config_path(case.model), lstm_overrides(case.model, case.lstm_autocast))
+        torch.manual_seed(case.seed)
+        model = build_model(cfg.model, case.img_h, case.img_w, case.channels).eval()
     params = model.num_parameters()
     if case.fuse:
         model = fuse_for_inference(model, inplace=True)
@@ -417,6 +447,21 @@ def _onnx_predictor(model: torch.nn.Module, case: InferCase, folder: str) -> Any
     return OnnxBackend(path, threads=case.threads)
 
 
+def _onnx_file_predictor(path: Path, case: InferCase) -> tuple[Any, int, str, int]:
+    """An exported ``.onnx`` file in an ONNX Runtime session with ``case.threads`` threads, with its
+    parameter count (initializer elements; an int8 file counts its quantised weights) and pipeline."""
+    import onnx
+
+    from strkit.inference.onnx_backend import OnnxBackend
+
+    if case.backend != "onnxruntime":
+        raise ValueError(f"model '{case.model}' is an exported ONNX file: time it with --backend onnxruntime")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    params = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type != onnx.TensorProto.INT64)
+    backend = OnnxBackend(path, threads=case.threads)
+    return backend, params, backend.metadata.pipeline, 0
+
+
 def measure_infer(case: InferCase) -> InferResult:
     """Median batch-1 latency and batch throughput of ``predict`` (forward + greedy decoding), in eager
     PyTorch or, with ``case.backend == "onnxruntime"``, in ONNX Runtime."""
@@ -426,10 +471,18 @@ def measure_infer(case: InferCase) -> InferResult:
         raise ValueError(f"backend {case.backend!r} is timed in fp32 without the PyTorch levers "
                          f"(got {case.levers}); ONNX Runtime applies its own graph optimisations")
     torch.set_num_threads(case.threads)
-    model, params = prepare_inference_model(case)
-    pipeline, fused = model.pipeline, int(getattr(model, "fused_pairs", 0))
+    trained = trained_model_path(case.model)
+    onnx_file = trained is not None and trained.suffix.lower() == ".onnx"
+    if onnx_file:
+        model, params, pipeline, fused = _onnx_file_predictor(trained, case)
+    else:
+        model, params = prepare_inference_model(case)
+        pipeline, fused = model.pipeline, int(getattr(model, "fused_pairs", 0))
+    if trained is not None:  # a trained model is timed at its own input size
+        spec = model.input_spec if hasattr(model, "input_spec") else model
+        case = replace(case, img_h=int(spec.img_h), img_w=int(spec.img_w), channels=int(spec.channels))
     with contextlib.ExitStack() as stack:
-        if case.backend == "onnxruntime":
+        if case.backend == "onnxruntime" and not onnx_file:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="strkit-bench-"))
             model = _onnx_predictor(model, case, folder)
         single, batched = _time_predict(case, model)
