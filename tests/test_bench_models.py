@@ -88,6 +88,32 @@ def test_infer_onnxruntime_backend(tmp_path: Path, capsys: pytest.CaptureFixture
     assert results[1]["ms_per_image"] > 0 and results[1]["images_per_s"] > 0 and results[1]["threads"] == 1
 
 
+def test_infer_times_trained_checkpoints_and_onnx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    from strkit.checkpoint import save_checkpoint
+    from strkit.export import export_onnx
+
+    cfg = load_config("configs/models/mbv2-ctc.yaml", ["data.img_w=64"])
+    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(model.eval(), onnx_file)
+    out = tmp_path / "infer.json"
+    assert main(["infer", "--models", str(ckpt), str(onnx_file), "--precision", "fp32", "--channels-last", "off",
+                 "--backend", "torch", "onnxruntime", "--threads", "1", "--repeats", "2", "--warmup", "1",
+                 "--batch", "2", "--batch-repeats", "1", "--in-process", "--json", str(out), *NO_WAIT]) == 0
+    results = json.loads(out.read_text())["results"]
+    # the checkpoint with both backends, the .onnx file with ONNX Runtime only; all at the model's own size
+    assert [(Path(r["case"]["model"]).name, r["case"]["backend"]) for r in results] == [
+        ("best.pt", "torch"), ("best.pt", "onnxruntime"), ("model.onnx", "onnxruntime")]
+    assert all(r["case"]["img_w"] == 64 and r["pipeline"] == model.pipeline for r in results)
+    assert results[0]["params"] == results[1]["params"] == model.num_parameters()
+    assert results[2]["params"] > 0
+    assert main(["infer", "--models", str(tmp_path / "missing.pt"), *NO_WAIT]) != 0
+    assert "no such file" in capsys.readouterr().err
+
+
 def test_onnxruntime_backend_refuses_pytorch_levers() -> None:
     case = speed.InferCase(model="crnn", backend="onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="fp32 without the PyTorch levers"):
