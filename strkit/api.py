@@ -27,7 +27,7 @@ from strkit.charset import Charset
 from strkit.config import Config
 from strkit.data.transforms import collate
 from strkit.inference.backend import InferenceBackend
-from strkit.inference.metadata import InputSpec
+from strkit.inference.metadata import BUNDLE_CHECKPOINT, BUNDLE_INT8, BUNDLE_ONNX, InputSpec
 from strkit.inference.torch_backend import TorchBackend
 from strkit.models.pretrained import load_model
 from strkit.models.recognizer import RecognitionModel
@@ -90,8 +90,6 @@ def load_image(item: ImageInput) -> np.ndarray:
 
 
 BACKENDS = ("auto", "torch", "onnx")
-#: The bundled default model under ``strkit/assets/``: checkpoint, its ONNX export, its int8 export.
-DEFAULT_MODEL, DEFAULT_ONNX, DEFAULT_INT8 = "default.pt", "default.onnx", "default.int8.onnx"
 log = logging.getLogger(__name__)
 
 
@@ -208,39 +206,45 @@ class Recognizer:
 
     @classmethod
     def from_pretrained(cls, device: str | torch.device = "cpu", threads: int | None = None,
-                        backend: str = "auto", int8: bool | None = None) -> Recognizer:
+                        backend: str = "auto", int8: bool | None = None,
+                        bundle: str | Path | None = None) -> Recognizer:
         """The default model bundled with the package (``strkit/assets``; docs/model_card.md): no
         training, no download.
 
         Args:
             backend: ``auto``: ONNX Runtime when installed (on the CPU), else PyTorch; ``onnx``; ``torch``.
-            int8: with ONNX Runtime, run the int8-quantised export (shipped only when its accuracy is within
-                0.5 point of the float model on every benchmark); ``None`` = when it ships; ``False`` = fp32.
+            int8: with ONNX Runtime, run the int8-quantised export (bundled only when its accuracy is within
+                0.5 point of the float model on every benchmark); ``None`` = when it is bundled; ``False`` =
+                fp32.
+            bundle: a folder written by ``tools/export.py CKPT --bundle DIR`` to load instead of the
+                package's own (``default.pt``, ``default.onnx``, optionally ``default.int8.onnx``).
             threads, device: as :meth:`from_checkpoint`.
         """
         from importlib import resources
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
-        assets = resources.files("strkit") / "assets"
-        checkpoint = assets / DEFAULT_MODEL
+        assets = Path(bundle) if bundle is not None else resources.files("strkit") / "assets"
+        checkpoint = assets / BUNDLE_CHECKPOINT
         if not checkpoint.is_file():
-            raise FileNotFoundError("this strkit build ships no bundled default model; train one with "
-                                    "tools/train.py and use Recognizer.from_checkpoint(PATH)")
+            where = f"{bundle} holds no {BUNDLE_CHECKPOINT}" if bundle is not None else \
+                "this strkit build ships no bundled default model"
+            raise FileNotFoundError(f"{where}; write a bundle with tools/export.py CKPT --bundle DIR, or use "
+                                    f"Recognizer.from_checkpoint(PATH)")
         use_onnx = backend == "onnx" or (backend == "auto" and torch.device(device).type == "cpu"
                                          and onnx_runtime_available())
         if int8 and not use_onnx:
             raise ValueError("int8=True runs the int8 ONNX export: it needs backend 'onnx' or 'auto' with "
                              "onnxruntime installed (pip install onnxruntime onnx)")
         if use_onnx:
-            names = [DEFAULT_INT8] if int8 else [DEFAULT_ONNX] if int8 is False else [DEFAULT_INT8, DEFAULT_ONNX]
+            names = [BUNDLE_INT8] if int8 else [BUNDLE_ONNX] if int8 is False else [BUNDLE_INT8, BUNDLE_ONNX]
             for name in names:
                 ref = assets / name
                 if ref.is_file():
                     with resources.as_file(ref) as path:
                         return cls.from_onnx(path, threads=threads, device=device)
             if int8:
-                raise FileNotFoundError(f"this strkit build ships no int8 default model ({DEFAULT_INT8}): its "
+                raise FileNotFoundError(f"this strkit build ships no int8 default model ({BUNDLE_INT8}): its "
                                         f"accuracy was not within 0.5 point of the float model; use int8=None")
         with resources.as_file(checkpoint) as path:
             return cls.from_checkpoint(path, device=device, threads=threads,

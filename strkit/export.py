@@ -20,6 +20,7 @@ Export uses PyTorch's TorchScript-based ONNX exporter (``dynamo=False``), which 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -36,6 +37,9 @@ from torch import Tensor, nn
 
 from strkit.data.transforms import ImageTransform
 from strkit.inference.metadata import (
+    BUNDLE_CHECKPOINT,
+    BUNDLE_INT8,
+    BUNDLE_ONNX,
     INPUT_NAME,
     METADATA_KEY,
     OUTPUT_NAME,
@@ -647,3 +651,46 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "static",
     meta = meta.with_extra(quantization=notes)
     write_onnx_metadata(proto, meta, dst)
     return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# Bundles (the packaged default model)
+# ----------------------------------------------------------------------------------------------
+def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | Path,
+                 int8_path: str | Path | None = None, info: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the files :meth:`strkit.api.Recognizer.from_pretrained` loads into ``out_dir``: an
+    inference-only copy of ``checkpoint`` (weights, config, charset, architecture; no optimiser state,
+    no training-only heads), the fp32 ONNX export and, when given, the int8 export (a stale int8 file
+    of an earlier bundle is removed otherwise). Each file is written atomically.
+
+    Args:
+        info: notes stored in the checkpoint's ``extra['bundle']`` (e.g. the source run, accuracy).
+
+    Returns:
+        {"checkpoint", "onnx"[, "int8"]} -> written paths.
+    """
+    import shutil
+
+    from strkit.checkpoint import load_checkpoint, save_checkpoint
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = load_checkpoint(checkpoint)
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith("aux_head.")}
+    config = copy.deepcopy(payload["config"])
+    config.setdefault("model", {})["aux_ctc"] = 0.0  # the training-only head is not in the bundle
+    extra = {**payload.get("extra", {}), "bundle": {"source": str(checkpoint), **(info or {})}}
+    written = {"checkpoint": save_checkpoint(out / BUNDLE_CHECKPOINT, config=config,
+                                             charset=payload["charset"], state_dict=state,
+                                             metrics=payload.get("metrics"), step=payload.get("step", 0),
+                                             arch=payload.get("arch"), extra=extra)}
+    for key, src, name in (("onnx", onnx_path, BUNDLE_ONNX), ("int8", int8_path, BUNDLE_INT8)):
+        target = out / name
+        if src is None:
+            target.unlink(missing_ok=True)
+            continue
+        tmp, commit = _atomic_path(target)
+        shutil.copyfile(src, tmp)
+        commit()
+        written[key] = target
+    return written

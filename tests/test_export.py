@@ -266,11 +266,20 @@ def test_export_cli_end_to_end(checkpoint, word_folder, shared_benchmarks, tmp_p
     rc = main([str(checkpoint), "--out", str(out), "--onnx", "--torchscript", "--int8",
                "--calibration", str(word_folder), "--calibration-count", "16",
                "--benchmark-root", str(shared_benchmarks), "--parity-set", "SVT_647", "--parity-count", "6",
-               "--accuracy", "SVT_647", "--accuracy-count", "8", "--batch-size", "4"])
+               "--accuracy", "SVT_647", "--accuracy-count", "8", "--batch-size", "4",
+               "--bundle", str(tmp_path / "bundle")])
     text = capsys.readouterr().out
     assert rc == 0, text
     for name in ("model.onnx", "model.int8.onnx", "model.ts", "export_report.json"):
         assert (out / name).is_file()
+    # a bundle: int8 compared on 8 images only, so not bundled; the bundle loads with every backend
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["default.onnx", "default.pt"]
+    assert "int8 export not bundled: its accuracy was compared on subsets only" in text
+    bundled = Recognizer.from_pretrained(bundle=tmp_path / "bundle", threads=1)
+    assert bundled.backend.name == "onnxruntime" and bundled.backend.path.name == "default.onnx"
+    assert Recognizer.from_pretrained(bundle=tmp_path / "bundle", backend="torch").backend.name == "torch"
+    with pytest.raises(FileNotFoundError, match="no int8 default model"):
+        Recognizer.from_pretrained(bundle=tmp_path / "bundle", int8=True)
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["onnx"]["passed"] and report["parity"]["onnx"]["count"] == 6
     assert report["parity"]["torchscript"]["passed"]
@@ -306,3 +315,33 @@ def test_auto_backend_falls_back_to_pytorch(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(strkit.export, "cached_onnx_export", no_export)
     assert Recognizer.from_checkpoint(checkpoint).backend.name == "torch"  # does not export
+
+
+def test_bundle_drops_training_only_parts_and_picks_int8_when_bundled(tmp_path):
+    from strkit.checkpoint import load_checkpoint
+    from strkit.export import write_bundle
+
+    model, cfg = tiny("mbv2-ctc", "model.aux_ctc=0.5")
+    assert model.aux_head is not None
+    ckpt = tmp_path / "last.pt"
+    save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict(),
+                    train_state={"optimizer": {"big": torch.zeros(1000)}})
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    export_onnx(model, fp32)
+    quantize_onnx(fp32, int8, mode="dynamic")
+    bundle = tmp_path / "bundle"
+    write_bundle(ckpt, fp32, bundle, int8_path=int8, info={"note": "test"})
+    payload = load_checkpoint(bundle / "default.pt")
+    assert payload["train_state"] is None and payload["extra"]["bundle"]["note"] == "test"
+    assert not any(k.startswith("aux_head.") for k in payload["state_dict"])
+    assert payload["config"]["model"]["aux_ctc"] == 0.0
+    rec = Recognizer.from_pretrained(bundle=bundle, backend="torch")
+    assert rec.model.aux_head is None
+    assert Recognizer.from_pretrained(bundle=bundle, threads=1).backend.path.name == "default.int8.onnx"
+    assert Recognizer.from_pretrained(bundle=bundle, int8=False, threads=1).backend.path.name == "default.onnx"
+    write_bundle(ckpt, fp32, bundle)  # re-bundled without int8: the stale int8 file goes
+    assert not (bundle / "default.int8.onnx").exists()
+    with pytest.raises(FileNotFoundError, match="holds no default.pt"):
+        Recognizer.from_pretrained(bundle=tmp_path)
+    with pytest.raises(ValueError, match="int8=True runs the int8 ONNX export"):
+        Recognizer.from_pretrained(bundle=bundle, backend="torch", int8=True)

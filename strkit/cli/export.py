@@ -1,7 +1,8 @@
 """``tools/export.py CHECKPOINT --out DIR``: ONNX (+ int8) and TorchScript export with parity checks.
 
 Writes ``model.onnx`` (``--onnx``, the default), ``model.int8.onnx`` (``--int8``) and ``model.ts``
-(``--torchscript``) into ``--out``, checks each against PyTorch on real crops of a benchmark (same
+(``--torchscript``) into ``--out`` (and with ``--bundle DIR`` the files of a model bundle, see
+:func:`strkit.export.write_bundle`), checks each against PyTorch on real crops of a benchmark (same
 text on every image, max probability and logit differences), and for int8 compares word accuracy with
 the fp32 ONNX model on the benchmarks. Everything printed is also written to ``export_report.json``.
 Exit status: 0, 1 if an fp32 export reads any parity image differently from PyTorch, 2 on a user error.
@@ -54,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation protocol (default: the checkpoint's eval.protocol)")
     p.add_argument("--threads", type=int, default=1,
                    help="threads for ONNX Runtime and PyTorch in the checks and --speed (default 1)")
+    p.add_argument("--bundle", default=None, metavar="DIR",
+                   help="also write a model bundle for Recognizer.from_pretrained into DIR (strkit/assets for the "
+                        "packaged default model): default.pt (inference-only checkpoint), default.onnx and, when "
+                        "--int8 kept every benchmark's accuracy within 0.5 point on the whole sets, default.int8.onnx")
     p.add_argument("--speed", action="store_true",
                    help="also time batch-1 latency and batch-64 throughput: PyTorch, ONNX fp32, int8")
     return p
@@ -159,6 +164,20 @@ def _accuracy_table(acc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _int8_bundle_verdict(args: argparse.Namespace, report: dict[str, Any]) -> bool:
+    """Whether the int8 export goes into a bundle (printed with the reason when it does not)."""
+    if "int8" not in report["files"]:
+        return False
+    acc = report.get("int8_accuracy")
+    why = ("its accuracy was not compared (--no-accuracy)" if acc is None else
+           "its accuracy was compared on subsets only (--accuracy-count)" if acc.get("subset") else
+           f"it lost {acc['max_drop']:.2f} points on a benchmark (> {INT8_ACCURACY_TOLERANCE})"
+           if not acc["within_tolerance"] else "")
+    if why:
+        print(f"int8 export not bundled: {why}")
+    return not why
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -173,13 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         parity_check,
         quantize_onnx,
         torchscript_parity_check,
+        write_bundle,
     )
     from strkit.inference.metadata import InputSpec
     from strkit.models.pretrained import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    want_onnx = args.onnx or args.int8 or not args.torchscript
+    want_onnx = args.onnx or args.int8 or args.bundle or not args.torchscript
     try:
         model, cfg = load_model(args.checkpoint)
     except CheckpointError as exc:
@@ -259,6 +279,15 @@ def main(argv: list[str] | None = None) -> int:
             for s in report["speed"]:
                 print(f"{s['name']}: {s['ms_per_image']:.2f} ms/image (batch 1), {s['images_per_s']:.0f} images/s "
                       f"(batch {s['batch']}), {s['threads']} thread(s)")
+        if args.bundle:
+            if failed:
+                return fail("not bundling: an export reads some parity images differently from PyTorch (see above)")
+            int8_ok = _int8_bundle_verdict(args, report)
+            written = write_bundle(args.checkpoint, report["files"]["onnx"], args.bundle,
+                                   int8_path=report["files"]["int8"] if int8_ok else None,
+                                   info={"int8_accuracy": report.get("int8_accuracy"), "parity": report["parity"]})
+            report["bundle"] = {k: str(v) for k, v in written.items()}
+            print(f"bundle in {args.bundle}: {', '.join(sorted(p.name for p in written.values()))}")
     except (ExportError, BenchmarkError, FileNotFoundError, ValueError) as exc:
         return fail(str(exc))
     (out / "export_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

@@ -42,6 +42,9 @@ OUTPUT_NAME = "logits"
 SPECIAL_ID_NAMES = ("blank", "eos", "bos", "pad")
 NORMALIZE_SCALE = 1.0 / 127.5  # x / 127.5 - 1, as in strkit.data.transforms.collate
 NORMALIZE_OFFSET = -1.0
+#: File names of a model bundle (``tools/export.py --bundle``; ``Recognizer.from_pretrained`` reads them):
+#: an inference-only checkpoint, its fp32 ONNX export, and its int8 export when that kept the accuracy.
+BUNDLE_CHECKPOINT, BUNDLE_ONNX, BUNDLE_INT8 = "default.pt", "default.onnx", "default.int8.onnx"
 
 
 class ExportedModelError(CheckpointError):
