@@ -121,7 +121,7 @@ def test_readme_python_snippet_runs(checkpoint, tmp_path, monkeypatch):
     """The README's Python example, run as written, with its checkpoint and image names in place."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    snippet = next(b for b in blocks if "Recognizer" in b)
+    snippet = next(b for b in blocks if "from_checkpoint" in b)
     run_dir = tmp_path / "runs" / "crnn"
     run_dir.mkdir(parents=True)
     (run_dir / "best.pt").symlink_to(checkpoint)
@@ -133,3 +133,25 @@ def test_readme_python_snippet_runs(checkpoint, tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert len(printed) == 3 and all(a[3] is None for a in printed)  # text, confidence, char_probs, error
     assert printed[0][0] == printed[1][0]  # the same pixels from a file and from a PIL image
+
+
+def test_readme_one_line_with_the_bundled_model(shared_benchmarks, tmp_path, monkeypatch):
+    """The README's one-line quick start, as written, on real benchmark crops: the bundled default model
+    loads with no training or download and reads real words (a floor far below its model-card accuracy,
+    so that a broken bundle, charset or preprocessing fails here)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    snippet = next(b for b in blocks if "from_pretrained" in b)
+    lines = (shared_benchmarks / "IIIT5K_3000" / "labels.tsv").read_text(encoding="utf-8").splitlines()[:60]
+    monkeypatch.chdir(tmp_path)
+    read: list[str] = []
+    for line in lines:
+        rel, label = line.split("\t", 1)
+        (tmp_path / "word.png").write_bytes((shared_benchmarks / "IIIT5K_3000" / rel).read_bytes())
+        printed: list[tuple] = []
+        exec(compile(snippet, "README.md", "exec"), {"print": lambda *a, out=printed: out.append(a)})
+        assert len(printed) == 1 and isinstance(printed[0][0], str)
+        read.append(printed[0][0] == "".join(c for c in label.lower() if c.isalnum()))
+    assert sum(read) / len(read) >= 0.5, f"the bundled model read {sum(read)} of {len(read)} IIIT5K crops"
+    rec = Recognizer.from_pretrained(backend="torch", threads=1)
+    assert rec.backend.name == "torch" and rec.model.pipeline.startswith("none-searched-")
