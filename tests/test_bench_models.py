@@ -238,3 +238,39 @@ def test_bilstm_autocast_option() -> None:
     low.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in follow.parameters())
     assert follow(x).dtype == torch.float32  # without autocast: the weights' dtype
+
+
+def test_compare_reads_real_crops_with_every_reader(tmp_path: Path, shared_benchmarks: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    from strkit.checkpoint import save_checkpoint
+
+    cfg = load_config("configs/models/mbv2-ctc.yaml", ["data.img_w=64"])
+    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    out = tmp_path / "compare.json"
+    assert main(["compare", "--readers", str(ckpt), f"{ckpt}:torch", "--root", str(shared_benchmarks),
+                 "--benchmark", "SVT_647", "--count", "5", "--rounds", "2", "--warmup", "1",
+                 "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["reader"] for r in results] == [str(ckpt), f"{ckpt}:torch"]
+    assert "onnxruntime" in results[0]["info"] and "torch" in results[1]["info"]
+    # the same untrained weights through both backends: the same readings, so the same accuracy
+    assert results[0]["accuracy"] == results[1]["accuracy"] and all(r["images"] == 5 for r in results)
+    assert all(r["ms_per_image"] >= r["ms_per_image_min"] > 0 for r in results)
+    capsys.readouterr()
+    assert main(["compare", "--readers", str(tmp_path / "nope.pt"), "--root", str(shared_benchmarks)]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    assert main(["compare", "--readers", f"{ckpt}:tensorrt", "--root", str(shared_benchmarks)]) == 2
+    assert "a backend, torch or onnx" in capsys.readouterr().err
+
+
+def test_external_reader_without_its_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from strkit.inference.readers import build_reader
+
+    monkeypatch.setitem(sys.modules, "rapidocr", None)  # as if not installed
+    with pytest.raises(ImportError, match="pip install rapidocr"):
+        build_reader("rapidocr")
