@@ -88,15 +88,22 @@ def test_infer_onnxruntime_backend(tmp_path: Path, capsys: pytest.CaptureFixture
     assert results[1]["ms_per_image"] > 0 and results[1]["images_per_s"] > 0 and results[1]["threads"] == 1
 
 
-def test_infer_times_trained_checkpoints_and_onnx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("onnxruntime")
+def _untrained_checkpoint(folder: Path) -> tuple[torch.nn.Module, Path]:
+    """An mbv2-ctc model at 32×64 with random weights, saved as ``folder/best.pt``."""
     from strkit.checkpoint import save_checkpoint
-    from strkit.export import export_onnx
 
     cfg = load_config("configs/models/mbv2-ctc.yaml", ["data.img_w=64"])
     model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
-    ckpt = tmp_path / "best.pt"
+    ckpt = folder / "best.pt"
     save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    return model, ckpt
+
+
+def test_infer_times_trained_checkpoints_and_onnx_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    from strkit.export import export_onnx
+
+    model, ckpt = _untrained_checkpoint(tmp_path)
     onnx_file = tmp_path / "model.onnx"
     export_onnx(model.eval(), onnx_file)
     out = tmp_path / "infer.json"
@@ -243,12 +250,7 @@ def test_bilstm_autocast_option() -> None:
 def test_compare_reads_real_crops_with_every_reader(tmp_path: Path, shared_benchmarks: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnxruntime")
-    from strkit.checkpoint import save_checkpoint
-
-    cfg = load_config("configs/models/mbv2-ctc.yaml", ["data.img_w=64"])
-    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
-    ckpt = tmp_path / "best.pt"
-    save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    ckpt = _untrained_checkpoint(tmp_path)[1]
     out = tmp_path / "compare.json"
     assert main(["compare", "--readers", str(ckpt), f"{ckpt}:torch", "--root", str(shared_benchmarks),
                  "--benchmark", "SVT_647", "--count", "5", "--rounds", "2", "--warmup", "1",
