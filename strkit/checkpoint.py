@@ -1,7 +1,8 @@
 """Self-describing checkpoints, written atomically.
 
 A checkpoint is one ``torch.save`` file holding everything needed to rebuild and run the model: the
-resolved config, the charset, the architecture of a searched backbone, the weights and the metrics
+resolved config, the charset, the architecture of a searched backbone (``arch``) and of a searched
+rectifier (``rectifier_arch``, absent in older files), the weights and the metrics
 at save time; a ``last`` checkpoint also holds the full training state (optimiser, scheduler, step,
 RNG states, sampler position) for an exact resume.
 """
@@ -46,7 +47,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict: dict[str, torch.Tensor],
                     metrics: dict | None = None, step: int = 0, arch: dict | None = None,
-                    train_state: dict | None = None, extra: dict | None = None) -> Path:
+                    train_state: dict | None = None, extra: dict | None = None,
+                    rectifier_arch: dict | None = None) -> Path:
     """Write a checkpoint atomically. See the module docstring for what it holds."""
     from strkit import __version__
 
@@ -58,6 +60,7 @@ def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict
         "config": config,
         "charset": charset,
         "arch": arch,
+        "rectifier_arch": rectifier_arch,
         "state_dict": state_dict,
         "metrics": metrics or {},
         "step": int(step),

@@ -82,6 +82,7 @@ def _print_validation(result) -> None:  # noqa: ANN001 - LutValidation
 
 
 def _lut(cfg: Config, out: str | None, validate: int) -> int:
+    from strkit.nas.arch import searched_parts
     from strkit.nas.config import search_config
     from strkit.nas.latency import CostModel, calibrate_lut, measure_lut, validate_lut
 
@@ -96,7 +97,8 @@ def _lut(cfg: Config, out: str | None, validate: int) -> int:
     print(f"wrote {path}: {len(table.entries)} entries on {table.meta['device']} ({table.meta['device_name']}), "
           f"{table.meta['threads']} thread(s), batch {table.meta['batch']}; calibration scale {table.scale:.3f} "
           f"({s.lut_calibrate} random sub-networks timed whole)")
-    print(f"sub-network latency (backbone + fixed parts {table.fixed_ms:.3f} ms): {lo:.3f} .. {hi:.3f} ms")
+    parts = " + ".join(searched_parts(model))
+    print(f"sub-network latency ({parts} + fixed parts {table.fixed_ms:.3f} ms): {lo:.3f} .. {hi:.3f} ms")
     if validate > 0:
         _print_validation(validate_lut(model, table, validate, s.lut_device, threads, s.lut_repeats,
                                        s.lut_warmup))
@@ -125,6 +127,8 @@ def _fixed(cfg: Config, op: str, first_op: str | None, out: str | None) -> int:
     arch = fixed_arch(_model(cfg), op, first_op)
     arch_path = save_arch(arch, folder / "arch.json")
     train_path = write_retrain_config(cfg, arch_path, folder / "train.yaml", folder / "run")
+    if "rectifier" in arch:
+        print(f"rectifier: {' '.join(arch_ops(arch, 'rectifier'))}")
     print(f"{' '.join(arch_ops(arch))}\narchitecture: {arch_path}\n"
           f"train it: python tools/train.py {train_path}")
     return 0

@@ -17,6 +17,11 @@ see :mod:`strkit.nas.config`). ``fit()``:
    (:func:`strkit.nas.report.write_report`) with predicted vs measured latency, and ``retrain.yaml``
    (the same run with ``model.backbone: {name: searched, arch: arch.json}``) for ``tools/train.py``.
 
+With ``model.rectifier: {name: tps, loc: {name: supernet, ...}}`` the rectifier's localisation body is
+searched jointly: its cells get α and gates like the backbone's, the cost covers both parts, the
+architecture gets a ``rectifier`` section and ``retrain.yaml`` sets ``model.rectifier.loc: {name:
+searched, arch: arch.json}``.
+
 Under ``torchrun`` every rank samples the same paths (the gate generator is seeded identically),
 gradients of the weights and of α are averaged across ranks, and α is broadcast from rank 0 after
 every architecture step, so α stays identical on all ranks; rank 0 logs, saves and reports.
@@ -43,7 +48,7 @@ from strkit.checkpoint import load_checkpoint, save_checkpoint
 from strkit.config import Config, from_dict
 from strkit.models.recognizer import RecognitionModel, build_model
 from strkit.nas import search_space  # noqa: F401  (registers the 'supernet' backbone)
-from strkit.nas.arch import build_searched, derive_arch, find_supernet, save_arch
+from strkit.nas.arch import build_searched, derive_arch, find_supernet, save_arch, searched_edges, section_arch
 from strkit.nas.config import SearchConfig, search_config
 from strkit.nas.latency import (
     CostModel,
@@ -130,11 +135,24 @@ def _mean_entropy(model: torch.nn.Module) -> float:
     return float(np.mean(ents)) if ents else 0.0
 
 
+def _searched_rectifier(rectifier: Any, arch_path: str) -> Any:
+    """The rectifier spec of a retrain config: a ``supernet`` localisation body becomes ``searched`` from
+    ``arch_path`` (its ``rectifier`` section); any other rectifier is kept as it is."""
+    if not isinstance(rectifier, dict) or not isinstance(rectifier.get("loc"), dict):
+        return rectifier
+    if rectifier["loc"].get("name") != "supernet":
+        return rectifier
+    return {**rectifier, "loc": {"name": "searched", "arch": arch_path}}
+
+
 def write_retrain_config(cfg: Config, arch_path: Path, path: Path, out_dir: Path) -> Path:
-    """Write ``path``: the search config ``cfg`` with ``model.backbone: {name: searched, arch: arch_path}``,
-    no ``search`` section and ``train.out_dir = out_dir``, ready for ``tools/train.py``."""
+    """Write ``path``: the search config ``cfg`` with ``model.backbone: {name: searched, arch: arch_path}``
+    (and a searched rectifier's ``model.rectifier.loc`` likewise), no ``search`` section and
+    ``train.out_dir = out_dir``, ready for ``tools/train.py``."""
     retrain = cfg.to_dict()
-    retrain["model"]["backbone"] = {"name": "searched", "arch": str(Path(arch_path).resolve())}
+    arch_file = str(Path(arch_path).resolve())
+    retrain["model"]["backbone"] = {"name": "searched", "arch": arch_file}
+    retrain["model"]["rectifier"] = _searched_rectifier(retrain["model"]["rectifier"], arch_file)
     retrain["search"] = {}
     retrain["train"]["out_dir"] = str(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -524,21 +542,29 @@ class Searcher:
         arch_path = save_arch(arch, self.out_dir / "arch.json")
         backbone = build_searched(arch)
         figures: dict[str, Any] = {"search steps": self.step, "architecture steps": self.arch_steps,
-                                   "backbone parameters (M)": sum(p.numel() for p in backbone.parameters()) / 1e6,
-                                   **{k: float(v) for k, v in (metrics or {}).items()}}
+                                   "backbone parameters (M)": sum(p.numel() for p in backbone.parameters()) / 1e6}
+        if "rectifier" in arch:
+            loc = build_searched(section_arch(arch, "rectifier"))
+            figures["rectifier localisation parameters (M)"] = sum(p.numel() for p in loc.parameters()) / 1e6
+        figures.update({k: float(v) for k, v in (metrics or {}).items()})
         validation = None
         if self.cost is not None:
             unit = self.cost.unit
-            chosen = [e.chosen() for e in self.supernet.edges()]
+            chosen = [e.chosen() for e in searched_edges(self.model)]
             figures[f"{s.constraint} target ({unit})"] = s.target
             figures[f"expected {s.constraint} under p ({unit})"] = float(self.cost.expected().detach())
             figures[f"{s.constraint} of the chosen network ({unit})"] = self.cost.of_choices(chosen)
         if self.lut is not None:
             threads = self.lut_threads
-            figures["predicted backbone latency (ms)"] = predict_arch_latency(arch, self.lut)
+            figures["predicted backbone latency (ms)"] = predict_arch_latency(arch, self.lut, parts=("backbone",))
             figures["measured backbone latency (ms)"] = measure_arch_latency(
                 arch, s.lut_device, threads, s.measure_repeats, s.lut_warmup, s.lut_batch)
-            figures["fixed parts: rectifier + sequence + decoder (ms)"] = self.lut.fixed_ms
+            if "rectifier" in arch:
+                figures["predicted rectifier localisation latency (ms)"] = predict_arch_latency(
+                    arch, self.lut, parts=("rectifier",))
+                figures["fixed parts: rectifier remainder + sequence + decoder (ms)"] = self.lut.fixed_ms
+            else:
+                figures["fixed parts: rectifier + sequence + decoder (ms)"] = self.lut.fixed_ms
             figures["predicted recogniser latency (ms)"] = predict_arch_latency(arch, self.lut, include_fixed=True)
             figures["latency table device"] = (f"{self.lut.meta.get('device')} ({self.lut.meta.get('device_name')}), "
                                                f"{self.lut.meta.get('threads')} thread(s), batch "
@@ -552,6 +578,8 @@ class Searcher:
         figures.update(self.cost_figures(retrain_path))
         paths = write_report(self.out_dir, cells=cell_descriptions(self.model), history=self.history, arch=arch,
                              figures=figures, lut_validation=validation)
-        log.info("architecture: %s -> %s; report: %s", " ".join(c["op"] for c in arch["cells"]), arch_path,
-                 paths["markdown"])
+        ops = " ".join(c["op"] for c in arch["cells"])
+        if "rectifier" in arch:
+            ops += " | rectifier: " + " ".join(c["op"] for c in arch["rectifier"]["cells"])
+        log.info("architecture: %s -> %s; report: %s", ops, arch_path, paths["markdown"])
         return {"arch": str(arch_path), "report": str(paths["markdown"]), "figures": figures}

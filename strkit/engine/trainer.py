@@ -193,7 +193,8 @@ class Trainer:
     def _payload_common(self) -> dict[str, Any]:
         return dict(config=self.cfg.to_dict(), charset=self.model.charset.to_dict(),
                     state_dict=self.model.state_dict(), step=self.step,
-                    arch=getattr(self.model, "arch", None))
+                    arch=getattr(self.model, "arch", None),
+                    rectifier_arch=getattr(self.model, "rectifier_arch", None))
 
     def save(self, name: str, metrics: dict[str, float], full_state: bool) -> Path | None:
         """Atomically write ``out_dir/name`` (rank 0 only)."""

@@ -19,6 +19,9 @@ def model_from_payload(payload: dict) -> tuple[RecognitionModel, Config]:
     charset = Charset.from_dict(payload["charset"])
     if payload.get("arch"):  # a searched backbone: the architecture travels inside the checkpoint
         cfg.model.backbone = {**cfg.model.backbone, "arch": payload["arch"]}
+    if payload.get("rectifier_arch"):  # a searched tps localisation body, likewise
+        rect = {"name": cfg.model.rectifier} if isinstance(cfg.model.rectifier, str) else dict(cfg.model.rectifier)
+        cfg.model.rectifier = {**rect, "loc": {**dict(rect.get("loc") or {}), "arch": payload["rectifier_arch"]}}
     model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels, charset=charset)
     model.load_state_dict(payload["state_dict"])
     model.eval()

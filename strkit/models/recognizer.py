@@ -122,6 +122,13 @@ class RecognitionModel(nn.Module):
         arch = getattr(self.backbone, "arch", None)
         return arch if isinstance(arch, dict) else None
 
+    @property
+    def rectifier_arch(self) -> dict[str, Any] | None:
+        """The architecture mapping of a searched rectifier (``tps`` with ``loc: {name: searched}``; the whole
+        file, whose ``rectifier`` section it builds), stored in checkpoints; else None."""
+        arch = getattr(self.rectifier, "arch", None)
+        return arch if isinstance(arch, dict) else None
+
     def num_parameters(self, inference: bool = True) -> int:
         """Parameter count; with ``inference`` the training-only auxiliary CTC head is left out."""
         return sum(p.numel() for n, p in self.named_parameters() if not (inference and n.startswith("aux_head.")))

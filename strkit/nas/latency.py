@@ -2,19 +2,24 @@
 
 The table holds one measured time per candidate op at each cell's input shape (H, W, C_in, C_out,
 stride, kernel, expansion), plus the fixed stem and head convs and, optionally, the parts of the
-recogniser outside the backbone (rectifier, sequence model + decoder). Each time is the median over
+recogniser outside the searched parts (rectifier, sequence model + decoder). When the ``tps``
+rectifier's localisation body is searched too (:func:`strkit.nas.arch.searched_parts`), its stem,
+candidate ops and head are entries like the backbone's, timed at the (down-scaled) shapes the body
+sees, and the rest of the rectifier (input resize, pool, FCs, TPS matrix product, ``grid_sample``) is
+the fixed part ``rectifier_rest`` instead of ``rectifier``. Each time is the median over
 ``repeats`` timed runs, in eval mode under ``torch.inference_mode``, after ``warmup`` runs, with the
 thread count fixed (CPU) or with ``torch.cuda.synchronize`` around each run (CUDA). The table is a
 versioned JSON file naming the device, thread count, batch size and torch version it was measured
 with.
 
-The expected latency of the supernet is differentiable in α::
+The expected latency of the searched parts is differentiable in α::
 
-    E[lat] = fixed + stem + head + Σ_cells Σ_ops softmax(α_cell)_op · LUT(op at the cell's shape)
+    E[lat] = fixed + Σ_parts (stem + head + Σ_cells Σ_ops softmax(α_cell)_op · LUT(op at the cell's shape))
 
 and the same sum with per-op parameter counts or FLOPs (2 per multiply-add) gives the ``params`` / ``flops``
-constraints (backbone only). :func:`cost_loss` combines it with the task loss (``linear``, ``hinge``
-or ProxylessNAS' multiplicative ``mul_log`` form).
+constraints (searched parts only: backbone, and the rectifier's localisation body when searched).
+:func:`cost_loss` combines it with the task loss (``linear``, ``hinge`` or ProxylessNAS' multiplicative
+``mul_log`` form).
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from strkit.nas.arch import build_searched, derive_arch, find_supernet
+from strkit.models.backbones.searched import arch_sections
+from strkit.nas.arch import build_searched, derive_arch, find_supernet, searched_edges, searched_parts
 from strkit.nas.proxyless import MixedEdge
-from strkit.nas.search_space import op_info, standalone_op
+from strkit.nas.search_space import SuperNet, op_info, standalone_op
 from strkit.registry import Registry
 
 LUT_FORMAT = "strkit-latency-lut"
@@ -147,7 +153,8 @@ class LatencyTable:
 
     Attributes:
         entries: :func:`entry_key` -> (op description, ms).
-        fixed: parts outside the backbone measured once (``rectifier``, ``sequence_decoder``) -> ms.
+        fixed: parts outside the searched ones measured once (``rectifier`` or, when its localisation
+            body is searched, ``rectifier_rest``; ``sequence_decoder``) -> ms.
         meta: device, device_name, threads, torch, batch, dtype, repeats, warmup, created, input.
         scale: calibration factor applied by :meth:`lookup` (see :func:`calibrate_lut`): ops timed one
             by one miss part of what a whole network costs (memory traffic between ops, allocator,
@@ -177,7 +184,7 @@ class LatencyTable:
 
     @property
     def fixed_ms(self) -> float:
-        """Sum of the parts outside the backbone."""
+        """Sum of the parts outside the searched ones."""
         return float(sum(self.fixed.values()))
 
     def edge_costs(self, edge: MixedEdge) -> Tensor:
@@ -271,9 +278,10 @@ class _SequenceDecoder(nn.Module):
 
 
 def recogniser_parts(model: nn.Module, batch: int = 1) -> dict[str, tuple[nn.Module, Tensor]]:
-    """The parts of a recogniser outside its backbone, with example inputs, for the fixed latency:
-    ``rectifier`` (B×C×H×W images) and ``sequence_decoder`` (B×T×C' features). Empty for a model
-    without these stages (e.g. a bare supernet)."""
+    """The parts of a recogniser outside its searched parts, with example inputs, for the fixed latency:
+    ``rectifier`` (B×C×H×W images) — or ``rectifier_rest`` (the rectifier without its searched
+    localisation body, from its ``remainder(batch)``) when the rectifier holds a supernet — and
+    ``sequence_decoder`` (B×T×C' features). Empty for a model without these stages (e.g. a bare supernet)."""
     needed = ("rectifier", "backbone", "sequence", "decoder", "img_h", "img_w", "channels")
     if not all(hasattr(model, a) for a in needed):
         return {}
@@ -281,21 +289,42 @@ def recogniser_parts(model: nn.Module, batch: int = 1) -> dict[str, tuple[nn.Mod
     t = int(backbone.out_hw[1])
     images = torch.randn(batch, model.channels, model.img_h, model.img_w)
     feats = torch.randn(batch, t, int(backbone.out_channels))
-    return {"rectifier": (model.rectifier, images),
-            "sequence_decoder": (_SequenceDecoder(model.sequence, model.decoder), feats)}
+    if "rectifier" in searched_parts(model.rectifier):
+        if not callable(getattr(model.rectifier, "remainder", None)):
+            raise LatencyTableError(f"the rectifier {type(model.rectifier).__name__} holds a searched part but no "
+                                    "remainder() to time the rest of it; only the 'tps' rectifier can be searched")
+        rect = {"rectifier_rest": model.rectifier.remainder(batch)}
+    else:
+        rect = {"rectifier": (model.rectifier, images)}
+    return {**rect, "sequence_decoder": (_SequenceDecoder(model.sequence, model.decoder), feats)}
+
+
+def _add_todo(todo: dict[str, tuple[dict[str, Any], nn.Module, tuple[int, int, int]]], net: SuperNet) -> None:
+    """Add the stem, every candidate op and the head of ``net`` to ``todo`` (key -> (info, module, C×H×W
+    input)), once per distinct description."""
+    stem = stem_info(net)
+    todo.setdefault(entry_key(stem), (stem, net.stem, (net.input["channels"], net.input["img_h"], net.input["img_w"])))
+    for edge in net.edges():
+        for info in edge.infos:  # standalone blocks: what the derived network runs, shared weights or not
+            key = entry_key(info)
+            if key not in todo:
+                todo[key] = (info, standalone_op(info), edge.in_shape)
+    head = head_info(net)
+    todo.setdefault(entry_key(head), (head, net.head, net.head_in))
 
 
 def measure_lut(model: nn.Module, device: torch.device | str = "cpu", threads: int = 0, repeats: int = 30,
                 warmup: int = 5, batch: int = 1, include_rest: bool = True,
                 progress: Callable[[int, int], None] | None = None) -> LatencyTable:
-    """Measure the latency table of the supernet in ``model``.
+    """Measure the latency table of the supernet(s) in ``model`` (backbone, and rectifier when searched).
 
     Every distinct (op, shape) among the candidates is timed once (cells of a stage that share a
-    shape share entries); ``skip`` costs 0. The stem and head are timed too, and, when ``model`` is
-    a recogniser and ``include_rest``, its rectifier and sequence model + decoder (fixed parts).
+    shape share entries); ``skip`` costs 0. The stem and head of each searched part are timed too,
+    and, when ``model`` is a recogniser and ``include_rest``, its rectifier (or the rectifier's
+    remainder when its localisation body is searched) and sequence model + decoder (fixed parts).
 
     Args:
-        model: a :class:`~strkit.nas.search_space.SuperNet` or a recogniser holding one.
+        model: a :class:`~strkit.nas.search_space.SuperNet` or a recogniser holding one (or two).
         device: where to time (``cpu``, ``cuda``...). threads: CPU threads (0 = torch's default).
         repeats, warmup: timed and untimed runs per entry. batch: images per run.
         progress: called with (entries done, entries to time) after each group.
@@ -303,14 +332,8 @@ def measure_lut(model: nn.Module, device: torch.device | str = "cpu", threads: i
     device = torch.device(device)
     net = find_supernet(model)
     todo: dict[str, tuple[dict[str, Any], nn.Module, tuple[int, int, int]]] = {}
-    todo[entry_key(stem_info(net))] = (stem_info(net), net.stem,
-                                      (net.input["channels"], net.input["img_h"], net.input["img_w"]))
-    for edge in net.edges():
-        for info in edge.infos:  # standalone blocks: what the derived network runs, shared weights or not
-            key = entry_key(info)
-            if key not in todo:
-                todo[key] = (info, standalone_op(info), edge.in_shape)
-    todo[entry_key(head_info(net))] = (head_info(net), net.head, net.head_in)
+    for part in searched_parts(model).values():
+        _add_todo(todo, part)
     rest = recogniser_parts(model, batch) if include_rest else {}
     table = LatencyTable(meta={
         "device": device.type, "device_name": _device_name(device),
@@ -347,7 +370,8 @@ def measure_lut(model: nn.Module, device: torch.device | str = "cpu", threads: i
 # Predictions
 # ----------------------------------------------------------------------------------------------
 def arch_infos(arch: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """LUT descriptions of every layer of an architecture (stem, cells, head) at its search input."""
+    """LUT descriptions of every layer of an architecture (stem, cells, head) at its search input; also
+    of a section of one (e.g. ``arch["rectifier"]``: the same keys)."""
     inp, stem = arch["input"], arch["stem"]
     sh, sw = stem["stride"]
     h, w = (inp["img_h"] - 1) // sh + 1, (inp["img_w"] - 1) // sw + 1
@@ -363,9 +387,17 @@ def arch_infos(arch: Mapping[str, Any]) -> list[dict[str, Any]]:
     return infos
 
 
-def predict_arch_latency(arch: Mapping[str, Any], lut: LatencyTable, include_fixed: bool = False) -> float:
-    """LUT latency of an architecture's backbone (stem + cells + head), plus the fixed parts if asked."""
-    ms = sum(lut.lookup(i) if i["op"] != "skip" else 0.0 for i in arch_infos(arch))
+def predict_arch_latency(arch: Mapping[str, Any], lut: LatencyTable, include_fixed: bool = False,
+                         parts: Sequence[str] | None = None) -> float:
+    """LUT latency of an architecture's searched parts (stem + cells + head of the backbone and, when the
+    architecture has one, of the ``rectifier`` section), plus the fixed parts if asked.
+
+    Args:
+        parts: the sections to sum (``("backbone",)``, ``("rectifier",)``); default: every section present.
+    """
+    sections = arch_sections(arch)
+    wanted = list(sections) if parts is None else [p for p in parts if p in sections]
+    ms = sum(lut.lookup(i) if i["op"] != "skip" else 0.0 for p in wanted for i in arch_infos(sections[p]))
     return float(ms + (lut.fixed_ms if include_fixed else 0.0))
 
 
@@ -406,30 +438,42 @@ def _param_count(module: nn.Module) -> float:
 COST_KINDS: Registry[Callable[..., tuple[list[Tensor], float]]] = Registry("search constraint")
 
 
+def _as_nets(nets: SuperNet | Sequence[SuperNet]) -> list[SuperNet]:
+    return [nets] if isinstance(nets, SuperNet) else list(nets)
+
+
+# Each entry: (a supernet, or the searched supernets in searched_edges order; the table) -> (per-cell
+# candidate costs, the cells of every net in order; fixed cost).
 @COST_KINDS.register("latency")
-def _latency_costs(net: nn.Module, lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
+def _latency_costs(nets: SuperNet | Sequence[SuperNet], lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
+    nets = _as_nets(nets)
     if lut is None:
         raise LatencyTableError("the latency constraint needs a latency table (search.lut, or measure "
                                 "one with 'tools/search.py lut CONFIG')")
-    fixed = lut.lookup(stem_info(net)) + lut.lookup(head_info(net)) + lut.fixed_ms
-    return [lut.edge_costs(e) for e in net.edges()], fixed
+    fixed = lut.fixed_ms + sum(lut.lookup(stem_info(n)) + lut.lookup(head_info(n)) for n in nets)
+    return [lut.edge_costs(e) for n in nets for e in n.edges()], fixed
 
 
 @COST_KINDS.register("params")
-def _params_costs(net: nn.Module, lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
+def _params_costs(nets: SuperNet | Sequence[SuperNet], lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
+    nets = _as_nets(nets)
     costs = [torch.tensor([_param_count(standalone_op(i)) / 1e6 for i in e.infos], dtype=torch.float64)
-             for e in net.edges()]
-    return costs, (_param_count(net.stem) + _param_count(net.head)) / 1e6
+             for n in nets for e in n.edges()]
+    return costs, sum(_param_count(n.stem) + _param_count(n.head) for n in nets) / 1e6
 
 
 @COST_KINDS.register("flops")
-def _flops_costs(net: nn.Module, lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
+def _flops_costs(nets: SuperNet | Sequence[SuperNet], lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
+    nets = _as_nets(nets)
     costs = []
-    for e in net.edges():
-        x = torch.zeros(1, *e.in_shape)
-        costs.append(torch.tensor([_count_flops(standalone_op(i), x) / 1e6 for i in e.infos], dtype=torch.float64))
-    c, h, w = net.input["channels"], net.input["img_h"], net.input["img_w"]
-    fixed = _count_flops(net.stem, torch.zeros(1, c, h, w)) + _count_flops(net.head, torch.zeros(1, *net.head_in))
+    fixed = 0.0
+    for net in nets:
+        for e in net.edges():
+            x = torch.zeros(1, *e.in_shape)
+            costs.append(torch.tensor([_count_flops(standalone_op(i), x) / 1e6 for i in e.infos],
+                                      dtype=torch.float64))
+        c, h, w = net.input["channels"], net.input["img_h"], net.input["img_w"]
+        fixed += _count_flops(net.stem, torch.zeros(1, c, h, w)) + _count_flops(net.head, torch.zeros(1, *net.head_in))
     return costs, fixed / 1e6
 
 
@@ -437,32 +481,40 @@ COST_UNITS = {"latency": "ms", "params": "M params", "flops": "MFLOPs"}
 
 
 class CostModel:
-    """Per-cell candidate costs of a supernet for one constraint, and their expectation under p.
+    """Per-cell candidate costs of the searched parts for one constraint, and their expectation under p.
 
     Args:
-        model: a supernet or a recogniser holding one.
+        model: a supernet or a recogniser holding one (the backbone) or two (with the rectifier's
+            localisation body).
         kind: ``latency`` (needs ``lut``; includes the LUT's fixed parts), ``params`` (millions,
-            backbone) or ``flops`` (MFLOPs per image, backbone; a multiply-add is 2 FLOPs).
+            searched parts) or ``flops`` (MFLOPs per image, searched parts; a multiply-add is 2 FLOPs).
         lut: the latency table.
+
+    Attributes:
+        edges, costs: the cells of every searched part in :func:`~strkit.nas.arch.searched_edges` order
+            (backbone, then rectifier) and their candidate costs (one (N,) float64 tensor each).
     """
 
     def __init__(self, model: nn.Module, kind: str = "latency", lut: LatencyTable | None = None) -> None:
         self.kind = kind
         self.net = find_supernet(model)
-        self.costs, self.fixed = COST_KINDS.get(kind)(self.net, lut)
+        self.parts = searched_parts(model)
+        self.edges = searched_edges(model)
+        self.costs, self.fixed = COST_KINDS.get(kind)(list(self.parts.values()), lut)
         self.unit = COST_UNITS.get(kind, "")
 
     def expected(self) -> Tensor:
-        """fixed + Σ_cells Σ_ops softmax(α)_op · cost_op: a differentiable scalar (float64)."""
+        """fixed + Σ_cells Σ_ops softmax(α)_op · cost_op over every searched cell: a differentiable scalar
+        (float64)."""
         total: Tensor | None = None
-        for e, c in zip(self.net.edges(), self.costs, strict=True):
+        for e, c in zip(self.edges, self.costs, strict=True):
             term = (e.probs().double() * c.to(e.alpha.device)).sum()
             total = term if total is None else total + term
         assert total is not None
         return total + self.fixed
 
     def of_choices(self, choices: Sequence[int]) -> float:
-        """The cost of one sub-network (candidate index per cell)."""
+        """The cost of one sub-network (candidate index per cell, in :attr:`edges` order)."""
         return float(self.fixed + sum(float(c[j]) for c, j in zip(self.costs, choices, strict=True)))
 
     def bounds(self) -> tuple[float, float]:

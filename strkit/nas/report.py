@@ -4,7 +4,8 @@ Everything here works on plain data (lists of probabilities, cell descriptions, 
 report can be rebuilt from a checkpoint without the model. :func:`write_report` writes
 
 - ``report.md``: per-cell probability tables at the start and the end of the search (rows = cells,
-  columns = candidate ops, the chosen op in bold, as the STR-NAS paper shows them), the chosen ops,
+  columns = candidate ops, the chosen op in bold, as the STR-NAS paper shows them; with a searched
+  rectifier every row is labelled with its part, ``backbone`` or ``rectifier``), the chosen ops,
   predicted vs measured latency, parameter count and the LUT's accuracy on random sub-networks;
 - ``report.json``: the same numbers;
 - ``probabilities.png``: one heat-map per cell of p(op) over the search steps (matplotlib, Agg).
@@ -21,13 +22,37 @@ from typing import Any
 
 from torch import nn
 
+from strkit.models.backbones.searched import arch_sections
 from strkit.nas.proxyless import mixed_edges, probabilities
 
 
 def cell_descriptions(model: nn.Module) -> list[dict[str, Any]]:
-    """One mapping per mixed edge: its ``meta`` (index, kind, stage, c_in, c_out, stride, in_hw) plus
+    """One mapping per mixed edge (in :func:`~strkit.nas.proxyless.mixed_edges` order, the order of the
+    probabilities): its ``meta`` (part, index, kind, stage, c_in, c_out, stride, in_hw) plus
     ``candidates`` (op names in α order)."""
     return [{**e.meta, "candidates": list(e.candidates)} for e in mixed_edges(model)]
+
+
+def _part(cell: Mapping[str, Any]) -> str:
+    return str(cell.get("part", "backbone"))
+
+
+def _multi_part(cells: Sequence[Mapping[str, Any]]) -> bool:
+    return any(_part(c) != "backbone" for c in cells)
+
+
+def chosen_indices(cells: Sequence[Mapping[str, Any]], arch: Mapping[str, Any]) -> list[int]:
+    """The candidate index of the op ``arch`` chose for each of ``cells`` (any order of parts: the
+    cells of a part are matched in order with that part's section of ``arch``)."""
+    queues = {part: [c["op"] for c in sec["cells"]] for part, sec in arch_sections(arch).items()}
+    out = []
+    for c in cells:
+        queue = queues.get(_part(c))
+        if not queue:
+            raise ValueError(f"the architecture has no {_part(c)} cell left for cell {c.get('index')}: it was not "
+                             "derived from these cells")
+        out.append(list(c["candidates"]).index(queue.pop(0)))
+    return out
 
 
 @dataclass
@@ -74,8 +99,9 @@ def probability_table(cells: Sequence[Mapping[str, Any]], probs: Sequence[Sequen
     """Markdown table: one row per cell (index, kind, stride, widths), one column per op, p in %;
     ``·`` where the op is not a candidate; the chosen op (argmax unless given) in bold."""
     cols = _op_columns(cells)
-    head = "| cell | kind | stride | c_in→c_out | " + " | ".join(cols) + " |"
-    sep = "|---:|---|---|---|" + "---:|" * len(cols)
+    multi = _multi_part(cells)  # a "part" column only when the rectifier is searched too
+    head = ("| part " if multi else "") + "| cell | kind | stride | c_in→c_out | " + " | ".join(cols) + " |"
+    sep = ("|---" if multi else "") + "|---:|---|---|---|" + "---:|" * len(cols)
     rows = [head, sep]
     for i, (c, p) in enumerate(zip(cells, probs, strict=True)):
         pick = chosen[i] if chosen is not None else max(range(len(p)), key=lambda j: p[j])
@@ -88,7 +114,7 @@ def probability_table(cells: Sequence[Mapping[str, Any]], probs: Sequence[Sequen
             txt = f"{100 * p[j]:.1f}"
             vals.append(f"**{txt}**" if j == pick else txt)
         stride = "×".join(str(s) for s in c.get("stride", (1, 1)))
-        rows.append(f"| {c.get('index', i)} | {c.get('kind', '')} | {stride} | "
+        rows.append((f"| {_part(c)} " if multi else "") + f"| {c.get('index', i)} | {c.get('kind', '')} | {stride} | "
                     f"{c.get('c_in', '')}→{c.get('c_out', '')} | " + " | ".join(vals) + " |")
     return "\n".join(rows)
 
@@ -129,7 +155,8 @@ def plot_probability_heatmap(history: ProbabilityHistory, cells: Sequence[Mappin
         ax.set_yticklabels(c["candidates"], fontsize=6)
         ax.tick_params(axis="x", labelsize=6)
         stride = "×".join(str(s) for s in c.get("stride", (1, 1)))
-        ax.set_title(f"cell {c.get('index', i)} ({c.get('kind', '')}, s {stride})", fontsize=7)
+        label = f"{_part(c)} " if _multi_part(cells) else ""
+        ax.set_title(f"{label}cell {c.get('index', i)} ({c.get('kind', '')}, s {stride})", fontsize=7)
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].axis("off")
     if image is not None:
@@ -171,20 +198,23 @@ def write_report(out_dir: str | Path, *, cells: Sequence[Mapping[str, Any]], his
     if not history.steps:
         raise ValueError("the probability history is empty: record at least the start and the end")
     figures = dict(figures or {})
+    sections = arch_sections(arch)
     chosen_ops = [c["op"] for c in arch["cells"]]
-    chosen_idx = [list(c["candidates"]).index(op) for c, op in zip(cells, chosen_ops, strict=True)]
+    chosen_idx = chosen_indices(cells, arch)
     lines = [f"# {title}", ""]
     if figures:
         lines += ["| figure | value |", "|---|---:|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in figures.items()]
         lines.append("")
     lines += ["## Chosen architecture", "",
-              "| cell | kind | stage | stride | c_in→c_out | op |", "|---:|---|---:|---|---|---|"]
-    for i, c in enumerate(arch["cells"]):
-        stride = "×".join(str(s) for s in c["stride"])
-        lines.append(f"| {i} | {c.get('kind', '')} | {c.get('stage', '')} | {stride} | "
-                     f"{c['c_in']}→{c['c_out']} | {c['op']} |")
-    lines += ["", f"Ops: `{' '.join(chosen_ops)}`", ""]
+              "| part | cell | kind | stage | stride | c_in→c_out | op |", "|---|---:|---|---:|---|---|---|"]
+    for part, sec in sections.items():
+        for i, c in enumerate(sec["cells"]):
+            stride = "×".join(str(s) for s in c["stride"])
+            lines.append(f"| {part} | {i} | {c.get('kind', '')} | {c.get('stage', '')} | {stride} | "
+                         f"{c['c_in']}→{c['c_out']} | {c['op']} |")
+    lines += [""] + [f"Ops ({part}): `{' '.join(c['op'] for c in sec['cells'])}`" if part != "backbone"
+                     else f"Ops: `{' '.join(chosen_ops)}`" for part, sec in sections.items()] + [""]
     lines += [f"## Probabilities at the start (step {history.steps[0]}), %", "",
               probability_table(cells, history.probs[0]), "",
               f"## Probabilities at the end (step {history.steps[-1]}), %", "",
@@ -210,7 +240,9 @@ def write_report(out_dir: str | Path, *, cells: Sequence[Mapping[str, Any]], his
     paths["markdown"].write_text("\n".join(lines))
     paths["json"] = out / "report.json"
     paths["json"].write_text(json.dumps({
-        "figures": figures, "chosen_ops": chosen_ops, "cells": [dict(c) for c in cells],
+        "figures": figures, "chosen_ops": chosen_ops,
+        "chosen_ops_by_part": {part: [c["op"] for c in sec["cells"]] for part, sec in sections.items()},
+        "cells": [dict(c) for c in cells],
         "start": {"step": history.steps[0], "probs": history.probs[0]},
         "end": {"step": history.steps[-1], "probs": history.probs[-1]},
         "history": history.to_dict(), "lut_validation": dict(lut_validation or {}),

@@ -15,11 +15,16 @@ Text-shaped strides: with a (2, 2) stem and stage strides (2,2), (2,1), (2,1), (
 retrains — so what the latency table times is what is deployed.
 
 The supernet is registered as the ``supernet`` backbone, so any rectifier, sequence model and decoder
-can be put around it from config (``model.backbone: {name: supernet, stages: [...], ...}``).
+can be put around it from config (``model.backbone: {name: supernet, stages: [...], ...}``), and as
+the ``supernet`` localisation body of the ``tps`` rectifier (``model.rectifier: {name: tps, loc:
+{name: supernet, ...}}``), the second searched part: its :attr:`SuperNet.part` is then ``rectifier``
+(every cell's ``meta["part"]`` too), which is how :func:`strkit.nas.arch.searched_parts` tells the
+two apart.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +32,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from strkit.models.backbones.blocks import conv_bn_act, make_divisible, strided_size
-from strkit.models.backbones.searched import SKIP_OP, ArchError, op_block_spec, parse_op
+from strkit.models.backbones.searched import ARCH_PARTS, SKIP_OP, ArchError, op_block_spec, parse_op
 from strkit.models.common import check_feature_size, init_conv_weights
+from strkit.models.rectifiers.tps import LOC_BODIES
 from strkit.models.registry import BACKBONES
 from strkit.nas.proxyless import MixedEdge
 from strkit.nas.shared import SharedChoice, SharedInvertedResidual
@@ -132,9 +138,11 @@ class SuperNet(nn.Module):
         out_channels: width of the fixed 1×1 head conv.
         weight_sharing: the candidates of a cell are slices of one superkernel (its largest candidate)
             instead of separate blocks (:mod:`strkit.nas.shared`): every step trains the shared weights.
+        part: which searched part of the recogniser this is (``backbone`` or ``rectifier``, see
+            :data:`~strkit.models.backbones.searched.ARCH_PARTS`); set by the pipeline, not by configs.
 
     Attributes:
-        cells: the mixed edges, in order; ``cells[i].meta`` holds kind/stage/c_in/c_out/stride/in_hw.
+        cells: the mixed edges, in order; ``cells[i].meta`` holds part/kind/stage/c_in/c_out/stride/in_hw.
         out_channels, out_hw: output width and (H', W') at the configured input.
 
     Shapes: ``forward(x: B×in_channels×img_h×img_w) -> B×out_channels×H'×W'``; with the defaults
@@ -147,9 +155,12 @@ class SuperNet(nn.Module):
                  stages: Sequence[Any] = DEFAULT_STAGES,
                  reduction_ops: Sequence[str] = DEFAULT_REDUCTION_OPS,
                  normal_ops: Sequence[str] = DEFAULT_NORMAL_OPS, out_channels: int = 384,
-                 weight_sharing: bool = False) -> None:
+                 weight_sharing: bool = False, part: str = "backbone") -> None:
         super().__init__()
-        where = "backbone 'supernet'"
+        if part not in ARCH_PARTS:
+            raise ValueError(f"supernet part {part!r}: use one of {list(ARCH_PARTS)}")
+        self.part = part
+        where = "backbone 'supernet'" if part == "backbone" else "model.rectifier.loc 'supernet'"
         specs = [StageSpec.parse(s, reduction_ops, normal_ops, f"{where} stages[{i}]")
                  for i, s in enumerate(stages)]
         first = _ops(first_ops, f"{where} first_ops")
@@ -184,7 +195,7 @@ class SuperNet(nn.Module):
                            for (name, ke), info in zip(shaped, infos, strict=True)}
             else:
                 modules = {name: standalone_op(info) for name, info in zip(ops, infos, strict=True)}
-            meta = {"index": i, "kind": kind, "stage": stage, "c_in": c, "c_out": c_out,
+            meta = {"part": part, "index": i, "kind": kind, "stage": stage, "c_in": c, "c_out": c_out,
                     "stride": [stride[0], stride[1]], "in_hw": [h, w]}
             cells.append(MixedEdge(modules, infos, meta, shared=shared))
             # odd kernels with padding k//2 all give ceil(size / stride)
@@ -218,3 +229,14 @@ def build_supernet(space: Mapping[str, Any], in_channels: int, img_h: int, img_w
                          "(model.backbone: {name: supernet, stages: [...]})")
     return BACKBONES.build({"name": "supernet", **spec}, where="model.backbone",
                            in_channels=in_channels, img_h=img_h, img_w=img_w)
+
+
+def _loc_supernet(in_channels: int, img_h: int, img_w: int, **space: Any) -> SuperNet:
+    """``model.rectifier.loc: {name: supernet, ...}``: a :class:`SuperNet` labelled ``part="rectifier"``."""
+    return SuperNet(in_channels, img_h, img_w, part="rectifier", **space)
+
+
+# the config keys are the supernet's own (checked by the registry), less the pipeline-set ``part``
+_loc_supernet.__signature__ = inspect.signature(SuperNet).replace(  # type: ignore[attr-defined]
+    parameters=[p for p in inspect.signature(SuperNet).parameters.values() if p.name != "part"])
+LOC_BODIES.register("supernet")(_loc_supernet)

@@ -15,8 +15,14 @@ module owns its schema so that the model layer can rebuild a searched network wi
         ...
       ],
       "head":  {"channels": 384},                              # 1×1 conv-BN-ReLU6
+      "rectifier": {"input": ..., "stem": ..., "cells": [...], "head": ...},   # optional, see below
       "search": {...}                                          # optional metadata, ignored here
     }
+
+The optional ``"rectifier"`` section is the searched localisation body of the ``tps`` rectifier (a
+joint search of rectifier and backbone): the same ``input`` / ``stem`` / ``cells`` / ``head`` schema,
+with ``input`` the (down-scaled) image the localisation network sees. Files without it are backbone
+architectures as before; :func:`section_arch` turns a section into a standalone architecture.
 
 Ops are ``k{kernel}_e{expansion}`` (an inverted residual, :class:`~strkit.models.backbones.blocks.
 InvertedResidual`) or ``skip`` (identity). The backbone is :class:`~strkit.models.backbones.
@@ -41,6 +47,9 @@ from strkit.models.registry import BACKBONES
 ARCH_FORMAT = "strkit-arch"
 ARCH_VERSION = 1
 SKIP_OP = "skip"
+#: The searched parts an architecture can describe: the backbone (top level) and the optional section.
+ARCH_PARTS = ("backbone", "rectifier")
+RECTIFIER_SECTION = "rectifier"
 _OP_RE = re.compile(r"^k(\d+)_e(\d+)$")
 
 
@@ -93,46 +102,29 @@ def _stride(value: Any, where: str) -> list[int]:
     return [_int(value[0], f"{where}[0]"), _int(value[1], f"{where}[1]")]
 
 
-def _section(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+def _section(data: Mapping[str, Any], key: str, where: str, prefix: str = "") -> Mapping[str, Any]:
     sec = data.get(key)
     if not isinstance(sec, Mapping):
-        raise ArchError(f"{where}: '{key}' must be a mapping, got {sec!r}")
+        raise ArchError(f"{where}: '{prefix}{key}' must be a mapping, got {sec!r}")
     return sec
 
 
-def validate_arch(data: Any, where: str = "architecture") -> dict[str, Any]:
-    """Check an architecture mapping against the schema and return a normalised deep copy.
-
-    Checks the format marker and version, every key's type, op names, that every cell's ``c_in``
-    is the previous width and that ``skip`` cells keep width and size.
-
-    Raises:
-        ArchError: naming the bad key (``cells[3].op`` ...) and what it should be.
-    """
-    if not isinstance(data, Mapping):
-        raise ArchError(f"{where}: an architecture must be a JSON object, got {type(data).__name__}")
-    if data.get("format") != ARCH_FORMAT:
-        raise ArchError(f"{where}: not a strkit architecture (format is {data.get('format')!r}, expected "
-                        f"{ARCH_FORMAT!r}); pass the arch.json written by tools/search.py")
-    version = data.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise ArchError(f"{where}: bad 'version' {version!r}")
-    if version > ARCH_VERSION:
-        raise ArchError(f"{where}: architecture version {version} is newer than this strkit reads "
-                        f"({ARCH_VERSION}); upgrade strkit")
-    out = copy.deepcopy(dict(data))
-    inp = _section(data, "input", where)
+def _validate_body(data: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+    """Check ``input`` / ``stem`` / ``cells`` / ``head`` of ``data`` (the top level, or the ``rectifier``
+    section with ``prefix="rectifier."``) and return them normalised."""
+    inp = _section(data, "input", where, prefix)
     for key in ("img_h", "img_w", "channels"):
-        _int(inp.get(key), f"{where}: input.{key}")
-    stem = _section(data, "stem", where)
-    c = _width(stem.get("channels"), f"{where}: stem.channels")
-    out["stem"] = {"channels": c, "stride": _stride(stem.get("stride", [2, 2]), f"{where}: stem.stride")}
+        _int(inp.get(key), f"{where}: {prefix}input.{key}")
+    stem = _section(data, "stem", where, prefix)
+    c = _width(stem.get("channels"), f"{where}: {prefix}stem.channels")
+    out: dict[str, Any] = {"input": dict(inp), "stem": {
+        "channels": c, "stride": _stride(stem.get("stride", [2, 2]), f"{where}: {prefix}stem.stride")}}
     cells = data.get("cells")
     if not isinstance(cells, list) or not cells:
-        raise ArchError(f"{where}: 'cells' must be a non-empty list")
+        raise ArchError(f"{where}: '{prefix}cells' must be a non-empty list")
     norm_cells = []
     for i, cell in enumerate(cells):
-        cw = f"{where}: cells[{i}]"
+        cw = f"{where}: {prefix}cells[{i}]"
         if not isinstance(cell, Mapping):
             raise ArchError(f"{cw} must be a mapping, got {cell!r}")
         op = cell.get("op")
@@ -148,9 +140,71 @@ def validate_arch(data: Any, where: str = "architecture") -> dict[str, Any]:
         norm_cells.append({**dict(cell), "op": op, "c_in": c_in, "c_out": c_out, "stride": stride})
         c = c_out
     out["cells"] = norm_cells
-    head = _section(data, "head", where)
-    out["head"] = {**dict(head), "channels": _int(head.get("channels"), f"{where}: head.channels")}
+    head = _section(data, "head", where, prefix)
+    out["head"] = {**dict(head), "channels": _int(head.get("channels"), f"{where}: {prefix}head.channels")}
     return out
+
+
+def validate_arch(data: Any, where: str = "architecture") -> dict[str, Any]:
+    """Check an architecture mapping against the schema and return a normalised deep copy.
+
+    Checks the format marker and version, every key's type, op names, that every cell's ``c_in``
+    is the previous width and that ``skip`` cells keep width and size; the optional ``rectifier``
+    section likewise.
+
+    Raises:
+        ArchError: naming the bad key (``cells[3].op``, ``rectifier.stem.channels`` ...) and what it
+            should be.
+    """
+    if not isinstance(data, Mapping):
+        raise ArchError(f"{where}: an architecture must be a JSON object, got {type(data).__name__}")
+    if data.get("format") != ARCH_FORMAT:
+        raise ArchError(f"{where}: not a strkit architecture (format is {data.get('format')!r}, expected "
+                        f"{ARCH_FORMAT!r}); pass the arch.json written by tools/search.py")
+    version = data.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ArchError(f"{where}: bad 'version' {version!r}")
+    if version > ARCH_VERSION:
+        raise ArchError(f"{where}: architecture version {version} is newer than this strkit reads "
+                        f"({ARCH_VERSION}); upgrade strkit")
+    out = copy.deepcopy(dict(data))
+    out.update(_validate_body(data, where))
+    if RECTIFIER_SECTION in data:
+        sec = data[RECTIFIER_SECTION]
+        if not isinstance(sec, Mapping):
+            raise ArchError(f"{where}: '{RECTIFIER_SECTION}' must be a mapping with input, stem, cells and head "
+                            f"(the searched tps localisation network), got {sec!r}; remove it for a "
+                            "backbone-only architecture")
+        out[RECTIFIER_SECTION] = _validate_body(sec, where, f"{RECTIFIER_SECTION}.")
+    return out
+
+
+def arch_sections(arch: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The searched parts a validated architecture describes: ``{"backbone": arch}`` plus
+    ``"rectifier"`` (its section) when present. Each value has ``input``, ``stem``, ``cells``, ``head``."""
+    sections: dict[str, Mapping[str, Any]] = {"backbone": arch}
+    if RECTIFIER_SECTION in arch:
+        sections["rectifier"] = arch[RECTIFIER_SECTION]
+    return sections
+
+
+def section_arch(arch: Mapping[str, Any], part: str, where: str = "architecture") -> dict[str, Any]:
+    """A standalone architecture (what :class:`SearchedBackbone` builds) for ``part`` of a validated
+    architecture: the architecture itself for ``backbone``, its ``rectifier`` section for ``rectifier``.
+
+    Raises:
+        ArchError: the part is unknown or the architecture has no such section.
+    """
+    sections = arch_sections(arch)
+    if part not in ARCH_PARTS:
+        raise ArchError(f"{where}: unknown searched part {part!r}; parts are {list(ARCH_PARTS)}")
+    if part not in sections:
+        raise ArchError(f"{where}: the architecture has no '{RECTIFIER_SECTION}' section (it was searched "
+                        "without the rectifier); search with model.rectifier.loc: {name: supernet, ...} or "
+                        "use the fixed localisation CNN (drop model.rectifier.loc)")
+    sec = sections[part]
+    return {"format": arch["format"], "version": arch["version"],
+            **{k: copy.deepcopy(sec[k]) for k in ("input", "stem", "cells", "head")}}
 
 
 def load_arch(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
