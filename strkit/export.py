@@ -693,4 +693,6 @@ def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | P
         shutil.copyfile(src, tmp)
         commit()
         written[key] = target
+    for path in written.values():
+        os.chmod(path, 0o644)  # package data: readable by everyone (temporary files are created 0600)
     return written

@@ -158,6 +158,8 @@ class InferCase:
     @property
     def levers(self) -> str:
         """The levers of this case in words, e.g. ``bf16 + channels-last + fused``."""
+        if self.model.lower().endswith(".onnx"):
+            return f"{self.backend}, the file as exported"  # e.g. an int8 export: its own precision
         if self.backend != "torch":
             return f"{self.backend} {self.precision}"
         parts = [self.precision]
