@@ -144,6 +144,9 @@ class TrainConfig:
     # Parameters kept fixed for the first steps: {name prefix: step}, e.g. {"rectifier.": 1200} trains
     # the rest of the network while an identity-initialised rectifier stays the identity, then lets it learn.
     freeze: dict[str, int] = field(default_factory=dict)
+    # Learning-rate factors by parameter-name prefix, e.g. {"rectifier.": 0.1}: a rectifier's localisation
+    # network at a tenth of the rate, so that its first updates do not wreck the sampling grid.
+    lr_scale: dict[str, float] = field(default_factory=dict)
     tensorboard: bool = True
     progress: bool = True
 

@@ -25,6 +25,29 @@ def test_every_optimizer_steps(name):
     assert set(OPTIMIZERS.names()) == {"adamw", "adam", "adadelta", "sgd"}
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd", "adam"])
+def test_lr_scale_gives_a_prefix_its_own_rate_through_the_schedule(name):
+    from strkit.config import ConfigError
+
+    model = torch.nn.ModuleDict({"rectifier": torch.nn.Linear(3, 4), "backbone": torch.nn.Linear(4, 2)})
+    opt = build_optimizer(model, OptimizerConfig(name=name, lr=0.1, weight_decay=0.01), {"rectifier.": 0.25})
+    sched = build_scheduler(opt, SchedulerConfig(name="onecycle", warmup_fraction=0.2), 10)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    rect, back = model["rectifier"], model["backbone"]
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        assert by_param[id(rect.weight)]["lr"] == pytest.approx(0.25 * by_param[id(back.weight)]["lr"])
+    assert by_param[id(rect.bias)]["lr"] == pytest.approx(by_param[id(rect.weight)]["lr"])
+    if name in ("adamw", "sgd"):  # biases keep no weight decay in a scaled group too
+        assert by_param[id(rect.bias)]["weight_decay"] == 0.0 and by_param[id(rect.weight)]["weight_decay"] == 0.01
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4
+    with pytest.raises(ConfigError, match="train.lr_scale: no parameter name starts with 'rectifer.'"):
+        build_optimizer(model, OptimizerConfig(name=name), {"rectifer.": 0.1})
+    with pytest.raises(ConfigError, match=r"train.lr_scale.rectifier.: the factor must be a number >= 0"):
+        build_optimizer(model, OptimizerConfig(name=name), {"rectifier.": -1})
+
+
 @pytest.mark.parametrize("name", ["onecycle", "cosine", "constant"])
 def test_schedules_warm_up_and_stay_positive(name):
     model = torch.nn.Linear(2, 2)

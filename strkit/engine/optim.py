@@ -4,54 +4,87 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from strkit.config import OptimizerConfig, SchedulerConfig
+from strkit.config import ConfigError, OptimizerConfig, SchedulerConfig
 from strkit.registry import Registry
 
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 SCHEDULES: Registry[Callable[[int], float]] = Registry("lr schedule")
 
 
-def _split_decay(params: Iterable[tuple[str, torch.nn.Parameter]]) -> list[dict]:
-    """No weight decay on biases and normalisation weights (1-D tensors)."""
-    decay, no_decay = [], []
-    for _, p in params:
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _groups(params: Sequence[tuple[str, torch.nn.Parameter]], cfg: OptimizerConfig, lr_scale: Mapping[str, float],
+            split_decay: bool) -> list[dict]:
+    """Parameter groups of the trainable ``params``: with ``split_decay`` no weight decay on biases and
+    normalisation weights (1-D tensors); each name matching a ``lr_scale`` prefix (the first that matches)
+    gets ``cfg.lr × scale`` (schedules scale every group alike, so the ratio holds throughout)."""
+    buckets: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, p in params:
+        if not p.requires_grad:
+            continue
+        scale = next((float(f) for prefix, f in lr_scale.items() if name.startswith(prefix)), 1.0)
+        buckets.setdefault((scale, split_decay and p.ndim <= 1), []).append(p)
+    groups = []
+    for (scale, no_decay), ps in buckets.items():
+        group: dict = {"params": ps, "lr": cfg.lr * scale}
+        if no_decay:
+            group["weight_decay"] = 0.0
+        groups.append(group)
+    return groups
 
 
 @OPTIMIZERS.register("adamw")
-def _adamw(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(_split_decay(params), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay)
+def _adamw(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 @OPTIMIZERS.register("adam")
-def _adam(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam([p for _, p in params if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas),
-                            eps=cfg.eps)
+def _adam(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 @OPTIMIZERS.register("adadelta")
-def _adadelta(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def _adadelta(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     # The four-stage benchmark's default: Adadelta(lr=1, rho=0.95, eps=1e-8).
-    return torch.optim.Adadelta([p for _, p in params if p.requires_grad], lr=cfg.lr, rho=cfg.rho,
-                                eps=cfg.eps)
+    return torch.optim.Adadelta(groups, lr=cfg.lr, rho=cfg.rho, eps=cfg.eps)
 
 
 @OPTIMIZERS.register("sgd")
-def _sgd(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(_split_decay(params), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+def _sgd(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Optimiser named ``cfg.name`` over the model's trainable parameters."""
-    return OPTIMIZERS.get(cfg.name)(list(model.named_parameters()), cfg)
+#: Optimisers whose biases and normalisation weights get no weight decay (the others have none to split).
+_SPLIT_DECAY = frozenset({"adamw", "sgd"})
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig,
+                    lr_scale: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
+    """Optimiser named ``cfg.name`` over the model's trainable parameters; ``lr_scale`` ({parameter-name
+    prefix: factor}, ``train.lr_scale``) gives some parameters a scaled learning rate.
+
+    Raises:
+        ConfigError: a prefix names no parameter, or a factor is not a number >= 0.
+    """
+    return optimizer_for(list(model.named_parameters()), cfg, lr_scale)
+
+
+def optimizer_for(named: Sequence[tuple[str, torch.nn.Parameter]], cfg: OptimizerConfig,
+                  lr_scale: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
+    """:func:`build_optimizer` over given ``(name, parameter)`` pairs (e.g. a supernet's weights only)."""
+    lr_scale = dict(lr_scale or {})
+    named = list(named)
+    for prefix, factor in lr_scale.items():
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 0:
+            raise ConfigError(f"train.lr_scale.{prefix}: the factor must be a number >= 0, got {factor!r}")
+        if not any(n.startswith(prefix) for n, _ in named):
+            stages = sorted({n.split(".")[0] for n, _ in named})
+            raise ConfigError(f"train.lr_scale: no parameter name starts with '{prefix}'; use a stage prefix "
+                              f"such as {', '.join(repr(s + '.') for s in stages)}")
+    return OPTIMIZERS.get(cfg.name)(_groups(named, cfg, lr_scale, cfg.name in _SPLIT_DECAY), cfg)
 
 
 @SCHEDULES.register("constant")

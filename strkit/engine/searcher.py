@@ -72,7 +72,7 @@ from strkit.nas.report import ProbabilityHistory, cell_descriptions, write_repor
 from .data import RunData, build_run_data
 from .distributed import DistInfo, barrier, broadcast_object, shutdown
 from .evaluator import evaluate_loader
-from .optim import OPTIMIZERS, build_scheduler
+from .optim import build_scheduler, optimizer_for
 from .trainer import RunLogger, autocast_context, rng_state, seed_everything, set_rng_state, setup_run
 
 log = logging.getLogger("strkit")
@@ -193,8 +193,7 @@ class Searcher:
         self.gates = GateController(self.model, method=s.method, paths=s.paths, seed=cfg.train.seed)
         self.weights = weight_parameters(self.model)
         self.alphas = arch_parameters(self.model)
-        self.optimizer = OPTIMIZERS.get(cfg.train.optimizer.name)(named_weight_parameters(self.model),
-                                                                  cfg.train.optimizer)
+        self.optimizer = optimizer_for(named_weight_parameters(self.model), cfg.train.optimizer, cfg.train.lr_scale)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler, cfg.train.steps)
         self.arch_optimizer = build_alpha_optimizer(self.model, s.arch_lr, s.arch_betas, s.arch_eps,
                                                     s.arch_weight_decay)

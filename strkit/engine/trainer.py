@@ -140,7 +140,7 @@ class Trainer:
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._frozen = frozen_parameters(self.model, cfg.train.freeze)
-        self.optimizer = build_optimizer(self.model, cfg.train.optimizer)
+        self.optimizer = build_optimizer(self.model, cfg.train.optimizer, cfg.train.lr_scale)
         self.scheduler = build_scheduler(self.optimizer, cfg.train.scheduler, cfg.train.steps)
         self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
         self.step = 0
