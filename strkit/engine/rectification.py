@@ -104,7 +104,7 @@ def save_figure(columns: Sequence[Column], labels: Sequence[str], path: str | Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # the row labels stay inside the picture
     plt.close(fig)
     tmp.replace(path)
     return path
