@@ -206,7 +206,7 @@ class Recognizer:
 
     @classmethod
     def from_pretrained(cls, device: str | torch.device = "cpu", threads: int | None = None,
-                        backend: str = "auto", int8: bool | None = None,
+                        backend: str = "auto", int8: bool = False,
                         bundle: str | Path | None = None) -> Recognizer:
         """The default model bundled with the package (``strkit/assets``; docs/model_card.md): no
         training, no download.
@@ -214,8 +214,9 @@ class Recognizer:
         Args:
             backend: ``auto``: ONNX Runtime when installed (on the CPU), else PyTorch; ``onnx``; ``torch``.
             int8: with ONNX Runtime, run the int8-quantised export (bundled only when its accuracy is within
-                0.5 point of the float model on every benchmark); ``None`` = when it is bundled; ``False`` =
-                fp32.
+                0.5 point of the float model on every benchmark). Off by default: on this project's CPU it is
+                hardly faster at batch 1 than the fp32 export, which reads exactly what PyTorch reads
+                (docs/model_card.md).
             bundle: a folder written by ``tools/export.py CKPT --bundle DIR`` to load instead of the
                 package's own (``default.pt``, ``default.onnx``, optionally ``default.int8.onnx``).
             threads, device: as :meth:`from_checkpoint`.
@@ -237,15 +238,13 @@ class Recognizer:
             raise ValueError("int8=True runs the int8 ONNX export: it needs backend 'onnx' or 'auto' with "
                              "onnxruntime installed (pip install onnxruntime onnx)")
         if use_onnx:
-            names = [BUNDLE_INT8] if int8 else [BUNDLE_ONNX] if int8 is False else [BUNDLE_INT8, BUNDLE_ONNX]
-            for name in names:
-                ref = assets / name
-                if ref.is_file():
-                    with resources.as_file(ref) as path:
-                        return cls.from_onnx(path, threads=threads, device=device)
+            ref = assets / (BUNDLE_INT8 if int8 else BUNDLE_ONNX)
+            if ref.is_file():
+                with resources.as_file(ref) as path:
+                    return cls.from_onnx(path, threads=threads, device=device)
             if int8:
-                raise FileNotFoundError(f"this strkit build ships no int8 default model ({BUNDLE_INT8}): its "
-                                        f"accuracy was not within 0.5 point of the float model; use int8=None")
+                raise FileNotFoundError(f"this bundle has no int8 default model ({BUNDLE_INT8}): its accuracy "
+                                        f"was not within 0.5 point of the float model; use int8=False")
         with resources.as_file(checkpoint) as path:
             return cls.from_checkpoint(path, device=device, threads=threads,
                                        backend="torch" if backend == "auto" else backend)

@@ -317,7 +317,7 @@ def test_auto_backend_falls_back_to_pytorch(checkpoint, tmp_path, monkeypatch):
     assert Recognizer.from_checkpoint(checkpoint).backend.name == "torch"  # does not export
 
 
-def test_bundle_drops_training_only_parts_and_picks_int8_when_bundled(tmp_path):
+def test_bundle_drops_training_only_parts_and_runs_int8_on_request(tmp_path):
     from strkit.checkpoint import load_checkpoint
     from strkit.export import write_bundle
 
@@ -337,8 +337,8 @@ def test_bundle_drops_training_only_parts_and_picks_int8_when_bundled(tmp_path):
     assert payload["config"]["model"]["aux_ctc"] == 0.0
     rec = Recognizer.from_pretrained(bundle=bundle, backend="torch")
     assert rec.model.aux_head is None
-    assert Recognizer.from_pretrained(bundle=bundle, threads=1).backend.path.name == "default.int8.onnx"
-    assert Recognizer.from_pretrained(bundle=bundle, int8=False, threads=1).backend.path.name == "default.onnx"
+    assert Recognizer.from_pretrained(bundle=bundle, int8=True, threads=1).backend.path.name == "default.int8.onnx"
+    assert Recognizer.from_pretrained(bundle=bundle, threads=1).backend.path.name == "default.onnx"
     write_bundle(ckpt, fp32, bundle)  # re-bundled without int8: the stale int8 file goes
     assert not (bundle / "default.int8.onnx").exists()
     with pytest.raises(FileNotFoundError, match="holds no default.pt"):

@@ -76,7 +76,7 @@ def build_reader(spec: str, threads: int = 1) -> Reader:
             raise ValueError(f"reader '{spec}': use default, default:torch, default:onnx or default:int8")
         rec = Recognizer.from_pretrained(threads=threads, backend="torch" if option == "torch" else
                                          "onnx" if option in ("onnx", "int8") else "auto",
-                                         int8=True if option == "int8" else False if option == "onnx" else None)
+                                         int8=option == "int8")
     else:
         if option not in ("", "torch", "onnx"):
             raise ValueError(f"reader '{spec}': the suffix after ':' is a backend, torch or onnx")
