@@ -61,6 +61,21 @@ def _sgd(groups: list[dict], cfg: OptimizerConfig) -> torch.optim.Optimizer:
 _SPLIT_DECAY = frozenset({"adamw", "sgd"})
 
 
+def parameters_with_prefix(named: Sequence[tuple[str, torch.nn.Parameter]], prefix: str,
+                           key: str) -> list[torch.nn.Parameter]:
+    """The parameters whose names start with ``prefix`` (a config key ``key`` names it).
+
+    Raises:
+        ConfigError: none does (the stage prefixes there are listed).
+    """
+    params = [p for n, p in named if n.startswith(prefix)]
+    if not params:
+        stages = sorted({n.split(".")[0] for n, _ in named})
+        raise ConfigError(f"{key}: no parameter name starts with '{prefix}'; use a stage prefix such as "
+                          f"{', '.join(repr(s + '.') for s in stages)}")
+    return params
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig,
                     lr_scale: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
     """Optimiser named ``cfg.name`` over the model's trainable parameters; ``lr_scale`` ({parameter-name
@@ -80,10 +95,7 @@ def optimizer_for(named: Sequence[tuple[str, torch.nn.Parameter]], cfg: Optimize
     for prefix, factor in lr_scale.items():
         if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 0:
             raise ConfigError(f"train.lr_scale.{prefix}: the factor must be a number >= 0, got {factor!r}")
-        if not any(n.startswith(prefix) for n, _ in named):
-            stages = sorted({n.split(".")[0] for n, _ in named})
-            raise ConfigError(f"train.lr_scale: no parameter name starts with '{prefix}'; use a stage prefix "
-                              f"such as {', '.join(repr(s + '.') for s in stages)}")
+        parameters_with_prefix(named, prefix, "train.lr_scale")
     return OPTIMIZERS.get(cfg.name)(_groups(named, cfg, lr_scale, cfg.name in _SPLIT_DECAY), cfg)
 
 

@@ -41,7 +41,7 @@ from strkit.models.recognizer import GEOMETRY_TARGETS, RecognitionModel, build_m
 
 from .data import RunData, build_run_data
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
-from .optim import build_optimizer, build_scheduler, set_schedule_length
+from .optim import build_optimizer, build_scheduler, parameters_with_prefix, set_schedule_length
 
 log = logging.getLogger("strkit")
 
@@ -92,12 +92,7 @@ def frozen_parameters(model: torch.nn.Module, freeze: Mapping[str, int]) -> list
         if not isinstance(until, int) or isinstance(until, bool) or until < 0:
             raise ConfigError(f"train.freeze.{prefix}: the step until which it stays fixed must be an integer "
                               f">= 0, got {until!r}")
-        params = [p for n, p in model.named_parameters() if n.startswith(prefix)]
-        if not params:
-            stages = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
-            raise ConfigError(f"train.freeze: no parameter name starts with '{prefix}'; use a stage prefix such "
-                              f"as {', '.join(repr(s + '.') for s in stages)}")
-        out.append((until, params))
+        out.append((until, parameters_with_prefix(list(model.named_parameters()), prefix, "train.freeze")))
     return out
 
 
