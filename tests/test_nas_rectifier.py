@@ -36,7 +36,7 @@ from strkit.nas.latency import (
     predict_arch_latency,
     stem_info,
 )
-from strkit.nas.proxyless import GateController, mixed_edges
+from strkit.nas.proxyless import GateController, MixedEdge, arch_parameters, mixed_edges, probabilities
 from strkit.nas.report import cell_descriptions, probability_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +263,22 @@ def test_report_tables_label_the_rectifier_cells():
     assert sum(line.startswith("| rectifier |") for line in lines) == 3
     assert sum(line.startswith("| backbone |") for line in lines) == 5
 
+
+
+def test_every_list_of_cells_has_the_searched_edges_order():
+    """α, probabilities, reports, choices and LUT costs list the cells the same way: the backbone's, then
+    the rectifier's, although the rectifier comes first in the model."""
+    model, _ = tiny_model()
+    in_module_order = [n for n, m in model.named_modules() if isinstance(m, MixedEdge)]
+    assert in_module_order[0].startswith("rectifier.")
+    edges = searched_edges(model)
+    assert [id(e) for e in mixed_edges(model)] == [id(e) for e in edges]
+    assert [c["part"] for c in cell_descriptions(model)] == ["backbone"] * 5 + ["rectifier"] * 3
+    assert [id(a) for a in arch_parameters(model)] == [id(e.alpha) for e in edges]
+    with torch.no_grad():
+        edges[-1].alpha.copy_(torch.tensor([0.0, 3.0]))  # the rectifier's last cell prefers its second op
+    probs = probabilities(model)
+    assert probs[-1][1] > 0.9 and all(p == pytest.approx([1 / len(p)] * len(p)) for p in probs[:-1])
 
 # --- end to end ----------------------------------------------------------------------------------------------
 @pytest.mark.slow

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from strkit.models.backbones.searched import ARCH_PARTS
+
 MODES = ("full", "path", "binary")
 
 
@@ -199,8 +201,13 @@ class MixedEdge(nn.Module):
 # Model-level helpers
 # ----------------------------------------------------------------------------------------------
 def mixed_edges(model: nn.Module) -> list[MixedEdge]:
-    """Every :class:`MixedEdge` of ``model``, in ``model.modules()`` order."""
-    return [m for m in model.modules() if isinstance(m, MixedEdge)]
+    """Every :class:`MixedEdge` of ``model``: grouped by searched part in :data:`ARCH_PARTS` order (the
+    backbone's cells, then the rectifier's; a cell without ``meta["part"]`` counts as backbone), in
+    ``model.modules()`` order within a part. This is :func:`strkit.nas.arch.searched_edges`' order, so
+    α, probabilities, reports, choices and latency costs all list the cells the same way."""
+    rank = {part: i for i, part in enumerate(ARCH_PARTS)}
+    edges = [m for m in model.modules() if isinstance(m, MixedEdge)]
+    return sorted(edges, key=lambda e: rank.get(e.meta.get("part", "backbone"), len(rank)))
 
 
 def arch_parameters(model: nn.Module) -> list[nn.Parameter]:
