@@ -403,3 +403,51 @@ def test_train_cli_runs_text_only_pretraining(tmp_path):
     assert main(mixed) == 2
     # a decoder without a language model is refused
     assert main([*args, "model.decoder={name: ctc}"]) == 2
+
+
+# --- reading a trained model with fewer / more refinement rounds (tools/eval.py --set) --------------------
+def _vl_checkpoint(folder: Path) -> tuple[torch.nn.Module, Path]:
+    from strkit.checkpoint import save_checkpoint
+
+    cfg = load_config(None, ["model.charset=36_lowercase", "model.max_length=8", "model.rectifier={name: none}",
+                             "model.backbone={name: mobilenetv2, width_mult: 0.25, out_channels: 32}",
+                             "model.sequence={name: none}", f"model.decoder={TINY_DEC}", "data.img_w=100"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels).eval()
+    path = folder / "run" / "last.pt"
+    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    return model, path
+
+
+def test_a_trained_model_reads_with_another_iteration_count(tmp_path):
+    from strkit.models.pretrained import load_model
+
+    model, path = _vl_checkpoint(tmp_path)
+    images = torch.rand(3, 1, 32, 100) * 2 - 1
+    logits = {}
+    for k in (0, 1, 2, 3):
+        loaded, cfg = load_model(path, overrides=[f"model.decoder.iterations={k}"])
+        assert loaded.decoder.iterations == k and cfg.model.decoder["iterations"] == k
+        model.decoder.iterations = k  # the same weights, the attribute set by hand
+        with torch.no_grad():
+            logits[k] = loaded(images).logits
+            assert torch.allclose(logits[k], model(images).logits, atol=1e-6)
+    assert not torch.allclose(logits[0], logits[2])  # the rounds do change the reading
+    with pytest.raises(ValueError, match=r"only model\.\* settings"):
+        load_model(path, overrides=["data.img_w=200"])
+    with pytest.raises(ValueError, match="change the model's weights"):
+        load_model(path, overrides=["model.decoder.d_model=64"])
+
+
+def test_eval_cli_set_writes_its_own_table(tmp_path, shared_benchmarks, capsys):
+    from strkit.cli.eval import main as eval_main
+
+    _, path = _vl_checkpoint(tmp_path)
+    assert eval_main([str(path), "--benchmarks", "SVT_647", "--root", str(shared_benchmarks), "--no-speed",
+                      "--set", "model.decoder.iterations=1"]) == 0
+    out = path.parent / "eval_decoder.iterations=1"
+    assert "run (decoder.iterations=1)" in (out / "results.md").read_text()
+    assert not (path.parent / "eval").exists()  # the model's own table is not overwritten
+    assert eval_main([str(path), "--benchmarks", "SVT_647", "--root", str(shared_benchmarks), "--no-speed",
+                      "--set", "model.decoder.d_model=64"]) == 2
+    assert "last.pt" in capsys.readouterr().err

@@ -27,7 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrong", action="store_true", help="also write every wrong prediction")
     p.add_argument("--out", default=None, help="folder for results.{md,csv,json} (default: beside the checkpoint)")
     p.add_argument("--name", default=None, help="model name in the table (default: the run folder name)")
+    p.add_argument("--set", nargs="+", default=[], metavar="model.KEY=VALUE", dest="overrides",
+                   help="read with changed model settings that keep the weights, e.g. "
+                        "model.decoder.iterations=1 (an iterative_vl decoder with fewer refinement rounds); "
+                        "the name and the default output folder get the settings appended")
     return p
+
+
+def _suffix(overrides: list[str]) -> str:
+    """``model.decoder.iterations=1`` -> ``decoder.iterations=1`` (for names and folders)."""
+    return ",".join(o.removeprefix("model.") for o in overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for ckpt in args.checkpoints:
         try:
-            model, cfg = load_model(ckpt, args.device)
+            model, cfg = load_model(ckpt, args.device, args.overrides)
         except CheckpointError as exc:
             return fail(str(exc))
+        except ValueError as exc:  # a bad --set (ConfigError is one too)
+            return fail(f"{ckpt}: {exc}")
         name = args.name or Path(ckpt).resolve().parent.name
+        if args.overrides and not args.name:
+            name = f"{name} ({_suffix(args.overrides)})"
         try:
             report = evaluate_benchmarks(
                 model, cfg, args.benchmarks or cfg.eval.benchmarks, args.root or cfg.data.benchmark_root,
@@ -55,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 speed=not args.no_speed, model_name=name)
         except BenchmarkError as exc:
             return fail(str(exc))
-        out = Path(args.out) if args.out else Path(ckpt).resolve().parent / "eval"
+        default_out = "eval" + (f"_{_suffix(args.overrides)}" if args.overrides else "")
+        out = Path(args.out) if args.out else Path(ckpt).resolve().parent / default_out
         if len(args.checkpoints) > 1 and args.out:
             out = out / name
         report.write(out)
