@@ -142,7 +142,7 @@ class Recognizer:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
                         backend: str = "auto", channels_last: bool = False,
-                        trim_padding: bool = False) -> Recognizer:
+                        trim_padding: bool = False, overrides: Sequence[str] = ()) -> Recognizer:
         """Load a checkpoint written by ``tools/train.py`` (``best.pt`` or ``last.pt``) or an exported ``.onnx``.
 
         Args:
@@ -155,10 +155,18 @@ class Recognizer:
             threads: PyTorch threads (this sets ``torch.set_num_threads`` for the process) or ONNX
                 Runtime intra-op threads (per session); ``None`` = the library's default.
             channels_last, trim_padding: see the class docstring.
+            overrides: ``model.*`` settings that keep the weights, applied before the model is built, e.g.
+                ``["model.decoder.iterations=1"]`` to read an ``iterative_vl`` model with one refinement
+                round (faster); PyTorch only (``auto`` then means PyTorch).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
         path = Path(path)
+        if overrides and (backend == "onnx" or path.suffix.lower() == ".onnx"):
+            raise ValueError(f"overrides {list(overrides)} change a checkpoint's model before it is built, which "
+                             f"runs with backend='torch' (or 'auto'), not with an ONNX model")
+        if overrides:
+            backend = "torch"
         if path.suffix.lower() == ".onnx":
             if backend == "torch":
                 raise ValueError(f"{path} is an ONNX model: it runs with backend='onnx' (or 'auto'); for "
@@ -181,7 +189,7 @@ class Recognizer:
                 return cls.from_onnx(onnx_path, threads=threads, device=device, trim_padding=trim_padding)
         if threads:
             torch.set_num_threads(threads)
-        model, cfg = load_model(path, device)
+        model, cfg = load_model(path, device, overrides)
         return cls(model, cfg, device, channels_last=channels_last, trim_padding=trim_padding)
 
     @classmethod

@@ -451,3 +451,20 @@ def test_eval_cli_set_writes_its_own_table(tmp_path, shared_benchmarks, capsys):
     assert eval_main([str(path), "--benchmarks", "SVT_647", "--root", str(shared_benchmarks), "--no-speed",
                       "--set", "model.decoder.d_model=64"]) == 2
     assert "last.pt" in capsys.readouterr().err
+
+
+def test_api_and_recognize_cli_read_with_another_iteration_count(tmp_path, shared_benchmarks, capsys):
+    from strkit.api import Recognizer
+    from strkit.cli.recognize import main as recognize_main
+
+    _, path = _vl_checkpoint(tmp_path)
+    rec = Recognizer.from_checkpoint(path, overrides=["model.decoder.iterations=1"])
+    assert rec.model is not None and rec.model.decoder.iterations == 1  # PyTorch, even with backend auto
+    with pytest.raises(ValueError, match="backend='torch'"):
+        Recognizer.from_checkpoint(path, backend="onnx", overrides=["model.decoder.iterations=1"])
+    image = str(shared_benchmarks / "SVT_647" / "images" / "000001.jpg")
+    assert recognize_main([str(path), image, "--set", "model.decoder.iterations=0"]) == 0
+    assert capsys.readouterr().out.startswith(image)
+    assert recognize_main([str(path), image, "--set", "data.img_w=64"]) == 2
+    assert "only model.* settings" in capsys.readouterr().err
+    assert recognize_main(["default", image, "--set", "model.decoder.iterations=0"]) == 2

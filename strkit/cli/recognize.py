@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto (default) = ONNX Runtime when installed, else PyTorch")
+    p.add_argument("--set", nargs="+", default=[], metavar="model.KEY=VALUE", dest="overrides",
+                   help="read with changed model settings that keep the weights, e.g. model.decoder.iterations=1 "
+                        "(PyTorch)")
     return p
 
 
@@ -46,14 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     from strkit.checkpoint import CheckpointError
 
     try:
+        if args.checkpoint == "default" and args.overrides:
+            return fail("--set changes the model of a checkpoint: pass a checkpoint instead of 'default'")
         if args.checkpoint == "default":
             rec = Recognizer.from_pretrained(device=args.device, threads=args.threads or None,
                                              backend=args.backend)
         else:
             rec = Recognizer.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads or None,
-                                             backend=args.backend)
+                                             backend=args.backend, overrides=args.overrides)
     except (CheckpointError, FileNotFoundError) as exc:
         return fail(str(exc))
+    except ValueError as exc:  # a bad --set
+        return fail(f"{args.checkpoint}: {exc}")
     paths = expand_inputs(args.inputs)
     if not paths:
         return fail("no input images found")
