@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 
@@ -20,3 +21,12 @@ def fail(message: str) -> int:
     """Print a one-line error for the user and return the exit status 2."""
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def add_model_overrides(parser: argparse.ArgumentParser, extra_help: str = "") -> None:
+    """``--set model.KEY=VALUE ...`` (into ``args.overrides``): settings of a trained model that keep its
+    weights, applied when it is loaded (:func:`strkit.models.pretrained.model_from_payload`)."""
+    parser.add_argument("--set", nargs="+", default=[], metavar="model.KEY=VALUE", dest="overrides",
+                        help="read with changed model settings that keep the weights, e.g. "
+                             "model.decoder.iterations=1 (an iterative_vl decoder with fewer refinement rounds)"
+                             + extra_help)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from strkit.cli.common import fail, setup_logging
+from strkit.cli.common import add_model_overrides, fail, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,10 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wrong", action="store_true", help="also write every wrong prediction")
     p.add_argument("--out", default=None, help="folder for results.{md,csv,json} (default: beside the checkpoint)")
     p.add_argument("--name", default=None, help="model name in the table (default: the run folder name)")
-    p.add_argument("--set", nargs="+", default=[], metavar="model.KEY=VALUE", dest="overrides",
-                   help="read with changed model settings that keep the weights, e.g. "
-                        "model.decoder.iterations=1 (an iterative_vl decoder with fewer refinement rounds); "
-                        "the name and the default output folder get the settings appended")
+    add_model_overrides(p, "; the name and the default output folder get the settings appended")
     return p
 
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from strkit.cli.common import fail
+from strkit.cli.common import add_model_overrides, fail
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 
@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto (default) = ONNX Runtime when installed, else PyTorch")
-    p.add_argument("--set", nargs="+", default=[], metavar="model.KEY=VALUE", dest="overrides",
-                   help="read with changed model settings that keep the weights, e.g. model.decoder.iterations=1 "
-                        "(PyTorch)")
+    add_model_overrides(p, "; runs with PyTorch")
     return p
 
 
