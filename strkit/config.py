@@ -70,6 +70,8 @@ class DataConfig:
     channels: int = 1  # 1 = gray, 3 = RGB
     keep_ratio: bool = False
     augment: str = "none"
+    # Options of the augmentation preset, e.g. {n: 2, m: 5} for ``randaug`` (N ops per sample, magnitude 0-10).
+    augment_options: dict[str, Any] = field(default_factory=dict)
     workers: int = 2
     benchmark_root: str = "../shared/benchmarks"
 

@@ -54,7 +54,12 @@ Augment = Callable[[np.ndarray], np.ndarray]
 
 #: Augmentation presets: ``factory(channels: int, seed: int | None) -> Augment``, where an
 #: ``Augment`` maps a ``uint8`` image (``H×W`` gray or ``H×W×3`` RGB) to one of the same shape.
-AUGMENTATIONS: Registry[Augment] = Registry("augmentation preset")
+def _load_presets() -> None:
+    """Import the modules that register presets outside this one (``randaug``)."""
+    import strkit.data.str_augment  # noqa: F401
+
+
+AUGMENTATIONS: Registry[Augment] = Registry("augmentation preset", loader=_load_presets)
 
 
 def import_albumentations() -> ModuleType:
@@ -235,9 +240,18 @@ def strong_augmentation(channels: int = 1, seed: int | None = None) -> Augment:
     ], seed=seed)
 
 
-def build_augmentation(name: str, channels: int = 1, seed: int | None = None) -> Augment:
-    """Build the augmentation preset ``name`` (see :data:`AUGMENTATIONS`) for gray or RGB images."""
-    return AUGMENTATIONS.get(name)(channels=channels, seed=seed)
+def build_augmentation(name: str, channels: int = 1, seed: int | None = None,
+                       options: Mapping[str, Any] | None = None) -> Augment:
+    """Build the augmentation preset ``name`` (see :data:`AUGMENTATIONS`) for gray or RGB images, with the
+    preset's own ``options`` (e.g. ``{n: 2, m: 5}`` for ``randaug``)."""
+    factory = AUGMENTATIONS.get(name)
+    try:
+        return factory(channels=channels, seed=seed, **dict(options or {}))
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise ValueError(f"augmentation preset '{name}' does not take the options {sorted(options or {})} "
+                         f"(data.augment_options): {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,17 +326,18 @@ class ImageTransform:
         keep_ratio: keep the aspect ratio (resize to height ``H``, width ``min(W, round(w*H/h))``, pad
             on the right to ``W``) instead of stretching to ``H×W``.
         augment: name of an augmentation preset in :data:`AUGMENTATIONS` (``none``, ``light``,
-            ``strong``).
+            ``strong``, ``randaug``).
         pad_value: value of the right padding, in normalised units (``-1`` black ... ``1`` white).
         seed: seed of the augmentation generators (``None``: fresh entropy). See :func:`seed_worker`.
         geometry: samples may carry word geometry (see the module docstring): the augmentation is built
             to move keypoints, and :class:`TransformedDataset` yields ``(image, label, geometry)``
             through :meth:`prepare_geometry`.
+        augment_options: options of the preset (``data.augment_options``, e.g. ``{n: 2, m: 5}``).
     """
 
     def __init__(self, img_h: int, img_w: int, channels: int = 1, keep_ratio: bool = False,
                  augment: str = "none", pad_value: float = 0.0, seed: int | None = None,
-                 geometry: bool = False) -> None:
+                 geometry: bool = False, augment_options: Mapping[str, Any] | None = None) -> None:
         if img_h < 1 or img_w < 1:
             raise ValueError(f"image size must be positive, got img_h={img_h}, img_w={img_w}")
         if channels not in (1, 3):
@@ -335,7 +350,7 @@ class ImageTransform:
         self.keep_ratio = keep_ratio
         self.augment_name = augment
         self.pad_value = float(pad_value)
-        augmentation = build_augmentation(augment, channels=channels, seed=seed)
+        augmentation = build_augmentation(augment, channels=channels, seed=seed, options=augment_options)
         self.augmentation: Augment | None = None if isinstance(augmentation, Identity) else augmentation
         self.geometry = bool(geometry)
         if self.geometry and self.augmentation is not None:

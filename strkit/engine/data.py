@@ -115,7 +115,7 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
     label_filter.warn_if_needed()
 
     train_tf = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
-                              augment=d.augment, geometry=geometry)
+                              augment=d.augment, geometry=geometry, augment_options=d.augment_options)
     schedules = [s.ratio_schedule for s in d.train]
     try:
         train_loader = build_mixed_loader(
