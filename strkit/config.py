@@ -55,6 +55,11 @@ class SourceConfig:
     # Curriculum: [[from_step, ratio], ...] changes ``ratio`` from those steps on, e.g.
     # ``ratio: 1.0, ratio_schedule: [[1500, 0.2]]`` (clean synthetic text first, a fifth of each batch later).
     ratio_schedule: list[list[float]] = field(default_factory=list)
+    # Crop concatenation (strkit.data.concat_augment): probability that an item is joined with another of
+    # this source; the join may be at most ``concat_max_aspect`` wide (width / height; 0 = 1.5x the model
+    # input's ratio, e.g. 6 for 32x128).
+    concat_p: float = 0.0
+    concat_max_aspect: float = 0.0
 
 
 @dataclass

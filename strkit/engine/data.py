@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from strkit.charset import Charset, LabelFilter
 from strkit.config import Config, ConfigError
+from strkit.data.concat_augment import ConcatAugment
 from strkit.data.mixing import build_eval_loader, build_mixed_loader
 from strkit.data.sources import build_source, check_geometry_source
 from strkit.data.transforms import ImageTransform
@@ -107,6 +108,9 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         if fraction > 0 and not d.val and src.kind != "synth":
             ds, held = split_holdout(ds, fraction, cfg.train.seed + i)
             val_sets.append(held)
+        if src.concat_p > 0:
+            aspect = src.concat_max_aspect or 1.5 * d.img_w / d.img_h
+            ds = ConcatAugment(ds, src.concat_p, aspect, cfg.model.max_length, seed=cfg.train.seed + i)
         train_sets.append(ds)
         names.append(name)
     for src in d.val:
