@@ -159,6 +159,27 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a teacher (strkit.engine.distill, strkit.inference.teachers); off while
+    ``teacher`` is empty. Teacher outputs are cached on disk (one read per training crop, ever)."""
+
+    teacher: str = ""           # "" = off | rapidocr | strkit
+    teacher_model: str = ""     # rapidocr: a recogniser file in rapidocr/models; strkit: a .pt / .onnx path
+    threads: int = 1
+    batch_size: int = 32        # crops per teacher call while the cache is filled
+    # Teacher cache folder; "" = teacher_cache/<teacher>-<charset> beside the first distilled source.
+    cache: str = ""
+    # Training sources (by name) whose samples get teacher targets; [] = every lmdb / folder source.
+    sources: list[str] = field(default_factory=list)
+    bag_weight: float = 0.0       # bag-of-characters KL (any teacher; CTC students)
+    frame_weight: float = 0.0     # frame-wise KL (a teacher with the student's frames and charset)
+    sequence_weight: float = 0.0  # the teacher's reading as a second label (every decoder)
+    min_confidence: float = 0.9   # sequence targets: weakest teacher character at least this
+    temperature: float = 1.0
+    include_blank: bool = False   # bag KL: compare the blank share too (same frame rate only)
+
+
+@dataclass
 class EvalConfig:
     benchmarks: list[str] = field(default_factory=lambda: ["IIIT5K_3000", "SVT_647", "IC13_857",
                                                             "IC13_1015", "IC15_2077"])
@@ -174,6 +195,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # Sections owned by later stages of the product (search, synthetic data); validated there.
     search: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)

@@ -321,11 +321,13 @@ def limit_opencv_threads() -> None:
 def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], batch_size: int,
                        transform: ImageTransform, num_workers: int = 2, seed: int = 0, rank: int = 0,
                        world_size: int = 1, start_step: int = 0, names: Sequence[str] | None = None,
-                       schedules: Sequence[RatioSchedule] | None = None) -> DataLoader:
+                       schedules: Sequence[RatioSchedule] | None = None, teacher: bool = False) -> DataLoader:
     """An endless training ``DataLoader`` of ``(B×C×H×W float32 in [-1, 1], labels)`` batches, or of
     ``(images, labels, geometries)`` batches when ``transform`` was built with ``geometry=True`` (the
     word geometry of each sample in the model input frame, ``None`` for samples without; see
-    :meth:`ImageTransform.prepare_geometry`).
+    :meth:`ImageTransform.prepare_geometry`), or ``(images, labels, geometries, teacher targets)`` with
+    ``teacher`` (sources wrapped in :class:`~strkit.data.teacher_cache.TeacherTargets`; ``None`` for
+    samples without a target).
 
     ``ConcatDataset(datasets)`` -> :class:`TransformedDataset` (per-sample ``uint8`` work) ->
     :class:`MixedBatchSampler` -> :meth:`ImageTransform.collate` (per-batch normalisation). Workers are
@@ -350,7 +352,7 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
                                 shuffle=True, names=names, schedules=schedules)
     logger.info("%s (ratios %s, %d worker(s), rank %d/%d, from step %d)", sampler.composition(),
                 ", ".join(f"{r:g}" for r in sampler.ratios), num_workers, rank, world_size, start_step)
-    dataset = TransformedDataset(ConcatDataset(datasets), transform)
+    dataset = TransformedDataset(ConcatDataset(datasets), transform, teacher=teacher)
     generator = _loader_generator(seed, rank, start_step)
     # Single-threaded OpenCV in the parent *before* workers fork: a forked child that calls
     # cv2.setNumThreads while it inherited a live OpenCV thread pool can hang.

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import numpy as np
@@ -32,7 +33,7 @@ _HEADER = struct.Struct("<HHfH")  # frames, classes, min confidence, text bytes
 
 
 #: Open LMDB handles by (process id, folder): py-lmdb refuses a second handle of one folder in a process.
-_OPEN_ENVS: dict[tuple[int, str], lmdb.Environment] = {}
+_OPEN_ENVS: dict[tuple[int, str], tuple[lmdb.Environment, bool]] = {}  # (handle, read-only)
 
 
 class TeacherCacheError(ValueError):
@@ -110,19 +111,23 @@ class TeacherCache:
     def _handle(self) -> lmdb.Environment:
         # py-lmdb allows one Environment per folder and process: cache objects of one folder share it,
         # and a forked DataLoader worker opens its own.
+        # A handle opened read-only is reopened writable when a writer needs it.
         key = (os.getpid(), str(self.path.resolve()))
-        env = _OPEN_ENVS.get(key)
-        if env is None:
+        entry = _OPEN_ENVS.get(key)
+        if entry is not None and entry[1] and not self.readonly:
+            entry[0].close()
+            entry = None
+        if entry is None:
             env = lmdb.open(str(self.path), readonly=self.readonly, lock=not self.readonly,
                             map_size=self._map_size, max_readers=512, readahead=False)
-            _OPEN_ENVS[key] = env
-        return env
+            entry = _OPEN_ENVS[key] = (env, self.readonly)
+        return entry[0]
 
     def close(self) -> None:
         """Close this process's handle of the folder (any cache object of the folder reopens it on use)."""
-        env = _OPEN_ENVS.pop((os.getpid(), str(self.path.resolve())), None)
-        if env is not None:
-            env.close()
+        entry = _OPEN_ENVS.pop((os.getpid(), str(self.path.resolve())), None)
+        if entry is not None:
+            entry[0].close()
 
     def _check_meta(self) -> None:
         env = self._handle()
@@ -172,3 +177,33 @@ class TeacherCache:
     def size_bytes(self) -> int:
         """Bytes the cache takes on disk."""
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+class TeacherTargets:
+    """Wraps a training source so that items carry their cached teacher target:
+    ``(image, label, geometry or None, TeacherTarget or None)`` (``None``: no entry for this view, e.g.
+    a crop joined by :class:`~strkit.data.concat_augment.ConcatAugment`).
+
+    Args:
+        dataset: items ``(image, label)`` or ``(image, label, geometry)``.
+        cache: the filled cache (reopened read-only in each DataLoader worker).
+        view: the augmentation view whose entry is looked up (0 = the stored crop).
+    """
+
+    def __init__(self, dataset: Any, cache: TeacherCache, view: int = 0) -> None:
+        self.dataset = dataset
+        self.cache = cache
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:  # num_corrupt, labels ... of the wrapped source
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        item = self.dataset[index]
+        target = self.cache.get(image_key(item[0], self.view))
+        return item[0], item[1], item[2] if len(item) > 2 else None, target

@@ -469,8 +469,10 @@ class ImageTransform:
 # ----------------------------------------------------------------------------------------------
 # Batching
 # ----------------------------------------------------------------------------------------------
-Batch = tuple[torch.Tensor, list[str]] | tuple[torch.Tensor, list[str], list[dict[str, Any] | None]]
-"""``(images B×C×H×W, labels)``, or ``(images, labels, geometries)`` for items that carry geometry."""
+Batch = (tuple[torch.Tensor, list[str]] | tuple[torch.Tensor, list[str], list[dict[str, Any] | None]]
+         | tuple[torch.Tensor, list[str], list[dict[str, Any] | None], list[Any]])
+"""``(images B×C×H×W, labels)``, ``(images, labels, geometries)`` for items that carry geometry, or
+``(images, labels, geometries, teacher targets)`` for items that carry both slots."""
 
 
 def collate(batch: Sequence[tuple[Any, ...]], width: int | None = None, pad_value: float = 0.0) -> Batch:
@@ -486,14 +488,18 @@ def collate(batch: Sequence[tuple[Any, ...]], width: int | None = None, pad_valu
     if not batch:
         raise ValueError("cannot collate an empty batch")
     sizes = {len(item) for item in batch}
-    if len(sizes) != 1 or not sizes <= {2, 3}:
-        raise ValueError(f"cannot collate items of {sorted(sizes)} elements: every item must be (image, label) "
-                         f"or every item (image, label, geometry)")
+    if len(sizes) != 1 or not sizes <= {2, 3, 4}:
+        raise ValueError(f"cannot collate items of {sorted(sizes)} elements: every item must be (image, label), "
+                         f"every item (image, label, geometry) or every item (image, label, geometry, teacher)")
     images = [item[0] for item in batch]
     labels = [item[1] for item in batch]
-    geometries = [item[2] for item in batch] if sizes == {3} else None
     stacked = _stack_images(images, width, pad_value)
-    return (stacked, labels) if geometries is None else (stacked, labels, geometries)
+    if sizes == {2}:
+        return stacked, labels
+    geometries = [item[2] for item in batch]
+    if sizes == {3}:
+        return stacked, labels, geometries
+    return stacked, labels, geometries, [item[3] for item in batch]
 
 
 def _stack_images(images: Sequence[Any], width: int | None, pad_value: float) -> torch.Tensor:
@@ -533,11 +539,16 @@ class TransformedDataset(Dataset):
     items are ``(image, label, geometry or None)`` from :meth:`ImageTransform.prepare_geometry`, the
     geometry taken from the third element of a source item (``None`` for 2-element items). Otherwise
     any element after the label is dropped, so validation and evaluation batches stay 2-tuples.
+
+    Teacher targets: with ``teacher``, items are ``(image, label, geometry or None, target or None)``,
+    the target taken from the fourth element of a source item
+    (:class:`~strkit.data.teacher_cache.TeacherTargets`), ``None`` for shorter items.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[np.ndarray], Any],
-                 batch_normalise: bool = True) -> None:
+                 batch_normalise: bool = True, teacher: bool = False) -> None:
         self.dataset = dataset
+        self.teacher = bool(teacher)
         self.transform = transform
         self._apply: Callable[[np.ndarray], Any] = transform
         self._geometry: ImageTransform | None = None
@@ -554,8 +565,13 @@ class TransformedDataset(Dataset):
         image, label = item[0], item[1]
         if self._geometry is not None:
             prepared, geometry = self._geometry.prepare_geometry(image, item[2] if len(item) > 2 else None)
-            return prepared, label, geometry
-        return self._apply(image), label
+            if not self.teacher:
+                return prepared, label, geometry
+        else:
+            prepared, geometry = self._apply(image), None
+        if self.teacher:
+            return prepared, label, geometry, item[3] if len(item) > 3 else None
+        return prepared, label
 
     def reseed(self, seed: int | None) -> None:
         """Reseed the transform's augmentation, if it has any."""

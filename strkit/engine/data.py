@@ -26,9 +26,11 @@ from strkit.config import Config, ConfigError
 from strkit.data.concat_augment import ConcatAugment
 from strkit.data.mixing import build_eval_loader, build_mixed_loader
 from strkit.data.sources import build_source, check_geometry_source
+from strkit.data.teacher_cache import TeacherTargets
 from strkit.data.transforms import ImageTransform
 
-from .distributed import DistInfo
+from .distill import Distiller
+from .distributed import DistInfo, barrier
 
 log = logging.getLogger("strkit")
 
@@ -81,12 +83,15 @@ def check_geometry_sources(cfg: Config, geometry: bool) -> None:
 
 
 def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: int = 0,
-                   geometry: bool = False) -> RunData:
+                   geometry: bool = False, distiller: Distiller | None = None) -> RunData:
     """Training loader (mixed, endless, resumable at ``start_step``) and validation loader.
 
     Args:
         geometry: feed word geometry to training (see the module docstring): training batches become
             ``(images, labels, geometries)``. The trainer sets it when ``model.geometry_loss > 0``.
+        distiller: with distillation, the teacher cache is filled for the distilled sources (their
+            training part, before crop concatenation) and training batches become
+            ``(images, labels, geometries, teacher targets)``.
     """
     d = cfg.data
     if not d.train:
@@ -97,6 +102,9 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
     train_sets: list[Dataset] = []
     val_sets: list[Dataset] = []
     names: list[str] = []
+    distilled = (distiller.selected([s.name or f"{s.kind}:{s.path}" for s in d.train], [s.kind for s in d.train])
+                 if distiller is not None else [False] * len(d.train))
+    to_fill: list[tuple[str, str, Dataset]] = []
     for i, src in enumerate(d.train):
         ds = build_source(src, label_filter=label_filter, channels=d.channels,
                           benchmark_root=d.benchmark_root, purpose="train", geometry=geometry and src.geometry)
@@ -108,6 +116,8 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         if fraction > 0 and not d.val and src.kind != "synth":
             ds, held = split_holdout(ds, fraction, cfg.train.seed + i)
             val_sets.append(held)
+        if distilled[i]:
+            to_fill.append((name, src.path, ds))
         if src.concat_p > 0:
             aspect = src.concat_max_aspect or 1.5 * d.img_w / d.img_h
             ds = ConcatAugment(ds, src.concat_p, aspect, cfg.model.max_length, seed=cfg.train.seed + i)
@@ -117,6 +127,9 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         val_sets.append(build_source(src, label_filter=label_filter, channels=d.channels,
                                      benchmark_root=d.benchmark_root, purpose="val"))
     label_filter.warn_if_needed()
+    if distiller is not None:
+        cache = distiller.prepare(to_fill, barrier=lambda: barrier(dist))
+        train_sets = [TeacherTargets(ds, cache) if on else ds for ds, on in zip(train_sets, distilled, strict=True)]
 
     train_tf = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
                               augment=d.augment, geometry=geometry, augment_options=d.augment_options)
@@ -125,7 +138,7 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         train_loader = build_mixed_loader(
             train_sets, [s.ratio for s in d.train], batch_size=cfg.train.batch_size, transform=train_tf,
             num_workers=d.workers, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
-            start_step=start_step, names=names, schedules=schedules)
+            start_step=start_step, names=names, schedules=schedules, teacher=distiller is not None)
     except ValueError as exc:
         raise ConfigError(f"data.train ratios / ratio_schedule: {exc}") from None
     val_loader = None

@@ -18,11 +18,23 @@ targets already folded into those classes (:class:`~strkit.inference.teachers.Cl
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from strkit.charset import Charset
+from strkit.config import ConfigError, DistillConfig
+from strkit.data.teacher_cache import TeacherCache, TeacherCacheError, TeacherTarget, image_key
+from strkit.inference.teachers import ClassMap, Teacher, build_teacher
+
+log = logging.getLogger("strkit")
 
 _EPS = 1e-8
 
@@ -108,3 +120,201 @@ def mutual_kl(logits_a: Tensor, logits_b: Tensor, temperature: float = 1.0) -> t
     p_a = F.softmax(logits_a.detach().float() / temperature, dim=-1)
     p_b = F.softmax(logits_b.detach().float() / temperature, dim=-1)
     return frame_kl(logits_a, p_b, temperature=temperature), frame_kl(logits_b, p_a, temperature=temperature)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training side: teacher cache filling and the loss of a batch
+# ---------------------------------------------------------------------------------------------------
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+class Distiller:
+    """Everything ``distill:`` adds to a training run.
+
+    Before training, :meth:`prepare` reads every crop of the distilled sources that the teacher cache
+    lacks (rank 0; printing the cost estimate first) so that training reads targets from disk; during
+    training, :meth:`loss` turns a batch's targets into the weighted distillation loss.
+
+    Args:
+        cfg: the ``distill`` config section.
+        charset: the student's charset (teacher classes are folded into it).
+        is_main: this process fills the cache (rank 0); the others wait and read.
+    """
+
+    def __init__(self, cfg: DistillConfig, charset: Charset, is_main: bool = True) -> None:
+        if not cfg.teacher:
+            raise ValueError("distill.teacher is empty: distillation is off")
+        if cfg.bag_weight < 0 or cfg.frame_weight < 0 or cfg.sequence_weight < 0:
+            raise ConfigError("distill.*_weight must be >= 0")
+        if cfg.bag_weight == cfg.frame_weight == cfg.sequence_weight == 0:
+            raise ConfigError("distill.teacher is set but every distill.*_weight is 0: set bag_weight, "
+                              "frame_weight or sequence_weight (or clear distill.teacher)")
+        if cfg.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {cfg.temperature}")
+        self.cfg = cfg
+        self.charset = charset
+        self.is_main = is_main
+        self._teacher: Teacher | None = None
+        self.teacher_name = ""
+        self.stats: dict[str, float] = {}
+
+    def teacher(self) -> Teacher:
+        """The teacher, built on first use (only rank 0 needs it, and only when the cache lacks crops)."""
+        if self._teacher is None:
+            options: dict[str, Any] = {"threads": self.cfg.threads}
+            if self.cfg.teacher == "strkit":
+                options["path"] = self.cfg.teacher_model
+            elif self.cfg.teacher_model:
+                options["model"] = self.cfg.teacher_model
+            self._teacher = build_teacher(self.cfg.teacher, **options)
+        return self._teacher
+
+    def cache_name(self) -> str:
+        """The teacher's name as recorded in the cache (without building a rapidocr teacher twice)."""
+        if not self.teacher_name:
+            self.teacher_name = self.teacher().name
+        return self.teacher_name
+
+    def cache_path(self, sources: Sequence[tuple[str, str]]) -> Path:
+        """``distill.cache``, or ``teacher_cache/<teacher>-<charset>`` beside the first distilled source
+        (``sources``: ``(name, path)``)."""
+        if self.cfg.cache:
+            return Path(self.cfg.cache)
+        base = Path(sources[0][1]).resolve().parent if sources else Path(".")
+        return base / "teacher_cache" / f"{_slug(self.cache_name())}-{_slug(self.charset.name)}"
+
+    def selected(self, names: Sequence[str], kinds: Sequence[str]) -> list[bool]:
+        """Which training sources get teacher targets (``distill.sources``; [] = every lmdb/folder source)."""
+        unknown = sorted(set(self.cfg.sources) - set(names))
+        if unknown:
+            raise ConfigError(f"distill.sources names {', '.join(unknown)}, not a training source; sources: "
+                              f"{', '.join(names)}")
+        chosen = [(n in self.cfg.sources) if self.cfg.sources else k in ("lmdb", "folder")
+                  for n, k in zip(names, kinds, strict=True)]
+        for n, k, c in zip(names, kinds, chosen, strict=True):
+            if c and k not in ("lmdb", "folder"):
+                raise ConfigError(f"distill.sources: {n} is a '{k}' source; its crops are new every time, so a "
+                                  f"teacher cache cannot serve it. Distil lmdb or folder sources.")
+        if not any(chosen):
+            raise ConfigError("distill: no lmdb or folder training source to distil")
+        return chosen
+
+    def prepare(self, datasets: Sequence[tuple[str, str, Any]], barrier: Any = None) -> TeacherCache:
+        """Fill the cache for ``datasets`` (``(name, path, dataset)``; rank 0) and return it.
+
+        Prints the teacher's cost estimate (crops to read, measured speed, minutes) before the long part.
+        """
+        path = self.cache_path([(n, p) for n, p, _ in datasets])
+        if self.is_main:
+            cache = TeacherCache(path, self.cache_name(), self.charset.chars)
+            t0 = time.perf_counter()
+            self.stats = self._fill(cache, datasets)
+            self.stats["fill_seconds"] = time.perf_counter() - t0
+            cache.close()
+        if barrier is not None:
+            barrier()
+        name = self.teacher_name or json.loads(_read_meta(path))["teacher"]
+        return TeacherCache(path, name, self.charset.chars, readonly=True)
+
+    def _fill(self, cache: TeacherCache, datasets: Sequence[tuple[str, str, Any]]) -> dict[str, float]:
+        from tqdm import tqdm
+
+        todo: list[tuple[Any, int]] = []
+        total = 0
+        for _, _, ds in datasets:
+            keys = [image_key(ds[i][0]) for i in range(len(ds))]
+            missing = set(cache.missing(keys))
+            todo.extend((ds, i) for i, k in enumerate(keys) if k in missing)
+            total += len(keys)
+        stats = {"crops": float(total), "read": float(len(todo)), "teacher_seconds": 0.0}
+        if not todo:
+            log.info("teacher cache %s: all %d crops cached", cache.path, total)
+            return stats
+        teacher = self.teacher()
+        class_map = ClassMap(teacher.classes, self.charset)
+        bs = max(1, self.cfg.batch_size)
+        bar = tqdm(total=len(todo), unit="crop", desc="teacher", disable=None)
+        for start in range(0, len(todo), bs):
+            chunk = todo[start:start + bs]
+            images = [ds[i][0] for ds, i in chunk]
+            t0 = time.perf_counter()
+            out = teacher.predict(images)
+            stats["teacher_seconds"] += time.perf_counter() - t0
+            cache.put_many((image_key(im), TeacherTarget(class_map.fold_text(out.texts[j]), out.min_confidence(j),
+                                                         class_map.fold_probs(out.probs[j]).numpy()))
+                           for j, im in enumerate(images))
+            if start == 0:
+                rate = len(chunk) / max(stats["teacher_seconds"], 1e-9)
+                msg = (f"teacher {teacher.name}: {len(todo):,} of {total:,} training crops not cached yet; reading "
+                       f"them takes ~{len(todo) / rate / 60:.1f} min at {rate:.0f} crops/s (once: cached in "
+                       f"{cache.path})")
+                log.info(msg)
+            bar.update(len(chunk))
+        bar.close()
+        stats["teacher_crops_per_s"] = len(todo) / max(stats["teacher_seconds"], 1e-9)
+        return stats
+
+    # -- the loss of a batch --------------------------------------------------------------------
+    def loss(self, logits: Tensor, targets: Sequence[TeacherTarget | None], ctc: bool,
+             sequence_loss: Any = None) -> tuple[Tensor, dict[str, float]]:
+        """The weighted distillation loss of a batch and its unweighted parts (for the log).
+
+        Args:
+            logits: the student's ``(B, T, C)`` logits.
+            targets: per sample the cached target or ``None``.
+            ctc: whether ``logits`` are CTC logits over blank + charset (bag / frame KL need them).
+            sequence_loss: ``fn(texts, mask) -> loss`` of the model's own objective on the teacher's
+                readings (used when ``distill.sequence_weight > 0``).
+        """
+        cfg = self.cfg
+        mask = torch.tensor([t is not None for t in targets], dtype=torch.bool)
+        total = logits.new_zeros(())
+        parts: dict[str, float] = {"distill_fraction": float(mask.float().mean())}
+        if not bool(mask.any()):
+            return total, parts
+        if (cfg.bag_weight > 0 or cfg.frame_weight > 0) and not ctc:
+            raise ConfigError("distill.bag_weight / frame_weight need a CTC decoder (its per-frame distributions); "
+                              "use distill.sequence_weight with other decoders")
+        c = logits.shape[-1]
+        if cfg.bag_weight > 0:
+            bags = torch.stack([torch.as_tensor(t.bag()) if t is not None else torch.zeros(c) for t in targets])
+            bag = bag_kl(logits, bags, mask, cfg.include_blank, cfg.temperature)
+            total = total + cfg.bag_weight * bag
+            parts["distill_bag"] = float(bag.detach())
+        if cfg.frame_weight > 0:
+            frames = torch.zeros(logits.shape)
+            for i, t in enumerate(targets):
+                if t is not None:
+                    if t.frames.shape != tuple(logits.shape[1:]):
+                        raise ValueError(f"distill.frame_weight: the teacher's frames {t.frames.shape} differ from "
+                                         f"the student's {tuple(logits.shape[1:])}; use distill.bag_weight")
+                    frames[i] = torch.as_tensor(t.frames)
+            frame = frame_kl(logits, frames, mask, cfg.temperature)
+            total = total + cfg.frame_weight * frame
+            parts["distill_frame"] = float(frame.detach())
+        if cfg.sequence_weight > 0 and sequence_loss is not None:
+            texts, seq_mask = sequence_targets([t.text if t is not None else None for t in targets],
+                                               [t.min_conf if t is not None else 0.0 for t in targets],
+                                               cfg.min_confidence)
+            if bool(seq_mask.any()):
+                seq = sequence_loss(texts, seq_mask)
+                total = total + cfg.sequence_weight * seq
+                parts["distill_sequence"] = float(seq.detach())
+            parts["distill_sequence_fraction"] = float(seq_mask.float().mean())
+        return total, parts
+
+
+def _read_meta(path: Path) -> bytes:
+    """The meta record of a teacher cache (for ranks that did not fill it)."""
+    import lmdb
+
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            raw = txn.get(b"__meta__")
+    finally:
+        env.close()
+    if raw is None:
+        raise TeacherCacheError(f"{path} is not a teacher cache")
+    return raw

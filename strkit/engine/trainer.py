@@ -33,13 +33,15 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from strkit.charset import Charset
+from strkit.charset import Charset, CTCCodec
 from strkit.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
 from strkit.config import Config, ConfigError, from_dict
+from strkit.data.teacher_cache import TeacherTarget
 from strkit.engine.metrics import RecognitionMetrics
-from strkit.models.recognizer import GEOMETRY_TARGETS, RecognitionModel, build_model
+from strkit.models.recognizer import AUX_CTC_PREFIX, GEOMETRY_TARGETS, RecognitionModel, build_model
 
 from .data import RunData, build_run_data
+from .distill import Distiller
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
 from .optim import build_optimizer, build_scheduler, parameters_with_prefix, set_schedule_length
 
@@ -153,6 +155,10 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.data: RunData | None = None
+        self.distiller = (Distiller(cfg.distill, self.model.charset, self.dist.is_main)
+                          if cfg.distill.teacher else None)
+        # Unweighted distillation losses of the last train_step (empty: off or no target in the batch).
+        self.last_distill: dict[str, float] = {}
         # Unweighted geometry loss of the last train_step (None: off, no geometry in the batch, or skipped).
         self.last_geometry_loss: float | None = None
 
@@ -244,7 +250,8 @@ class Trainer:
             yield from self.data.train
 
     def train_step(self, images: torch.Tensor, labels: list[str],
-                   geometries: Sequence[Mapping[str, Any] | None] | None = None) -> float | None:
+                   geometries: Sequence[Mapping[str, Any] | None] | None = None,
+                   teachers: Sequence[TeacherTarget | None] | None = None) -> float | None:
         """One optimisation step. Returns the loss, or None when it was not finite (step skipped).
 
         Args:
@@ -253,6 +260,8 @@ class Trainer:
             geometries: B word-geometry records in the model input frame (``None`` for samples without),
                 used when ``model.geometry_loss > 0``; the unweighted geometry loss is kept in
                 :attr:`last_geometry_loss`.
+            teachers: B cached teacher targets (``None`` for samples without), used with ``distill:``;
+                the unweighted distillation losses are kept in :attr:`last_distill`.
         """
         cfg = self.cfg.train
         images = images.to(self.device, non_blocking=True)
@@ -266,7 +275,13 @@ class Trainer:
         self.net.train()
         with autocast_context(self.device, cfg.precision):
             out = self.net(images, targets)
-        loss = out.loss
+            loss = out.loss
+            self.last_distill = {}
+            if self.distiller is not None and teachers is not None:
+                extra, self.last_distill = self.distiller.loss(
+                    out.logits, teachers, ctc=isinstance(self.model.codec, CTCCodec),
+                    sequence_loss=lambda texts, mask: self._sequence_loss(images, out.logits, texts, mask))
+                loss = loss + extra
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss.detach()):
             self.skipped_steps += 1
@@ -287,6 +302,18 @@ class Trainer:
         if out.geometry_loss is not None:
             self.last_geometry_loss = float(out.geometry_loss.detach())
         return float(loss.detach())
+
+    def _sequence_loss(self, images: torch.Tensor, logits: torch.Tensor, texts: list[str],
+                       mask: torch.Tensor) -> torch.Tensor:
+        """The model's own loss on the teacher's readings of the masked samples: the same logits for a CTC
+        decoder, a second (teacher-forced) pass over those images for the others."""
+        kept = [t for t, m in zip(texts, mask.tolist(), strict=True) if m]
+        enc = {k: v.to(self.device) for k, v in self.model.encode(kept).items()}
+        mask = mask.to(logits.device)
+        if isinstance(self.model.codec, CTCCodec):
+            return self.model.decoder.loss(logits[mask], {k: v for k, v in enc.items()
+                                                          if not k.startswith(AUX_CTC_PREFIX)})
+        return self.net(images[mask], enc).loss
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
@@ -313,7 +340,7 @@ class Trainer:
         """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
         cfg = self.cfg.train
         self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step,
-                                   geometry=self.cfg.model.geometry_loss > 0)
+                                   geometry=self.cfg.model.geometry_loss > 0, distiller=self.distiller)
         main = self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +358,7 @@ class Trainer:
         self._t_start = time.perf_counter()
         t_window, n_window, loss_window = time.perf_counter(), 0, []
         geo_window: list[float] = []
+        distill_window: list[dict[str, float]] = []
         last_val: dict[str, float] = {}
         stop_reason = "steps"
         batches = self._batches()
@@ -339,13 +367,16 @@ class Trainer:
             while self.step < self._last_step():
                 batch = next(batches)
                 images, labels = batch[0], batch[1]
-                loss = self.train_step(images, labels, batch[2] if len(batch) > 2 else None)
+                geometries = batch[2] if len(batch) > 2 and self.cfg.model.geometry_loss > 0 else None
+                loss = self.train_step(images, labels, geometries, batch[3] if len(batch) > 3 else None)
                 self.step += 1
                 n_window += len(labels) * self.dist.world_size
                 if loss is not None:
                     loss_window.append(loss)
                 if self.last_geometry_loss is not None:
                     geo_window.append(self.last_geometry_loss)
+                if self.last_distill:
+                    distill_window.append(self.last_distill)
                 if self.step % cfg.log_every == 0 or self.step >= self._last_step():
                     dt = time.perf_counter() - t_window
                     row = {"step": self.step, "loss": float(np.mean(loss_window)) if loss_window else math.nan,
@@ -353,11 +384,14 @@ class Trainer:
                            "skipped_steps": self.skipped_steps}
                     if geo_window:
                         row["geometry_loss"] = float(np.mean(geo_window))
+                    for key in sorted({k for d in distill_window for k in d}):
+                        row[key] = float(np.mean([d[key] for d in distill_window if key in d]))
                     logger.log(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.3f}", ips=f"{row['images_per_s']:.0f}",
                                         acc=f"{last_val.get('val_accuracy', float('nan')):.1f}")
                     t_window, n_window, loss_window, geo_window = time.perf_counter(), 0, [], []
+                    distill_window = []
                     self._fit_schedule_to_budget(self.step - first_step, time.perf_counter() - self._t_start)
                     if bar is not None:
                         bar.total = self.schedule_steps
