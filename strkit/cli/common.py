@@ -68,7 +68,10 @@ def user_errors(main: Callable[..., int]) -> Callable[..., int]:
         except Exception as exc:
             if os.environ.get(DEBUG_ENV) or not is_user_error(exc):
                 raise
-            return fail(str(exc) or type(exc).__name__)
+            message = str(exc) or type(exc).__name__
+            if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the error line
+                message = message.strip().splitlines()[-1]
+            return fail(message)
 
     return wrapper
 
