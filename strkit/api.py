@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from strkit.charset import Charset
+from strkit.checkpoint import resolve_checkpoint_path
 from strkit.config import Config
 from strkit.data.transforms import collate
 from strkit.inference.backend import InferenceBackend
@@ -172,6 +173,7 @@ class Recognizer:
                 raise ValueError(f"{path} is an ONNX model: it runs with backend='onnx' (or 'auto'); for "
                                  f"backend='torch' pass the checkpoint it was exported from")
             return cls.from_onnx(path, threads=threads, device=device, trim_padding=trim_padding)
+        path = resolve_checkpoint_path(path)  # a run folder stands for its best.pt
         if backend == "onnx":
             from strkit.export import cached_onnx_export
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from strkit.config import relative_note
+
 FORMAT = "strkit-checkpoint"
 VERSION = 1
 
@@ -70,16 +72,46 @@ def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict
     return atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` and check its format."""
+#: The first bytes of a ``torch.save`` file: a zip archive (PyTorch >= 1.6), or the pickle of the legacy format.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02")
+#: The checkpoint ``resolve_checkpoint_path`` takes from a run folder.
+RUN_FOLDER_CHECKPOINT = "best.pt"
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder (``train.out_dir``) its ``best.pt``.
+
+    Raises:
+        CheckpointError: ``path`` does not exist, or is a folder without ``best.pt``.
+    """
     path = Path(path)
+    if path.is_dir():
+        best = path / RUN_FOLDER_CHECKPOINT
+        if best.is_file():
+            return best
+        others = sorted(p.name for p in path.glob("*.pt"))
+        raise CheckpointError(f"{path} is a folder with no {RUN_FOLDER_CHECKPOINT}; pass a checkpoint file"
+                              + (f" ({', '.join(others)})" if others else " (best.pt or last.pt of a run)"))
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}{relative_note(path)}")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` and check its format; a run folder stands for its
+    ``best.pt`` (:func:`resolve_checkpoint_path`)."""
+    path = resolve_checkpoint_path(path)
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(f"{path} is not a strkit checkpoint (not a file written by torch.save); "
+                              "pass a best.pt or last.pt written by tools/train.py")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}). "
-                              "Is the file complete and written by strkit?") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path} is not a strkit checkpoint or is incomplete ({type(exc).__name__}: "
+                              f"{first[:200]}); pass a best.pt or last.pt written by tools/train.py") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a strkit checkpoint (no '{FORMAT}' marker); "
                               "pass a file written by tools/train.py")

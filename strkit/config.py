@@ -31,6 +31,13 @@ class ConfigError(ValueError):
     """A config file, key or value is invalid. The message names the key and where it was set."""
 
 
+def relative_note(path: str | Path) -> str:
+    """`` (relative to the current directory /x/y)`` for a relative ``path``, else ``""``: appended to the
+    messages about paths that do not exist, since a relative path in a config or on the command line is
+    read from wherever the tool runs."""
+    return "" if Path(path).is_absolute() else f" (relative to the current directory {Path.cwd()})"
+
+
 # ----------------------------------------------------------------------------------------------
 # Schema
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +259,7 @@ def load_yaml_tree(path: str | Path, prov: Provenance | None = None,
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"_base_ cycle: {chain}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}{relative_note(path)}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -282,7 +289,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    glued = _glued_key(value)
+    if glued is not None:
+        raise ConfigError(f"override '{text}': add a space after ':' ('{glued}' reads as one key with no value; "
+                          f"write {{{glued.replace(':', ': ', 1)}}})")
     return key.split("."), value
+
+
+def _glued_key(value: Any) -> str | None:
+    """A mapping key like ``path:x`` with no value inside ``value``: YAML's reading of ``{path:x}``, which
+    the user meant as ``{path: x}``."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and ":" in k and v is None:
+                return k
+            found = _glued_key(v)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _glued_key(v)
+            if found is not None:
+                return found
+    return None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
@@ -388,9 +417,37 @@ def _build_dataclass(cls: type, data: Mapping[str, Any], prefix: str, prov: Prov
     return cls(**kwargs)
 
 
+#: Range checks run after the types: (dotted key, lowest allowed value, what the value means).
+RANGE_CHECKS: tuple[tuple[str, float, str], ...] = (
+    ("train.steps", 1, "the number of optimiser steps"),
+    ("train.batch_size", 1, "images per step"),
+    ("train.threads", 0, "torch threads, 0 = torch's default"),
+    ("train.val_every", 1, "steps between validations"),
+    ("train.save_every", 1, "steps between checkpoints"),
+    ("train.log_every", 1, "steps between log lines"),
+    ("data.img_h", 1, "the input height in pixels"),
+    ("data.img_w", 1, "the input width in pixels"),
+    ("data.workers", 0, "data loader processes, 0 = load in the main process"),
+    ("eval.batch_size", 1, "images per evaluation batch"),
+)
+
+
+def _check_ranges(cfg: Config, prov: Provenance) -> None:
+    """Raise :class:`ConfigError` for a value outside its range (see :data:`RANGE_CHECKS`)."""
+    for key, lowest, meaning in RANGE_CHECKS:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value < lowest:
+            raise ConfigError(f"{_where(key, prov)} must be at least {lowest:g} ({meaning}), got {value!r}")
+
+
 def from_dict(data: Mapping[str, Any], prov: Provenance | None = None) -> Config:
-    """Validate a plain mapping against :class:`Config`."""
-    return _build_dataclass(Config, data, "", prov or {})
+    """Validate a plain mapping against :class:`Config` (types, then the ranges of :data:`RANGE_CHECKS`)."""
+    prov = prov or {}
+    cfg = _build_dataclass(Config, data, "", prov)
+    _check_ranges(cfg, prov)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

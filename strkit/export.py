@@ -313,6 +313,8 @@ def cached_onnx_export(checkpoint: str | Path, opset: int = 17) -> Path:
         except OSError as exc:  # read-only folder: try the next place
             errors.append(f"{target}: {exc}")
             continue
+        logging.getLogger(__name__).info("exported %s to ONNX once: %s (reused while the checkpoint is unchanged)",
+                                         ckpt, target)
         return target
     raise ExportError(f"cannot write the ONNX export of {ckpt} anywhere ({'; '.join(errors)})")
 

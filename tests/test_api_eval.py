@@ -79,7 +79,7 @@ def test_load_image_conversions(tmp_path):
 def test_bad_checkpoint_is_reported(tmp_path):
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"\x00" * 10)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a strkit checkpoint"):
         Recognizer.from_checkpoint(bogus)
     with pytest.raises(CheckpointError, match="not found"):
         Recognizer.from_checkpoint(tmp_path / "nope.pt")

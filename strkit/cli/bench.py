@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from strkit.cli.common import fail, setup_logging
+from strkit.cli.common import Parser, fail, setup_logging, user_errors
 from strkit.registry import Registry
 
 
@@ -84,7 +84,7 @@ class DataBench:
         parser.add_argument("--count", type=int, default=3200, help="images timed per configuration")
         parser.add_argument("--repeat", type=int, default=3,
                             help="rounds over all configurations; each keeps its fastest (default 3)")
-        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
         parser.add_argument("--quick", action="store_true",
                             help="only 32×100 gray, no augmentation, 0 workers (a smoke test)")
         parser.add_argument("--augment-order", action="store_true",
@@ -149,7 +149,8 @@ class DataBench:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered subcommand."""
-    parser = argparse.ArgumentParser(prog="bench.py", description="strkit speed benchmarks")
+    parser = Parser(prog="strkit-bench", description="strkit speed benchmarks (results go to docs/benchmarks.md); "
+                                                     "each subcommand has its own --help")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name in BENCH_COMMANDS.names():
         command = BENCH_COMMANDS.get(name)
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     """Run one benchmark subcommand; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)

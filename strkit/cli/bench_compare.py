@@ -36,7 +36,8 @@ class CompareBench:
         parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
         parser.add_argument("--warmup", type=int, default=10, help="untimed reads per reader first")
         parser.add_argument("--threads", type=int, default=1, help="threads per reader (default 1)")
-        parser.add_argument("--protocol", choices=["36", "62", "94"], default="36")
+        parser.add_argument("--protocol", choices=["36", "62", "94"], default="36",
+                            help="characters compared: 36 case-insensitive alphanumeric (default), 62, 94")
         parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     @staticmethod

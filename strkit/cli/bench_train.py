@@ -36,15 +36,16 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_models: list[s
                         help="with bf16: let bilstm sequence stages follow autocast "
                              "(model.sequence.autocast=true) instead of running in fp32 (default: off)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    parser.add_argument("--img-h", type=int, default=32)
-    parser.add_argument("--img-w", type=int, default=100)
+    parser.add_argument("--img-h", type=int, default=32, help="input height in pixels (default 32)")
+    parser.add_argument("--img-w", type=int, default=100, help="input width in pixels (default 100)")
     parser.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 = gray (default), 3 = RGB")
     parser.add_argument("--max-busy", type=float, default=0.5,
                         help="before each case, wait while more than this many cores are busy with other "
                              "work (default 0.5)")
     parser.add_argument("--retries", type=int, default=3,
                         help="at most this many waits of --wait-s seconds per case (default 3)")
-    parser.add_argument("--wait-s", type=float, default=30.0)
+    parser.add_argument("--wait-s", type=float, default=30.0,
+                        help="seconds of each wait for a quiet machine (default 30)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the cases in this process (peak memory is then not per case)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -74,7 +75,7 @@ class TrainBench:
         add_common_arguments(parser, ["crnn", "trba", "mbv2-ctc"])
         parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
                             help="precisions to measure (bf16 = autocast; default: both)")
-        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--batch-size", type=int, default=32, help="images per training step (default 32)")
         parser.add_argument("--steps", type=int, default=20,
                             help="timed optimisation steps per case, after --warmup (default 20)")
         parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")

@@ -1,10 +1,19 @@
-"""Shared bits of the command-line tools."""
+"""Shared bits of the command-line tools: logging, one-line errors, argument checks and types."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+log = logging.getLogger("strkit")
+
+#: Set this environment variable (to anything) to get the traceback of an error instead of one line.
+DEBUG_ENV = "STRKIT_DEBUG"
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -17,10 +26,102 @@ def setup_logging(verbose: bool = False) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def one_line(message: str) -> str:
+    """``message`` with its line breaks (and the blank lines around them) folded into single spaces."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def fail(message: str) -> int:
     """Print a one-line error for the user and return the exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     return 2
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line on stderr (``PROG: error: ... (see
+    PROG --help)``) with the exit status 2, like every other error of the tools."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a mistake the user can fix (reported in one line) rather than a bug.
+
+    That is every exception class defined by strkit (``ConfigError``, ``RegistryError``, ``CheckpointError``,
+    ``LmdbError``, ``GtFormatError``, ``BenchmarkError``, ``ExportError``...) and the ``OSError`` and
+    ``ValueError`` that files and values given by the user raise.
+    """
+    if isinstance(exc, OSError | ValueError):
+        return True
+    return any(cls.__module__.split(".")[0] == "strkit" for cls in type(exc).__mro__)
+
+
+def user_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a tool's ``main``: every user error it raises (:func:`is_user_error`) becomes one line on
+    stderr and the exit status 2; set ``STRKIT_DEBUG=1`` for the traceback instead."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:
+            if os.environ.get(DEBUG_ENV) or not is_user_error(exc):
+                raise
+            message = str(exc) or type(exc).__name__
+            if "Original Traceback" in message:  # re-raised from a DataLoader worker: keep the error line
+                message = message.strip().splitlines()[-1]
+            return fail(message)
+
+    return wrapper
+
+
+# -- argument types and checks ------------------------------------------------------------------------
+def _int_at_least(lowest: int, meaning: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest} ({meaning}), got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+#: ``type=`` for ``--threads``: 0 = the library's default, else that many threads.
+threads_arg = _int_at_least(0, "threads; 0 = the default")
+#: ``type=`` for ``--batch-size`` and other counts that must be positive.
+positive_int = _int_at_least(1, "a count")
+#: ``type=`` for counts where 0 means none or all (``--workers``, ``--parity-count``...).
+non_negative_int = _int_at_least(0, "a count; 0 = none")
+
+
+def check_device(device: str, what: str = "--device") -> str:
+    """``device`` if this machine has it (``cpu``, ``cuda``, ``cuda:N``, ``mps``...), else ``ValueError``
+    naming what is available; runs before any model is loaded."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {device}: this machine has no CUDA GPU that PyTorch can use; "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {device}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        return device
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise ValueError(f"{what} {device}: not available here; use cpu" +
+                     (" or cuda" if torch.cuda.is_available() else ""))
 
 
 def add_model_overrides(parser: argparse.ArgumentParser, extra_help: str = "") -> None:
@@ -30,3 +131,15 @@ def add_model_overrides(parser: argparse.ArgumentParser, extra_help: str = "") -
                         help="read with changed model settings that keep the weights, e.g. "
                              "model.decoder.iterations=1 (an iterative_vl decoder with fewer refinement rounds)"
                              + extra_help)
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--progress / --no-progress`` (into ``args.progress``): a progress bar on stderr; default: only when
+    stderr is a terminal."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show a progress bar on stderr (default: only when stderr is a terminal)")
+
+
+def progress_enabled(flag: bool | None) -> bool:
+    """The ``--progress`` choice, or whether stderr is a terminal when it was not given."""
+    return sys.stderr.isatty() if flag is None else flag

@@ -1,11 +1,12 @@
-"""``create_lmdb INPUT OUT``: convert a folder dataset or a gt file into an STR LMDB, streaming.
+"""strkit-create-lmdb INPUT OUT: convert a folder dataset or a gt file into an STR LMDB, streaming.
 
-INPUT is a folder holding ``labels.tsv`` or a gt file of ``path<TAB>label`` lines (see
-:mod:`strkit.data.folder`). Every image is stored as its original bytes (never re-encoded), after a
-check that it decodes (OpenCV, PIL as fallback; ``--no-check`` skips it). Items that cannot be used
-(missing or unreadable file, undecodable image) are skipped, listed with their reason and counted in
-the summary. The LMDB is written to ``OUT.partial`` and renamed to ``OUT`` when complete; an existing
-``OUT`` is only replaced with ``--overwrite``, and an interrupted run is continued with ``--resume``.
+INPUT is a folder holding labels.tsv or a gt file of 'path<TAB>label' lines (paths relative to the gt
+file's folder). Every image is stored as its original bytes (never re-encoded), after a check that it
+decodes (OpenCV, PIL as fallback; --no-check skips it). Items that cannot be used (missing or unreadable
+file, undecodable image) are skipped, listed with their reason and counted in the summary. The LMDB is
+written to OUT.partial and renamed to OUT when complete; an existing OUT is only replaced with
+--overwrite, and an interrupted run is continued with --resume.
+Exit status: 0 done, 2 on a user error (input, output, arguments), printed as one line.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from strkit.cli.common import Parser, positive_int, user_errors
 from strkit.data.folder import read_gt_file, resolve_gt_file
-from strkit.data.lmdb import LmdbError, LmdbWriter, decode_image
+from strkit.data.lmdb import LmdbWriter, decode_image
 
 POSITION_KEY = "create-lmdb-position"  # input lines consumed, committed with the records (for --resume)
 SOURCE_KEY = "create-lmdb-source"
@@ -40,8 +42,8 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="create_lmdb", description=__doc__.split("\n\n")[0],
-                                epilog="Example: create_lmdb shared/benchmarks/IIIT5K_3000 lmdb/IIIT5K_3000")
+    p = Parser(prog="strkit-create-lmdb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="example: strkit-create-lmdb shared/benchmarks/IIIT5K_3000 lmdb/IIIT5K_3000")
     p.add_argument("input", type=Path, help="folder with labels.tsv, or a gt file (path<TAB>label lines)")
     p.add_argument("out", type=Path, help="the LMDB folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and an unfinished OUT.partial)")
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial LMDB map size (grows as needed), e.g. 4G (default 1G)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="check that every image decodes before writing it (default: on)")
-    p.add_argument("--commit-every", type=int, default=1000, help="records per transaction (default 1000)")
+    p.add_argument("--commit-every", type=positive_int, default=1000, help="records per transaction (default 1000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -108,16 +110,13 @@ def convert(input_path: Path, out: Path, *, overwrite: bool = False, resume: boo
     return writer.path, count, skipped
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 done, 2 usage or input error)."""
     args = build_parser().parse_args(argv)
-    try:
-        path, count, skipped = convert(args.input, args.out, overwrite=args.overwrite, resume=args.resume,
-                                       map_size=args.map_size, check=args.check,
-                                       commit_every=args.commit_every, progress=not args.quiet)
-    except (OSError, ValueError, LmdbError) as exc:
-        print(f"create_lmdb: error: {exc}", file=sys.stderr)
-        return 2
+    path, count, skipped = convert(args.input, args.out, overwrite=args.overwrite, resume=args.resume,
+                                   map_size=args.map_size, check=args.check,
+                                   commit_every=args.commit_every, progress=not args.quiet)
     for image_path, reason in skipped[:SHOWN_SKIPS]:
         print(f"skipped {image_path}: {reason}", file=sys.stderr)
     if len(skipped) > SHOWN_SKIPS:

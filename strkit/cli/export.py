@@ -1,10 +1,10 @@
-"""``tools/export.py CHECKPOINT --out DIR``: ONNX (+ int8) and TorchScript export with parity checks.
+"""strkit-export CHECKPOINT --out DIR: ONNX (+ int8) and TorchScript export with parity checks.
 
-Writes ``model.onnx`` (``--onnx``, the default), ``model.int8.onnx`` (``--int8``) and ``model.ts``
-(``--torchscript``) into ``--out`` (and with ``--bundle DIR`` the files of a model bundle, see
-:func:`strkit.export.write_bundle`), checks each against PyTorch on real crops of a benchmark (same
-text on every image, max probability and logit differences), and for int8 compares word accuracy with
-the fp32 ONNX model on the benchmarks. Everything printed is also written to ``export_report.json``.
+Writes model.onnx (--onnx, the default), model.int8.onnx (--int8) and model.ts (--torchscript) into
+--out (and with --bundle DIR the files of a model bundle for Recognizer.from_pretrained), checks each
+against PyTorch on real crops of a benchmark (same text on every image, max probability and logit
+differences), and for int8 compares word accuracy with the fp32 ONNX model on the benchmarks. Everything
+printed is also written to export_report.json. CHECKPOINT may be a run folder (its best.pt).
 Exit status: 0, 1 if an fp32 export reads any parity image differently from PyTorch, 2 on a user error.
 """
 
@@ -15,14 +15,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from strkit.cli.common import fail, setup_logging
+from strkit.cli.common import (
+    Parser,
+    fail,
+    non_negative_int,
+    positive_int,
+    setup_logging,
+    threads_arg,
+    user_errors,
+)
 
 INT8_ACCURACY_TOLERANCE = 0.5  # points of word accuracy, per benchmark
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="strkit-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint written by tools/train.py (best.pt / last.pt)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--onnx", action="store_true", help="write model.onnx (the default when nothing is chosen)")
@@ -35,25 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None,
                    help="training crops for static int8 calibration: a folder dataset (labels.tsv) or an LMDB "
                         "(default: IIIT5K_train under --benchmark-root); never a benchmark")
-    p.add_argument("--calibration-count", type=int, default=256, help="calibration images (default 256)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--calibration-count", type=positive_int, default=256, help="calibration images (default 256)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
     p.add_argument("--fixed-width", action="store_true",
                    help="fix the input width to the training width (default: dynamic when the model allows)")
     p.add_argument("--benchmark-root", default=None,
                    help="folder holding the benchmarks (default: the checkpoint's data.benchmark_root)")
     p.add_argument("--parity-set", default="IIIT5K_3000", help="benchmark whose crops the parity check uses")
-    p.add_argument("--parity-count", type=int, default=200,
+    p.add_argument("--parity-count", type=non_negative_int, default=200,
                    help="images for the parity check, evenly spaced over the set (0 = skip)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size of the parity and accuracy runs")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size of the parity and accuracy runs")
     p.add_argument("--accuracy", nargs="+", default=None,
                    help="benchmarks (or groups) on which int8 accuracy is compared with fp32 (default: the "
                         "checkpoint's eval.benchmarks)")
-    p.add_argument("--accuracy-count", type=int, default=0,
+    p.add_argument("--accuracy-count", type=non_negative_int, default=0,
                    help="use only the first N images of each accuracy benchmark (0 = all; a smoke test)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the int8 accuracy comparison")
     p.add_argument("--protocol", choices=["36", "62", "94"], default=None,
                    help="evaluation protocol (default: the checkpoint's eval.protocol)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=threads_arg, default=1,
                    help="threads for ONNX Runtime and PyTorch in the checks and --speed (default 1)")
     p.add_argument("--bundle", default=None, metavar="DIR",
                    help="also write a model bundle for Recognizer.from_pretrained into DIR (strkit/assets for the "
@@ -178,12 +185,13 @@ def _int8_bundle_verdict(args: argparse.Namespace, report: dict[str, Any]) -> bo
     return not why
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     import torch
 
-    from strkit.checkpoint import CheckpointError
+    from strkit.checkpoint import resolve_checkpoint_path
     from strkit.data.benchmarks import BenchmarkError
     from strkit.export import (
         ExportError,
@@ -200,10 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     want_onnx = args.onnx or args.int8 or args.bundle or not args.torchscript
-    try:
-        model, cfg = load_model(args.checkpoint)
-    except CheckpointError as exc:
-        return fail(str(exc))
+    args.checkpoint = str(resolve_checkpoint_path(args.checkpoint))  # a run folder stands for its best.pt
+    model, cfg = load_model(args.checkpoint)
     root = args.benchmark_root or cfg.data.benchmark_root
     spec = InputSpec.from_data_config(cfg.data)
     out = Path(args.out)

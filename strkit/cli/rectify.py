@@ -1,47 +1,48 @@
-"""``tools/rectify.py CHECKPOINT [CHECKPOINT ...]``: benchmark crops before and after each model's rectifier.
+"""strkit-rectify CHECKPOINT [CHECKPOINT ...]: benchmark crops before and after each model's rectifier.
 
 One row per crop, one column for the model input and one per checkpoint (its rectified image; for a
-``scrn`` rectifier its predicted upper / lower boundaries and centre line are drawn on the input too).
-By default the crops are the ``--count`` of the first ``--scan`` images of ``--benchmark`` that the
-rectifiers change the most (mean absolute change, largest over the checkpoints): on a trained TPS or
-ScRN those are the curved and slanted words. ``--indices`` picks them by hand instead.
+scrn rectifier its predicted upper / lower boundaries and centre line are drawn on the input too).
+By default the crops are the --count of the first --scan images of --benchmark that the rectifiers
+change the most (mean absolute change, largest over the checkpoints): on a trained TPS or ScRN those
+are the curved and slanted words. --indices picks them by hand instead. A CHECKPOINT may be a run
+folder (its best.pt). Exit status: 0 done, 2 on a user error, printed as one line.
 
-    python tools/rectify.py runs/abl_tps/last.pt runs/abl_scrn/last.pt --names tps scrn \\
+example:
+    strkit-rectify runs/abl_tps/last.pt runs/abl_scrn/last.pt --names tps scrn \\
         --benchmark IC15_2077 --count 10 --out docs/rectification.png
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
-from strkit.cli.common import fail, setup_logging
+from strkit.cli.common import Parser, fail, positive_int, setup_logging, threads_arg, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rectify.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="strkit-rectify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="checkpoints (best.pt / last.pt) with the same input size")
     p.add_argument("--names", nargs="+", default=None, help="column titles (default: the run folder names)")
     p.add_argument("--benchmark", default="IC15_2077", help="benchmark to take the crops from")
     p.add_argument("--root", default=None, help="folder holding the benchmarks (default: data.benchmark_root)")
-    p.add_argument("--count", type=int, default=10, help="number of crops (rows)")
-    p.add_argument("--scan", type=int, default=600, help="score the first N crops of the benchmark")
+    p.add_argument("--count", type=positive_int, default=10, help="number of crops (rows)")
+    p.add_argument("--scan", type=positive_int, default=600, help="score the first N crops of the benchmark")
     p.add_argument("--indices", type=int, nargs="+", default=None, help="crop indices instead of scoring")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--threads", type=threads_arg, default=0, help="torch threads (0 = default)")
     p.add_argument("--out", default="docs/rectification.png", help="PNG to write")
     return p
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from strkit.checkpoint import CheckpointError
-    from strkit.data.benchmarks import BenchmarkError, load_benchmark
+    from strkit.checkpoint import resolve_checkpoint_path
+    from strkit.data.benchmarks import BenchmarkNotFoundError, load_benchmark
     from strkit.engine.data import eval_transform
     from strkit.engine.rectification import (
         Column,
@@ -56,24 +57,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.names is not None and len(args.names) != len(args.checkpoints):
         return fail(f"--names gives {len(args.names)} names for {len(args.checkpoints)} checkpoints")
-    if args.count < 1 or args.scan < 1:
-        return fail("--count and --scan must be at least 1")
-    models = []
-    for ckpt in args.checkpoints:
-        try:
-            models.append(load_model(ckpt))
-        except CheckpointError as exc:
-            return fail(str(exc))
+    models = [load_model(ckpt) for ckpt in args.checkpoints]
     shapes = {(cfg.data.img_h, cfg.data.img_w, cfg.data.channels, cfg.data.keep_ratio) for _, cfg in models}
     if len(shapes) > 1:
         return fail(f"the checkpoints take different inputs (img_h, img_w, channels, keep_ratio): {sorted(shapes)}; "
                     "compare models trained at the same input size")
     first_cfg = models[0][1]
     transform = eval_transform(first_cfg)
+    root = args.root or first_cfg.data.benchmark_root
     try:
-        dataset = load_benchmark(args.benchmark, args.root or first_cfg.data.benchmark_root, channels=3)
-    except BenchmarkError as exc:
-        return fail(str(exc))
+        dataset = load_benchmark(args.benchmark, root, channels=3)
+    except BenchmarkNotFoundError as exc:
+        hint = "; give the folder holding the benchmarks with --root" if f"under {root}" in str(exc) else ""
+        raise BenchmarkNotFoundError(f"{str(exc).rstrip('.')}{hint}") from None
     if args.indices:
         bad = [i for i in args.indices if not 0 <= i < len(dataset)]
         if bad:
@@ -88,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = images.shape[2:]
     input_col = Column(f"input {args.benchmark}", to_uint8(images))
     columns = [input_col]
-    names = args.names or [Path(c).resolve().parent.name for c in args.checkpoints]
+    names = args.names or [resolve_checkpoint_path(c).resolve().parent.name for c in args.checkpoints]
     for name, (model, cfg) in zip(names, models, strict=True):
         out, points = rectify(model, images)
         rect_name = str(cfg.model.rectifier.get("name", "?"))

@@ -1,56 +1,57 @@
-"""``tools/search.py``: latency-aware architecture search.
+"""strkit-search: latency-aware architecture search.
 
-Subcommands (CONFIG is a YAML config with ``model.backbone.name: supernet`` and a ``search``
-section, see ``configs/search/``; ``key.sub=value`` overrides follow it)::
+Subcommands (CONFIG is a YAML config with model.backbone.name: supernet and a search section, see
+configs/search/; key.sub=value overrides follow it):
 
-    search.py run CONFIG [overrides] [--resume [LAST_PT]]   search; writes arch.json, report, retrain.yaml
-    search.py lut CONFIG [overrides] [--out LUT_JSON]       measure the latency table only
-    search.py validate-lut CONFIG [overrides] --lut LUT_JSON [-n 20]
-                                                            LUT prediction vs measurement, MAE in %
-    search.py fixed CONFIG [overrides] --op k3_e3 [--out DIR]
-                                                            a fixed baseline of the space (every cell one
-                                                            op): DIR/arch.json + DIR/train.yaml
+    strkit-search run CONFIG [overrides] [--resume [LAST_PT]]
+        search; writes arch.json, report, retrain.yaml
+    strkit-search lut CONFIG [overrides] [--out LUT_JSON]
+        measure the latency table only
+    strkit-search validate-lut CONFIG [overrides] --lut LUT_JSON [-n 20]
+        LUT prediction vs measurement, MAE in %
+    strkit-search fixed CONFIG [overrides] --op k3_e3 [--out DIR]
+        a fixed baseline of the space (every cell one op): DIR/arch.json + DIR/train.yaml
 
-Runs under ``torchrun`` (``run`` only) like ``tools/train.py``.
+Runs under torchrun (run only) like tools/train.py.
+Exit status: 0 done, 2 on a user error (config, data, checkpoint), printed as one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from strkit.cli.common import fail, setup_logging
-from strkit.config import Config, ConfigError, load_config
+from strkit.cli.common import Parser, fail, non_negative_int, positive_int, setup_logging, user_errors
+from strkit.config import Config, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="search.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="strkit-search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("config", help="YAML config (see configs/search/)")
         sp.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. search.target_ms=5")
-        sp.add_argument("-v", "--verbose", action="store_true")
+        sp.add_argument("-v", "--verbose", action="store_true", help="debug log messages")
 
     run = sub.add_parser("run", help="run the search")
     common(run)
     run.add_argument("--resume", nargs="?", const="auto", default=None,
                      help="resume from a last.pt (default: train.out_dir/last.pt)")
-    run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--print-config", action="store_true",
+                     help="check the config (including the model and search sections), print it resolved and exit")
 
     lut = sub.add_parser("lut", help="measure the latency lookup table")
     common(lut)
     lut.add_argument("--out", default=None, help="output JSON (default: train.out_dir/lut.json)")
-    lut.add_argument("--validate", type=int, default=0, metavar="N",
+    lut.add_argument("--validate", type=non_negative_int, default=0, metavar="N",
                      help="also time N random sub-networks end to end and report the MAE")
 
     val = sub.add_parser("validate-lut", help="time random sub-networks and compare with the table")
     common(val)
     val.add_argument("--lut", required=True, help="latency table JSON")
-    val.add_argument("-n", type=int, default=20, help="number of random sub-networks (default 20)")
+    val.add_argument("-n", type=positive_int, default=20, help="number of random sub-networks (default 20)")
     val.add_argument("--json", default=None, help="also write the result to this JSON file")
 
     fixed = sub.add_parser("fixed", help="write a fixed baseline of the space (the same op in every cell)")
@@ -134,38 +135,32 @@ def _fixed(cfg: Config, op: str, first_op: str | None, out: str | None) -> int:
     return 0
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        from strkit.nas.config import search_config
+    cfg = load_config(args.config, args.overrides)
+    from strkit.nas.config import search_config
 
-        search_config(cfg.search)
-    except ConfigError as exc:
-        return fail(str(exc))
-    try:
-        if args.command == "lut":
-            return _lut(cfg, args.out, args.validate)
-        if args.command == "validate-lut":
-            return _validate(cfg, args.lut, args.n, args.json)
-        if args.command == "fixed":
-            return _fixed(cfg, args.op, args.first_op, args.out)
-        if args.print_config:
-            print(cfg.dump(), end="")
-            return 0
-        resume = args.resume
-        if resume == "auto":
-            resume = Path(cfg.train.out_dir) / "last.pt"
-            if not resume.is_file():
-                return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
-        from strkit.engine.searcher import Searcher
+    search_config(cfg.search)
+    if args.command == "lut":
+        return _lut(cfg, args.out, args.validate)
+    if args.command == "validate-lut":
+        return _validate(cfg, args.lut, args.n, args.json)
+    if args.command == "fixed":
+        return _fixed(cfg, args.op, args.first_op, args.out)
+    if args.print_config:
+        _model(cfg)  # the model section: registered names and their keys
+        print(cfg.dump(), end="")
+        return 0
+    resume = args.resume
+    if resume == "auto":
+        resume = Path(cfg.train.out_dir) / "last.pt"
+        if not resume.is_file():
+            return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
+    from strkit.engine.searcher import Searcher
 
-        result = Searcher(cfg, resume=resume).fit()
-    except (ValueError, OSError) as exc:  # user errors (bad paths, files, values) get one line
-        if os.environ.get("STRKIT_DEBUG"):
-            raise
-        return fail(f"{exc} (set STRKIT_DEBUG=1 for the traceback)")
+    result = Searcher(cfg, resume=resume).fit()
     if result:
         print(f"architecture: {result['arch']}\nreport: {result['report']}")
     return 0

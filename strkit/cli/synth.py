@@ -1,6 +1,6 @@
-"""``strkit-synth`` / ``tools/synth.py``: synthetic word images into an LMDB, previews and font audits.
+"""strkit-synth (tools/synth.py): synthetic word images into an LMDB, previews and font audits.
 
-Examples::
+examples:
 
     tools/synth.py --preset mjsynth --count 100000 --workers 2 --out data/synth/mj_100k
     tools/synth.py --preset mjsynth --count 100000 --workers 2 --out data/synth/mj_100k --resume
@@ -20,23 +20,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from strkit.cli.common import fail, setup_logging
+from strkit.cli.common import Parser, fail, non_negative_int, positive_int, setup_logging, user_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strkit-synth", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n\n")[1:]))
+    p = Parser(prog="strkit-synth", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.split("\n\n")[1:]))
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="mjsynth",
                      help="clean | mjsynth | hard, or a YAML file (default mjsynth)")
     src.add_argument("--config", help="a synth YAML file (same as --preset PATH)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. geometry.curve_p=0.3 degrade.blur_p=0")
-    p.add_argument("--count", type=int, help="number of samples (LMDB size; --bench: samples to time)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    p.add_argument("--count", type=positive_int, help="number of samples (LMDB size; --bench: samples to time)")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="rendering processes")
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
-    p.add_argument("--start-index", type=int, default=0, help="index of the first sample (default 0)")
+    p.add_argument("--start-index", type=non_negative_int, default=0, help="index of the first sample (default 0)")
     p.add_argument("--out", help="LMDB folder to write")
     p.add_argument("--resume", action="store_true", help="continue <out>.partial of an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lexicon", help="word list: a file (one word per line) or wordfreq:<lang>:<n>")
     p.add_argument("--geometry", action="store_true", help="also store geom-%%09d (text boundary polylines)")
     p.add_argument("--preview", metavar="PNG", help="write a contact sheet of samples instead of an LMDB")
-    p.add_argument("--preview-count", type=int, default=64, help="samples in the contact sheet (default 64)")
+    p.add_argument("--preview-count", type=positive_int, default=64, help="samples in the contact sheet (default 64)")
     p.add_argument("--preview-colors", type=int, default=0,
                    help="quantise the contact sheet to this many colours (smaller PNG; 0 = keep)")
     p.add_argument("--list-fonts", action="store_true", help="audit the fonts and print a summary")
@@ -146,6 +145,7 @@ def _bench(renderer: Any, count: int, seed: int) -> None:
           f"mean JPEG q{cfg.storage_quality} {total / n:.0f} bytes")
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

@@ -1,48 +1,62 @@
-"""``tools/train.py CONFIG [key=value ...] [--resume [LAST_PT]]``: train a recogniser."""
+"""strkit-train CONFIG [key=value ...] [--resume [LAST_PT]]: train a recogniser.
+
+CONFIG is a YAML file (see configs/train/); key.sub=value overrides follow it, e.g. train.steps=1000
+or "data.train=[{path: lmdb/words, kind: lmdb}]" (YAML values: a space after each ':').
+Exit status: 0 done, 2 on a user error (bad config, data or checkpoint), printed as one line.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from strkit.cli.common import fail, setup_logging
-from strkit.config import ConfigError, load_config
+from strkit.cli.common import check_device, fail, setup_logging, user_errors
+from strkit.config import Config, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__)
+    p = argparse.ArgumentParser(prog="strkit-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config (see configs/train/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a last.pt (default: train.out_dir/last.pt)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--print-config", action="store_true",
+                   help="check the config (including the model: stage names and their keys), print it resolved "
+                        "and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug log messages")
     return p
 
 
+def check_config(cfg: Config) -> None:
+    """Everything that can be checked before training starts: the device, and the model section (registered
+    stage names and their keys, by building the model once on the CPU)."""
+    from strkit.models.recognizer import build_model
+
+    if cfg.train.device != "auto":
+        check_device(cfg.train.device)
+    build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
+
+
+@user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        return fail(str(exc))
+    cfg = load_config(args.config, args.overrides)
+    check_config(cfg)
     if args.print_config:
         print(cfg.dump(), end="")
         return 0
     # Text-only configs (every data.train source has kind 'words') pre-train the language model.
     from strkit.engine.lm_pretrain import is_text_only, run_lm_pretraining
 
-    try:
-        if is_text_only(cfg):
-            if args.resume:
-                return fail("--resume is not supported for language-model pre-training "
-                            "(data.train kind: words)")
-            metrics = run_lm_pretraining(cfg)
-            print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            return 0
-    except ValueError as exc:
-        return fail(str(exc))
+    if is_text_only(cfg):
+        if args.resume:
+            return fail("--resume is not supported for language-model pre-training "
+                        "(data.train kind: words)")
+        metrics = run_lm_pretraining(cfg)
+        print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return 0
     resume = args.resume
     if resume == "auto":
         resume = Path(cfg.train.out_dir) / "last.pt"

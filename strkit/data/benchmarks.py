@@ -33,6 +33,7 @@ from types import MappingProxyType
 
 import torch.utils.data
 
+from strkit.config import relative_note
 from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
 from strkit.data.lmdb import LabelFilter, LmdbDataset, lmdb_num_samples
 
@@ -171,8 +172,8 @@ def find_benchmark(name: str, root: str | Path) -> Path:
             path = subdirs.get(cand)
             if path is not None and dataset_kind(path) is not None:
                 return path
-    raise BenchmarkNotFoundError(f"benchmark {canon} not found under {root}; put it at {root / canon} "
-                                 f"(a folder with {LABELS_FILE}, or an LMDB with data.mdb).")
+    raise BenchmarkNotFoundError(f"benchmark {canon} not found under {root}{relative_note(root)}; put it at "
+                                 f"{root / canon} (a folder with {LABELS_FILE}, or an LMDB with data.mdb).")
 
 
 def record_count(path: Path) -> int | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from strkit.config import relative_note
 from strkit.data.lmdb import BadRecord, LabelFilter, RecordDataset, decode_image
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,8 @@ def resolve_gt_file(root_or_gt: str | Path) -> Path:
                                       f"(or pass the gt file itself).")
         return gt
     if not path.is_file():
-        raise FolderNotFoundError(f"{path} does not exist: expected a folder with {LABELS_FILE} or a gt "
-                                  f"file of 'path<TAB>label' lines.")
+        raise FolderNotFoundError(f"{path} does not exist{relative_note(path)}: expected a folder with "
+                                  f"{LABELS_FILE} or a gt file of 'path<TAB>label' lines.")
     return path
 
 

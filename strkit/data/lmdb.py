@@ -41,6 +41,8 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
+from strkit.config import relative_note
+
 log = logging.getLogger(__name__)
 
 LabelFilter = Callable[[str], "str | None"]
@@ -320,7 +322,7 @@ def lmdb_dir(path: str | Path) -> Path:
     if path.name == "data.mdb" and path.is_file():
         path = path.parent
     if not (path / "data.mdb").is_file():
-        what = "does not exist" if not path.exists() else "holds no data.mdb"
+        what = f"does not exist{relative_note(path)}" if not path.exists() else "holds no data.mdb"
         raise LmdbNotFoundError(f"{path} {what}: expected an LMDB folder (with data.mdb). Check the path, "
                                 f"or create one with tools/create_lmdb.py (from image crops) or tools/synth.py "
                                 f"(synthetic words).")
@@ -549,7 +551,8 @@ def open_lmdb_tree(root: str | Path, **kwargs: object) -> torch.utils.data.Datas
     """
     paths = find_lmdbs(root)
     if not paths:
-        what = "does not exist" if not Path(root).exists() else "holds no LMDB (no data.mdb below it)"
+        what = (f"does not exist{relative_note(root)}" if not Path(root).exists()
+                else "holds no LMDB (no data.mdb below it)")
         raise LmdbNotFoundError(f"{root} {what}. Point the source at an LMDB folder or a folder of them.")
     datasets = [LmdbDataset(p, **kwargs) for p in paths]  # type: ignore[arg-type]
     return datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)

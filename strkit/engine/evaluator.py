@@ -11,6 +11,7 @@ import csv
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,11 +105,16 @@ class EvalReport:
 @torch.inference_mode()
 def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, name: str,
                     device: torch.device, precision: str = "fp32",
-                    keep_wrong: bool = False) -> RecognitionMetrics:
-    """Score ``model`` on every batch of ``loader`` (images B×C×H×W, raw labels)."""
+                    keep_wrong: bool = False, progress: bool = False) -> RecognitionMetrics:
+    """Score ``model`` on every batch of ``loader`` (images B×C×H×W, raw labels); ``progress``: a progress
+    bar (images) on stderr."""
+    from tqdm import tqdm
+
     model.eval()
     metrics = RecognitionMetrics(name=name)
     index = 0
+    total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None  # type: ignore[arg-type]
+    bar = tqdm(total=total, unit="img", desc=name, disable=not progress, leave=False)
     for images, labels in loader:
         with autocast_context(device, precision):
             preds = model.predict(images.to(device))
@@ -116,6 +122,8 @@ def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, 
         gts = [protocol_filter(t, protocol) for t in labels]
         metrics.update(texts, gts, [p.confidence for p in preds], start_index=index, keep_wrong=keep_wrong)
         index += len(labels)
+        bar.update(len(labels))
+    bar.close()
     return metrics
 
 
@@ -165,8 +173,12 @@ def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], 
                         protocol: str = "36", batch_size: int = 64, workers: int = 0,
                         device: torch.device | None = None, precision: str = "fp32",
                         keep_wrong: bool = False, speed: bool = True,
-                        model_name: str = "model") -> EvalReport:
-    """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded)."""
+                        model_name: str = "model", progress: bool = False,
+                        on_result: Callable[[RecognitionMetrics], None] | None = None) -> EvalReport:
+    """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded).
+
+    ``progress``: a progress bar per benchmark on stderr; ``on_result``: called with each benchmark's
+    metrics as soon as it is scored (to stream results)."""
     device = device or next(model.parameters()).device
     transform = eval_transform(cfg)
     results: list[RecognitionMetrics] = []
@@ -174,8 +186,10 @@ def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], 
     for name in expand_benchmarks(names):
         ds = load_benchmark(name, root, channels=cfg.data.channels)
         loader = build_eval_loader(ds, transform, batch_size=batch_size, num_workers=workers)
-        m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong)
+        m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong, progress)
         results.append(m)
+        if on_result is not None:
+            on_result(m)
         if keep_wrong:
             paths = getattr(ds, "paths", None)
             wrong[name] = [{"index": i, "image": str(paths[i]) if paths is not None else f"#{i + 1}",

@@ -56,3 +56,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
     ``overrides``: ``model.*`` settings that keep the weights, see :func:`model_from_payload`."""
     model, cfg = model_from_payload(load_checkpoint(path), overrides)
     return model.to(device), cfg
+
+
+def bundled_models() -> dict[str, Path]:
+    """The models shipped inside the package (``strkit/assets/<name>.pt``), by name (``default``...)."""
+    from importlib import resources
+
+    assets = Path(str(resources.files("strkit") / "assets"))
+    return {p.stem: p for p in sorted(assets.glob("*.pt"))} if assets.is_dir() else {}
+
+
+def in_package(path: str | Path) -> bool:
+    """Whether ``path`` lies inside the installed strkit package (where no tool should write results)."""
+    from importlib import resources
+
+    package = Path(str(resources.files("strkit"))).resolve()
+    return Path(path).resolve().is_relative_to(package)

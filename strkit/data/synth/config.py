@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from strkit.config import ConfigError, apply_overrides, load_yaml_tree
+from strkit.config import ConfigError, apply_overrides, load_yaml_tree, relative_note
 
 PRESET_NAMES: tuple[str, ...] = ("clean", "mjsynth", "hard")
 
@@ -357,7 +357,7 @@ def resolve_preset(preset_or_path: str | Path) -> Path | None:
     path = Path(text).expanduser()
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
-            raise ConfigError(f"synth config file not found: {path}")
+            raise ConfigError(f"synth config file not found: {path}{relative_note(path)}")
         return path
     candidate = preset_dir() / f"{text}.yaml"
     if candidate.is_file():
