@@ -14,7 +14,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: module of each tool -> its console-script name (setup.cfg)
 TOOLS = {"train": "strkit-train", "eval": "strkit-eval", "recognize": "strkit-recognize",
          "create_lmdb": "strkit-create-lmdb", "synth": "strkit-synth", "search": "strkit-search",
-         "export": "strkit-export", "bench": "strkit-bench", "rectify": "strkit-rectify"}
+         "export": "strkit-export", "bench": "strkit-bench", "rectify": "strkit-rectify",
+         "curate": "strkit-curate"}
 RST = re.compile(r"``|:(?:func|class|mod|data|meth|attr):`|::\s*$", re.M)
 
 

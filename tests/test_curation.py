@@ -138,8 +138,11 @@ def test_cli_audit_and_errors(labelled_folder, tmp_path, capsys):
             "--quiet"]
     assert curate_main(args) == 0
     assert "agrees with 7 of 8" in capsys.readouterr().out and out.is_file()
-    assert curate_main(args) == 2  # exists, no --overwrite
-    assert curate_main(["audit", str(labelled_folder), "--out", str(tmp_path / "b.tsv"), "--teacher", "strkit"]) == 2
+    with pytest.raises(SystemExit) as exists:  # usage errors: argparse's exit, one line
+        curate_main(args)
+    with pytest.raises(SystemExit) as no_model:
+        curate_main(["audit", str(labelled_folder), "--out", str(tmp_path / "b.tsv"), "--teacher", "strkit"])
+    assert exists.value.code == no_model.value.code == 2
     assert curate_main(["filter", "/nonexistent", str(tmp_path / "f"), "--teacher", "strkit", "--teacher-model",
                         str(MODEL)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,19 +13,16 @@ Exit status: 0 done, 2 usage or input error.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from strkit.charset import PROTOCOLS, Charset
-from strkit.cli.common import fail
-from strkit.data.folder import GtFormatError
-from strkit.data.lmdb import LmdbError, lmdb_num_samples
+from strkit.cli.common import Parser, positive_int, user_errors
+from strkit.data.lmdb import lmdb_num_samples
 from strkit.engine import curation
-from strkit.inference.teachers import TEACHERS, TeacherError, build_teacher
-from strkit.registry import RegistryError
+from strkit.inference.teachers import TEACHERS, build_teacher
 
 PROG = "strkit-curate"
 
@@ -35,8 +32,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-model", default=None,
                    help="rapidocr: the recogniser file in rapidocr/models (default PP-OCRv6_rec_small.onnx); "
                         "strkit: a .pt checkpoint or .onnx export (required)")
-    p.add_argument("--threads", type=int, default=1, help="teacher threads (default 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per teacher call (default 32)")
+    p.add_argument("--threads", type=positive_int, default=1, help="teacher threads (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="crops per teacher call (default 32)")
     p.add_argument("--charset", default="36_lowercase",
                    help="student charset the teacher's reading is folded into (preset or file; default "
                         "36_lowercase)")
@@ -44,9 +41,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     sub = p.add_subparsers(dest="command", required=True, metavar="{filter,audit,pseudo}")
     f = sub.add_parser("filter", help="drop the records of an LMDB the teacher cannot read",
                        description="Copy the records of SRC that the teacher reads as labelled into OUT.")
@@ -83,10 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """A one-line message for a bad argument, or ``None``."""
-    if args.threads < 1:
-        return f"--threads must be at least 1, got {args.threads}"
-    if args.batch_size < 1:
-        return f"--batch-size must be at least 1, got {args.batch_size}"
     if getattr(args, "limit", 0) < 0:
         return f"--limit must be 0 (all) or positive, got {args.limit}"
     conf = getattr(args, "min_confidence", 0.0)
@@ -138,17 +131,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 done, 2 usage or input error)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     message = _check_args(args)
     if message:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    try:
-        return run(args)
-    except (TeacherError, RegistryError, LmdbError, GtFormatError, OSError, ValueError) as exc:
-        return fail(str(exc))
+        parser.error(message)
+    return run(args)
 
 
 if __name__ == "__main__":
