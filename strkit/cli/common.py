@@ -30,3 +30,24 @@ def add_model_overrides(parser: argparse.ArgumentParser, extra_help: str = "") -
                         help="read with changed model settings that keep the weights, e.g. "
                              "model.decoder.iterations=1 (an iterative_vl decoder with fewer refinement rounds)"
                              + extra_help)
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels N`` (into ``args.max_pixels``): refuse images whose header announces more pixels,
+    before decoding them (0 = no limit of strkit's own; :mod:`strkit.data.image_limits`)."""
+    from strkit.data.image_limits import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images of more than N pixels (width × height), read from the header "
+                             f"before decoding: a guard against decompression bombs (default {DEFAULT_MAX_PIXELS:,}; "
+                             f"0 = no limit)")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from strkit.cli.common import add_model_overrides, fail
+from strkit.cli.common import add_max_pixels, add_model_overrides, fail
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                    help="auto (default) = ONNX Runtime when installed, else PyTorch")
+    add_max_pixels(p)
     add_model_overrides(p, "; runs with PyTorch")
     return p
 
@@ -62,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         return fail("no input images found")
-    results = rec.recognize(paths, batch_size=args.batch_size)
+    results = rec.recognize(paths, batch_size=args.batch_size, max_pixels=args.max_pixels or None)
     errors = 0
     for path, r in zip(paths, results, strict=True):
         errors += not r.ok
         if args.format == "json":
             print(json.dumps({"image": path, "text": r.text, "confidence": round(r.confidence, 5),
-                              "char_probs": [round(c, 5) for c in r.char_probs], "error": r.error}))
+                              "char_probs": [round(c, 5) for c in r.char_probs], "error": r.error,
+                              "warning": r.warning}))
         elif r.ok:
-            print(f"{path}\t{r.text}\t{r.confidence:.4f}")
+            print(f"{path}\t{r.text}\t{r.confidence:.4f}" + (f"\twarning: {r.warning}" if r.warning else ""))
         else:
             print(f"{path}\t\t0.0000\terror: {r.error}")
     if errors:
