@@ -92,13 +92,18 @@ def test_recognize_refuses_bombs_per_item_without_decoding(rec, bombs, word_png,
 def test_limit_is_configurable_and_pil_limits_refuse_the_same_way(rec, bombs, word_png, tmp_path):
     r = rec.recognize(word_png, max_pixels=1000)[0]  # 100×32 = 3200 pixels
     assert not r.ok and "3,200 pixels exceeds the limit of 1,000" in r.error
-    # no limit of strkit's own: PIL's decompression-bomb warning level (89 MP) refuses 10000×10000 ...
-    with pytest.warns(Image.DecompressionBombWarning):
-        r = rec.recognize(bomb_png(tmp_path / "10k.png", 10000, 10000), max_pixels=None)[0]
-    assert not r.ok and "PIL's decompression-bomb limit" in r.error
-    # ... and its error level (2 × 89 MP) as well
-    r = rec.recognize(bombs["pil"], max_pixels=None)[0]
-    assert not r.ok and "PIL refused the header as a decompression bomb" in r.error
+    # no limit of strkit's own: PIL's decompression-bomb limit (its warning level, 89 MP) still refuses
+    for path in (bomb_png(tmp_path / "10k.png", 10000, 10000), bombs["pil"]):
+        r = rec.recognize(path, max_pixels=None)[0]
+        assert not r.ok and "exceeds PIL's decompression-bomb limit of 89,478,485 pixels" in r.error
+    # a format read by PIL: its DecompressionBombError (2 × 89 MP) becomes the same per-item error
+    bmp = tmp_path / "huge.bmp"
+    Image.new("L", (8, 8)).save(bmp)
+    data = bytearray(bmp.read_bytes())
+    data[18:26] = (20000).to_bytes(4, "little") + (20000).to_bytes(4, "little")  # width, height
+    bmp.write_bytes(bytes(data))
+    r = rec.recognize(bmp, max_pixels=None)[0]
+    assert not r.ok and str(bmp) in r.error and "PIL refused the header as a decompression bomb" in r.error
 
 
 def test_pil_images_and_arrays_are_checked_before_loading(rec, bombs):
@@ -184,3 +189,27 @@ def test_aspect_warning_in_results(rec):
     assert "40 times as tall as wide" in results[1].warning
     assert results[2].warning is None
     assert aspect_warning(20, 500) is None and aspect_warning(20, 501) is not None  # the limit is 25
+
+
+@pytest.mark.parametrize("fmt,options", [("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}),
+                                         ("JPEG", {"exif": b"Exif\0\0" + b"\0" * 300}), ("BMP", {}),
+                                         ("GIF", {}), ("WEBP", {}), ("TIFF", {})])
+def test_header_size_matches_pil(fmt, options):
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (123, 45), (10, 20, 30)).save(buf, format=fmt, **options)
+    assert header_size(buf.getvalue()) == (123, 45)
+    assert header_size(buf.getvalue()[:30]) in (None, (123, 45))  # a truncated file: unknown, never a crash
+
+
+def test_a_jpeg_announcing_a_huge_frame_is_refused():
+    import io
+
+    buf = io.BytesIO()
+    Image.new("L", (64, 64)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")  # height, width
+    with pytest.raises(ImageTooLargeError, match="60000×60000"):
+        check_encoded(bytes(data))

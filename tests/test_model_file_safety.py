@@ -100,7 +100,8 @@ BAD_FIELDS = [  # (where in the metadata, value, field named in the error)
 ]
 
 
-@pytest.mark.parametrize(("keys", "value", "name"), BAD_FIELDS, ids=[f"{'.'.join(k)}={v!r:.20}" for k, v, _ in BAD_FIELDS])
+@pytest.mark.parametrize(("keys", "value", "name"), BAD_FIELDS,
+                         ids=[f"{'.'.join(k)}={v!r:.20}" for k, v, _ in BAD_FIELDS])
 def test_every_metadata_field_is_checked(default_metadata, keys, value, name):
     meta = copy.deepcopy(default_metadata)
     node = meta
