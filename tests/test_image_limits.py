@@ -17,6 +17,7 @@ import strkit.api
 import strkit.data.lmdb
 from strkit.api import Recognizer, load_image
 from strkit.cli import create_lmdb, recognize
+from strkit.data.bench import PilBaselineDataset
 from strkit.data.folder import FolderDataset
 from strkit.data.image_limits import ImageTooLargeError, aspect_warning, check_encoded, header_size
 from strkit.data.lmdb import CorruptRecordError, LmdbDataset, LmdbWriter, decode_image
@@ -163,6 +164,10 @@ def test_lmdb_records_are_checked_too(bombs, word_png, tmp_path, no_decoding_of_
     assert ds[0][1] == "abc" and ds.num_corrupt == 1
     with pytest.raises(CorruptRecordError, match="64,000,000 pixels"):
         LmdbDataset(tmp_path / "db", channels=1, strict=True)[0]
+    baseline = PilBaselineDataset(tmp_path / "db", channels=1)  # the benchmark's PIL loader
+    assert baseline[1][1] == "abc"
+    with pytest.raises(ImageTooLargeError, match="record 1: image of 8000×8000"):
+        baseline[0]
 
 
 def test_recognize_cli_reports_bombs_and_aspect_warnings(bombs, word_png, tmp_path, capsys):

@@ -160,12 +160,11 @@ class PilBaselineDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, str]:
         from PIL import Image
 
-        from strkit.data.image_limits import check_pil_image
+        from strkit.data.image_limits import check_encoded
 
         data = self.inner.get_extra(i, "image")  # the raw encoded bytes of record i
-        image = Image.open(io.BytesIO(data))  # lazy: the header only
-        check_pil_image(image, self.inner.max_pixels, where=f"{self.inner.path} record {self.inner.record_index(i)}")
-        return image.convert(self.mode), self.inner.label(i)
+        check_encoded(data, self.inner.max_pixels, where=f"{self.inner.path} record {self.inner.record_index(i)}")
+        return Image.open(io.BytesIO(data)).convert(self.mode), self.inner.label(i)
 
 
 class PilBaselineCollate:
