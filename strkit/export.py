@@ -344,6 +344,16 @@ def _private_cache_dir(create: bool) -> Path | None:
     return folder
 
 
+def _owned_like(target: Path, checkpoint: Path) -> bool:
+    """Whether ``target`` belongs to the current user or to the checkpoint's owner and is not writable by
+    others (an export beside a checkpoint in a shared folder such as ``/tmp`` may be anyone's)."""
+    if not hasattr(os, "getuid"):
+        return True
+    st = target.lstat()
+    return (stat.S_ISREG(st.st_mode) and st.st_uid in (os.getuid(), checkpoint.stat().st_uid)
+            and not st.st_mode & 0o002)
+
+
 def _export_matches(target: Path, digest: str, private: bool = False) -> bool:
     """Whether ``target`` is an ONNX export of the checkpoint whose SHA-256 is ``digest`` (stored in its
     metadata). ``private``: a file in the cache folder must also be the user's own (else
@@ -367,7 +377,8 @@ def cached_onnx_export(checkpoint: str | Path, opset: int = 17) -> Path:
     folder is not writable, ``<digest>.onnx`` in the per-user cache folder (:func:`onnx_cache_dir`,
     created 0700, used only while it and its files belong to the user and are not writable by others).
     An export is reused only when the SHA-256 of the checkpoint's content, stored in its metadata,
-    matches; the file beside the checkpoint is preferred. Files are written atomically.
+    matches; the file beside the checkpoint is preferred (when it belongs to the user or to the
+    checkpoint's owner and is not world-writable). Files are written atomically.
 
     Raises:
         CheckpointError: the checkpoint is missing or unreadable.
@@ -382,7 +393,7 @@ def cached_onnx_export(checkpoint: str | Path, opset: int = 17) -> Path:
         raise CheckpointError(f"checkpoint not found: {ckpt}")
     digest = file_sha256(ckpt)
     beside = Path(f"{ckpt}.onnx")
-    if _export_matches(beside, digest):
+    if _export_matches(beside, digest) and _owned_like(beside, ckpt):
         return beside
     cache = _private_cache_dir(create=False)
     if cache is not None and _export_matches(cache / f"{digest}.onnx", digest, private=True):

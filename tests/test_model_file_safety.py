@@ -216,6 +216,15 @@ def test_cache_files_of_another_user_are_refused(isolated, tmp_path):
         cached_onnx_export(ckpt)
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")
+def test_an_export_beside_the_checkpoint_from_another_user_is_not_trusted(isolated):
+    ckpt = isolated  # e.g. a checkpoint in /tmp, where anyone may create <checkpoint>.onnx
+    planted = plant(Path(f"{ckpt}.onnx"), {"sha256": file_sha256(ckpt)})  # even with the right hash
+    os.chown(planted, 65534, 65534)
+    pipeline = read_onnx_metadata(planted).pipeline
+    assert read_onnx_metadata(cached_onnx_export(ckpt)).pipeline != pipeline
+
+
 # ----------------------------------------------------------------------------------------------
 # Item 15: model files get the permissions of other outputs
 # ----------------------------------------------------------------------------------------------
