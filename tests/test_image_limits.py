@@ -129,7 +129,7 @@ def test_create_lmdb_skips_bombs_with_a_message(bombs, word_png, tmp_path, capsy
     gt.write_text(f"{word_png}\tabc\n{bombs['over']}\tbomb\n{bombs['pil']}\tbigger\n", encoding="utf-8")
     assert create_lmdb.main([str(gt), str(tmp_path / "db"), "--quiet"]) == 0
     out, err = capsys.readouterr()
-    assert "wrote 1 records" in out and "skipped 2" in out
+    assert "wrote 1 records" in out and "skipped 2 (2 image too large)" in out
     assert f"skipped {bombs['over']}: " in err and "64,000,000 pixels exceeds the limit" in err
     assert LmdbDataset(tmp_path / "db").labels == ["abc"]
     # without the decoding check too (reading a header decodes nothing)

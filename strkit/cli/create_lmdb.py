@@ -75,7 +75,7 @@ def _read_image(path: Path, check: bool, max_pixels: int | None = DEFAULT_MAX_PI
         if check and decode_image(data, channels=3, max_pixels=max_pixels) is None:
             return None, "not a decodable image"
     except ImageTooLargeError as exc:
-        return None, str(exc)
+        return None, f"image too large: {exc}"
     return data, ""
 
 
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped {image_path}: {reason}", file=sys.stderr)
     if len(skipped) > SHOWN_SKIPS:
         print(f"... and {len(skipped) - SHOWN_SKIPS} more skipped items", file=sys.stderr)
-    reasons = ", ".join(f"{n} {r}" for r, n in Counter(r for _, r in skipped).most_common())
+    reasons = ", ".join(f"{n} {r}" for r, n in Counter(r.split(": ", 1)[0] for _, r in skipped).most_common())
     print(f"wrote {count} records to {path}; skipped {len(skipped)}" + (f" ({reasons})" if skipped else ""))
     return 0
 
