@@ -219,7 +219,9 @@ def test_cache_files_of_another_user_are_refused(isolated, tmp_path):
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")
 def test_an_export_beside_the_checkpoint_from_another_user_is_not_trusted(isolated):
     ckpt = isolated  # e.g. a checkpoint in /tmp, where anyone may create <checkpoint>.onnx
-    planted = plant(Path(f"{ckpt}.onnx"), {"sha256": file_sha256(ckpt)})  # even with the right hash
+    st = ckpt.stat()  # the right hash (and the size and mtime the former cache trusted)
+    planted = plant(Path(f"{ckpt}.onnx"), {"sha256": file_sha256(ckpt), "path": str(ckpt.resolve()),
+                                           "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     os.chown(planted, 65534, 65534)
     pipeline = read_onnx_metadata(planted).pipeline
     assert read_onnx_metadata(cached_onnx_export(ckpt)).pipeline != pipeline
