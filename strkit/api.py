@@ -6,8 +6,10 @@ The fastest available path is picked by default (``backend='auto'``): ONNX Runti
 PyTorch under inference mode. ``backend='torch'`` / ``'onnx'`` force one.
 
 Images may be file paths, ``PIL.Image`` objects or numpy arrays (gray H×W or H×W×1, RGB H×W×3,
-RGBA H×W×4; uint8 or uint16). A bad item (missing file, undecodable bytes, empty array) yields a
-result whose ``error`` says what is wrong; the other items of the batch are still recognised.
+RGBA H×W×4; uint8 or uint16). A bad item (missing file, undecodable bytes, empty array, an image of
+more than ``max_pixels`` pixels, refused from its header before decoding) yields a result whose
+``error`` says what is wrong; the other items of the batch are still recognised. A crop with an extreme
+aspect ratio is read, with a ``warning`` in its result.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ import torch
 from strkit.charset import Charset
 from strkit.checkpoint import resolve_checkpoint_path
 from strkit.config import Config
+from strkit.data.image_limits import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    aspect_warning,
+    check_encoded,
+    check_pil_image,
+    check_size,
+)
 from strkit.data.transforms import collate
 from strkit.inference.backend import InferenceBackend
 from strkit.inference.metadata import BUNDLE_CHECKPOINT, BUNDLE_INT8, BUNDLE_ONNX, InputSpec
@@ -45,6 +55,7 @@ class RecognitionResult:
     char_probs: list[float] = field(default_factory=list)
     error: str | None = None
     source: str = ""
+    warning: str | None = None  # read, but e.g. with an extreme aspect ratio
 
     @property
     def ok(self) -> bool:
@@ -55,8 +66,12 @@ class ImageLoadError(ValueError):
     """An input image could not be read or is empty."""
 
 
-def load_image(item: ImageInput) -> np.ndarray:
-    """Return ``item`` as a numpy array (H×W, H×W×3 RGB or H×W×4 RGBA; uint8 or uint16)."""
+def load_image(item: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Return ``item`` as a numpy array (H×W, H×W×3 RGB or H×W×4 RGBA; uint8 or uint16).
+
+    Files and PIL images of more than ``max_pixels`` pixels (``None``: no limit of strkit's own) are
+    refused from their header, before decoding (:class:`ImageTooLargeError`); arrays too.
+    """
     if isinstance(item, str | Path):
         path = Path(item)
         if not path.is_file():
@@ -64,6 +79,7 @@ def load_image(item: ImageInput) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
         if data.size == 0:
             raise ImageLoadError(f"{path}: the file is empty (0 bytes)")
+        check_encoded(data.data, max_pixels, where=str(path))
         img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         if img is None:
             raise ImageLoadError(f"{path}: not a decodable image (PNG, JPEG, BMP, TIFF, WebP ...)")
@@ -72,8 +88,11 @@ def load_image(item: ImageInput) -> np.ndarray:
         elif img.ndim == 3 and img.shape[2] == 4:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     elif isinstance(item, np.ndarray):
+        if item.ndim >= 2:
+            check_size(item.shape[1], item.shape[0], max_pixels, where="array")
         img = item
     elif hasattr(item, "convert") and hasattr(item, "mode"):  # PIL image
+        check_pil_image(item, max_pixels, where=getattr(item, "filename", "") or "PIL image")  # before load()
         pil = item if item.mode in ("L", "RGB", "RGBA", "I;16") else item.convert("RGB")
         img = np.asarray(pil)
     else:
@@ -148,7 +167,8 @@ class Recognizer:
 
         Args:
             backend: ``onnx``: for a checkpoint, export it once to ``<checkpoint>.onnx`` beside it
-                (re-exported when the checkpoint is newer; a temporary folder if that one is read-only) and
+                (re-exported when the checkpoint's content changes, by its SHA-256; the private per-user cache
+                folder of :func:`strkit.export.onnx_cache_dir` if that one is read-only) and
                 run that with ONNX Runtime; ``torch``: PyTorch; ``auto`` (the fastest available): ONNX
                 Runtime for ``.onnx`` files, and for checkpoints on the CPU when onnxruntime and onnx are
                 installed and ``channels_last`` is not asked for (falling back to PyTorch, with a log
@@ -283,25 +303,37 @@ class Recognizer:
             batch, _ = collate([(img, "") for _, img in chunk], width=width, pad_value=spec.pad_value)
             yield [i for i, _ in chunk], batch
 
-    def recognize(self, images: ImageInput | Sequence[ImageInput],
-                  batch_size: int = 32) -> list[RecognitionResult]:
-        """Recognise one image or a sequence of images; returns one result per input, in order."""
+    def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[RecognitionResult]:
+        """Recognise one image or a sequence of images; returns one result per input, in order.
+
+        Args:
+            max_pixels: an image of more pixels (width × height, read from the file header before
+                decoding) gets an ``error`` result instead of being decoded; ``None``: no limit of strkit's
+                own (PIL's decompression-bomb limit still applies). See :mod:`strkit.data.image_limits`.
+        """
         if isinstance(images, str | Path | np.ndarray) or hasattr(images, "mode"):
             images = [images]
         items = list(images)
         results: list[RecognitionResult | None] = [None] * len(items)
+        warnings: dict[int, str] = {}
         prepared: list[tuple[int, np.ndarray]] = []
         for i, item in enumerate(items):
             src = str(item) if isinstance(item, str | Path) else type(item).__name__
             try:
-                prepared.append((i, self.transform.prepare(load_image(item))))
-            except (ImageLoadError, ValueError, cv2.error) as exc:
+                img = load_image(item, max_pixels)
+                note = aspect_warning(img.shape[0], img.shape[1])
+                if note is not None:
+                    warnings[i] = note
+                prepared.append((i, self.transform.prepare(img)))
+            except (ImageLoadError, ImageTooLargeError, ValueError, cv2.error) as exc:
                 results[i] = RecognitionResult("", 0.0, [], error=str(exc), source=src)
         for indices, batch in self._batches(prepared, batch_size):
             preds = self.backend.predict(batch)
             for i, p in zip(indices, preds, strict=True):
                 src = str(items[i]) if isinstance(items[i], str | Path) else type(items[i]).__name__
-                results[i] = RecognitionResult(p.text, float(p.confidence), list(p.char_probs), source=src)
+                results[i] = RecognitionResult(p.text, float(p.confidence), list(p.char_probs), source=src,
+                                               warning=warnings.get(i))
         return [r for r in results if r is not None]
 
 

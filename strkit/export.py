@@ -24,6 +24,7 @@ import copy
 import logging
 import math
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -140,10 +141,17 @@ def _probe(model: RecognitionModel, run: Callable[[Tensor], Any], x: Tensor) -> 
 
 
 def _atomic_path(path: Path) -> tuple[Path, Callable[[], None]]:
-    """A temporary file beside ``path`` and a function that moves it into place."""
+    """A temporary file beside ``path`` (mode ``0666`` minus the umask, as a plain new file) and a
+    function that moves it into place."""
+    from strkit.checkpoint import new_file_mode
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the result gets what any new file gets
+    finally:
+        os.close(fd)
     return Path(tmp), lambda: os.replace(tmp, path)
 
 
@@ -263,60 +271,156 @@ def export_onnx(model: RecognitionModel, path: str | Path, *, opset: int = 17, d
     return meta
 
 
-def _checkpoint_stamp(checkpoint: Path) -> dict[str, Any]:
-    st = checkpoint.stat()
-    return {"path": str(checkpoint.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+class OnnxCacheError(ExportedModelError):
+    """The per-user ONNX cache folder (or a file in it) is not private to the current user, so it is not
+    used: another local user could have planted a model there."""
 
 
-def _is_fresh_export(target: Path, stamp: dict[str, Any]) -> bool:
+PRIVATE_DIR_MODE = 0o700
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 hex digest of a file's content."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_cache_dir() -> Path:
+    """The per-user folder of ONNX exports made for checkpoints whose own folder is read-only:
+    ``$XDG_CACHE_HOME/strkit/onnx`` or ``~/.cache/strkit/onnx``; without a usable home, a folder named
+    with the user id in the system temporary folder (``strkit-onnx-<uid>``)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if base and Path(base).is_absolute():
+        return Path(base) / "strkit" / "onnx"
+    home = os.path.expanduser("~")
+    if home not in ("~", "", "/"):
+        return Path(home) / ".cache" / "strkit" / "onnx"
+    if hasattr(os, "getuid"):
+        user = str(os.getuid())
+    else:  # pragma: no cover - not POSIX
+        import getpass
+
+        user = getpass.getuser()
+    return Path(tempfile.gettempdir()) / f"strkit-onnx-{user}"
+
+
+def _check_private(path: Path, kind: str) -> None:
+    """Raise :class:`OnnxCacheError` unless ``path`` (not a link) is owned by the current user and not
+    writable by group or others (POSIX; elsewhere nothing is checked)."""
+    if not hasattr(os, "getuid"):
+        return
+    st = path.lstat()
+    problem = None
+    if stat.S_ISLNK(st.st_mode):
+        problem = "is a symbolic link"
+    elif st.st_uid != os.getuid():
+        problem = f"belongs to user id {st.st_uid}, not to you (user id {os.getuid()})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    if problem:
+        fix = f"chmod 700 {path}" if kind == "folder" else f"remove {path}"
+        raise OnnxCacheError(f"ONNX cache {kind} {path} {problem}: it is not used, since another user could "
+                             f"have put a model there. Check it, then {fix} (or set XDG_CACHE_HOME)")
+
+
+def _private_cache_dir(create: bool) -> Path | None:
+    """:func:`onnx_cache_dir`, created 0700 when ``create``; ``None`` when it does not exist and is not to
+    be created. Raises :class:`OnnxCacheError` when it is not private."""
+    folder = onnx_cache_dir()
+    if not folder.exists() and not folder.is_symlink():
+        if not create:
+            return None
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass  # made meanwhile (by another process); checked below
+    _check_private(folder, "folder")
+    return folder
+
+
+def _owned_like(target: Path, checkpoint: Path) -> bool:
+    """Whether ``target`` belongs to the current user or to the checkpoint's owner and is not writable by
+    others (an export beside a checkpoint in a shared folder such as ``/tmp`` may be anyone's)."""
+    if not hasattr(os, "getuid"):
+        return True
+    st = target.lstat()
+    return (stat.S_ISREG(st.st_mode) and st.st_uid in (os.getuid(), checkpoint.stat().st_uid)
+            and not st.st_mode & 0o002)
+
+
+def _export_matches(target: Path, digest: str, private: bool = False) -> bool:
+    """Whether ``target`` is an ONNX export of the checkpoint whose SHA-256 is ``digest`` (stored in its
+    metadata). ``private``: a file in the cache folder must also be the user's own (else
+    :class:`OnnxCacheError`)."""
     from strkit.inference.onnx_backend import read_onnx_metadata
 
     if not target.is_file():
         return False
+    if private:
+        _check_private(target, "file")
     try:
         meta = read_onnx_metadata(target)
     except ExportedModelError:
         return False
-    old = meta.extra.get("source_checkpoint") or {}
-    return old.get("size") == stamp["size"] and old.get("mtime_ns") == stamp["mtime_ns"]
+    old = meta.extra.get("source_checkpoint")
+    return isinstance(old, dict) and old.get("sha256") == digest
 
 
 def cached_onnx_export(checkpoint: str | Path, opset: int = 17) -> Path:
-    """The ONNX export of ``checkpoint``, made on first use: ``<checkpoint>.onnx`` beside it, or (if that
-    folder is not writable) in ``<tmp>/strkit-onnx/``. Re-exported when the checkpoint changes (its size
-    and modification time are stored in the export's metadata).
+    """The ONNX export of ``checkpoint``, made on first use: ``<checkpoint>.onnx`` beside it or, if that
+    folder is not writable, ``<digest>.onnx`` in the per-user cache folder (:func:`onnx_cache_dir`,
+    created 0700, used only while it and its files belong to the user and are not writable by others).
+    An export is reused only when the SHA-256 of the checkpoint's content, stored in its metadata,
+    matches; the file beside the checkpoint is preferred (when it belongs to the user or to the
+    checkpoint's owner and is not world-writable). Files are written atomically.
 
     Raises:
         CheckpointError: the checkpoint is missing or unreadable.
+        OnnxCacheError: the cache folder, or the file in it, is not private to the user.
         ExportError: the model does not export.
     """
-    import hashlib
-
     from strkit.checkpoint import CheckpointError
     from strkit.models.pretrained import load_model
 
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise CheckpointError(f"checkpoint not found: {ckpt}")
-    stamp = _checkpoint_stamp(ckpt)
-    key = hashlib.sha1(stamp["path"].encode()).hexdigest()[:16]
-    targets = [Path(f"{ckpt}.onnx"), Path(tempfile.gettempdir()) / "strkit-onnx" / f"{key}-{ckpt.name}.onnx"]
-    for target in targets:
-        if _is_fresh_export(target, stamp):
-            return target
+    digest = file_sha256(ckpt)
+    beside = Path(f"{ckpt}.onnx")
+    if _export_matches(beside, digest) and _owned_like(beside, ckpt):
+        return beside
+    cache = _private_cache_dir(create=False)
+    if cache is not None and _export_matches(cache / f"{digest}.onnx", digest, private=True):
+        return cache / f"{digest}.onnx"
     model, cfg = load_model(ckpt)
     spec = InputSpec.from_data_config(cfg.data)
-    errors = []
-    for target in targets:
-        try:
-            export_onnx(model, target, opset=opset, input_spec=spec, extra_metadata={"source_checkpoint": stamp})
-        except OSError as exc:  # read-only folder: try the next place
-            errors.append(f"{target}: {exc}")
-            continue
-        logging.getLogger(__name__).info("exported %s to ONNX once: %s (reused while the checkpoint is unchanged)",
-                                         ckpt, target)
-        return target
-    raise ExportError(f"cannot write the ONNX export of {ckpt} anywhere ({'; '.join(errors)})")
+    stamp = {"sha256": digest, "size": ckpt.stat().st_size, "name": ckpt.name}
+    try:
+        export_onnx(model, beside, opset=opset, input_spec=spec, extra_metadata={"source_checkpoint": stamp})
+        _announce(ckpt, beside)
+        return beside
+    except OSError as exc:  # read-only folder: the per-user cache
+        first = f"{beside}: {exc}"
+    target = onnx_cache_dir() / f"{digest}.onnx"
+    try:
+        target = _private_cache_dir(create=True) / f"{digest}.onnx"
+        export_onnx(model, target, opset=opset, input_spec=spec, extra_metadata={"source_checkpoint": stamp})
+    except OSError as exc:
+        raise ExportError(f"cannot write the ONNX export of {ckpt} anywhere ({first}; {target}: {exc})") from None
+    _announce(ckpt, target)
+    return target
+
+
+def _announce(ckpt: Path, target: Path) -> None:
+    """One INFO line when a checkpoint is exported to ONNX for fast inference (once per content)."""
+    logging.getLogger(__name__).info("exported %s to ONNX once: %s (reused while the checkpoint is unchanged)",
+                                     ckpt, target)
 
 
 # ----------------------------------------------------------------------------------------------

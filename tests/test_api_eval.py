@@ -106,7 +106,7 @@ def test_eval_and_recognize_tools(checkpoint, shared_benchmarks, tmp_path, capsy
                          "--format", "json"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
-    assert set(line) == {"image", "text", "confidence", "char_probs", "error"}
+    assert set(line) == {"image", "text", "confidence", "char_probs", "error", "warning"}
 
 
 def test_eval_unknown_benchmark_is_a_clear_error(checkpoint, tmp_path, capsys):

@@ -61,11 +61,11 @@ def test_resume_after_interruption(folder, tmp_path, monkeypatch):
     real = cli._read_image
     calls = []
 
-    def interrupted(path, check):
+    def interrupted(path, *args):
         calls.append(path)
         if len(calls) == 4:
             raise KeyboardInterrupt
-        return real(path, check)
+        return real(path, *args)
 
     monkeypatch.setattr(cli, "_read_image", interrupted)
     with pytest.raises(KeyboardInterrupt):

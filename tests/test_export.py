@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from strkit.api import Recognizer
-from strkit.checkpoint import save_checkpoint
+from strkit.checkpoint import load_checkpoint, save_checkpoint
 from strkit.config import load_config
 from strkit.export import (
     ExportError,
@@ -231,7 +231,11 @@ def test_from_checkpoint_backends_and_onnx_cache(checkpoint, images, tmp_path):
     assert [r.text for r in onnx_rec.recognize(images)] == [r.text for r in torch_rec.recognize(images)]
     stamp = cache.stat().st_mtime_ns
     assert cached_onnx_export(checkpoint) == cache and cache.stat().st_mtime_ns == stamp  # reused
-    os.utime(checkpoint, ns=(stamp + 10**9, stamp + 10**9))  # the checkpoint changed: exported again
+    os.utime(checkpoint, ns=(stamp + 10**9, stamp + 10**9))  # touched, same content: still reused
+    assert cached_onnx_export(checkpoint) == cache and cache.stat().st_mtime_ns == stamp
+    payload = load_checkpoint(checkpoint)  # new content (another step): exported again
+    save_checkpoint(checkpoint, config=payload["config"], charset=payload["charset"],
+                    state_dict=payload["state_dict"], step=7)
     assert cached_onnx_export(checkpoint) == cache and cache.stat().st_mtime_ns != stamp
     auto = Recognizer.from_checkpoint(cache)
     assert auto.backend.name == "onnxruntime"

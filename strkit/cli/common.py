@@ -143,3 +143,15 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
 def progress_enabled(flag: bool | None) -> bool:
     """The ``--progress`` choice, or whether stderr is a terminal when it was not given."""
     return sys.stderr.isatty() if flag is None else flag
+
+
+def add_max_pixels(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels N`` (into ``args.max_pixels``): refuse images whose header announces more pixels,
+    before decoding them (0 = no limit of strkit's own; :mod:`strkit.data.image_limits`)."""
+    from strkit.data.image_limits import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images of more than N pixels (width × height), read from the header "
+                             f"before decoding: a guard against decompression bombs (default {DEFAULT_MAX_PIXELS:,}; "
+                             f"0 = no limit)")
+

@@ -3,9 +3,10 @@
 INPUT is a folder holding labels.tsv or a gt file of 'path<TAB>label' lines (paths relative to the gt
 file's folder). Every image is stored as its original bytes (never re-encoded), after a check that it
 decodes (OpenCV, PIL as fallback; --no-check skips it). Items that cannot be used (missing or unreadable
-file, undecodable image) are skipped, listed with their reason and counted in the summary. The LMDB is
-written to OUT.partial and renamed to OUT when complete; an existing OUT is only replaced with
---overwrite, and an interrupted run is continued with --resume.
+file, undecodable image, an image whose header announces more than --max-pixels pixels) are skipped,
+listed with their reason and counted in the summary. The LMDB is written to OUT.partial and renamed to
+OUT when complete; an existing OUT is only replaced with --overwrite, and an interrupted run is continued
+with --resume.
 Exit status: 0 done, 2 on a user error (input, output, arguments), printed as one line.
 """
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from strkit.cli.common import Parser, positive_int, user_errors
+from strkit.cli.common import Parser, add_max_pixels, positive_int, user_errors
 from strkit.data.folder import read_gt_file, resolve_gt_file
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_encoded
 from strkit.data.lmdb import LmdbWriter, decode_image
 
 POSITION_KEY = "create-lmdb-position"  # input lines consumed, committed with the records (for --resume)
@@ -52,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial LMDB map size (grows as needed), e.g. 4G (default 1G)")
     p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                    help="check that every image decodes before writing it (default: on)")
+    add_max_pixels(p)
     p.add_argument("--commit-every", type=positive_int, default=1000, help="records per transaction (default 1000)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def _read_image(path: Path, check: bool) -> tuple[bytes | None, str]:
-    """The file's bytes, or ``None`` and the reason it is skipped."""
+def _read_image(path: Path, check: bool, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[bytes | None, str]:
+    """The file's bytes, or ``None`` and the reason it is skipped. The header's pixel count is checked
+    against ``max_pixels`` even without ``check`` (reading a header decodes nothing)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -67,15 +71,21 @@ def _read_image(path: Path, check: bool) -> tuple[bytes | None, str]:
         return None, f"unreadable ({exc.strerror or exc})"
     if not data:
         return None, "empty file"
-    if check and decode_image(data, channels=3) is None:
-        return None, "not a decodable image"
+    try:
+        check_encoded(data, max_pixels)
+        if check and decode_image(data, channels=3, max_pixels=max_pixels) is None:
+            return None, "not a decodable image"
+    except ImageTooLargeError as exc:
+        return None, f"image too large: {exc}"
     return data, ""
 
 
 def convert(input_path: Path, out: Path, *, overwrite: bool = False, resume: bool = False,
             map_size: int = 1 << 30, check: bool = True, commit_every: int = 1000,
-            progress: bool = True) -> tuple[Path, int, list[tuple[Path, str]]]:
-    """Write the items of ``input_path`` into the LMDB ``out``.
+            progress: bool = True, max_pixels: int | None = DEFAULT_MAX_PIXELS
+            ) -> tuple[Path, int, list[tuple[Path, str]]]:
+    """Write the items of ``input_path`` into the LMDB ``out``; images whose header announces more than
+    ``max_pixels`` pixels (``None``: no limit) are skipped.
 
     Returns:
         (final LMDB path, records in it, items skipped in this run as (image path, reason)).
@@ -99,7 +109,7 @@ def convert(input_path: Path, out: Path, *, overwrite: bool = False, resume: boo
         for position, (image_path, label) in enumerate(items[start:], start=start):
             # Staged before the record so that any commit holds both: a resume never repeats a record.
             writer.put_meta(POSITION_KEY, str(position + 1).encode())
-            data, reason = _read_image(image_path, check)
+            data, reason = _read_image(image_path, check, max_pixels)
             if data is None:
                 skipped.append((image_path, reason))
             else:
@@ -116,12 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     path, count, skipped = convert(args.input, args.out, overwrite=args.overwrite, resume=args.resume,
                                    map_size=args.map_size, check=args.check,
-                                   commit_every=args.commit_every, progress=not args.quiet)
+                                   commit_every=args.commit_every, progress=not args.quiet,
+                                   max_pixels=args.max_pixels or None)
     for image_path, reason in skipped[:SHOWN_SKIPS]:
         print(f"skipped {image_path}: {reason}", file=sys.stderr)
     if len(skipped) > SHOWN_SKIPS:
         print(f"... and {len(skipped) - SHOWN_SKIPS} more skipped items", file=sys.stderr)
-    reasons = ", ".join(f"{n} {r}" for r, n in Counter(r for _, r in skipped).most_common())
+    reasons = ", ".join(f"{n} {r}" for r, n in Counter(r.split(": ", 1)[0] for _, r in skipped).most_common())
     print(f"wrote {count} records to {path}; skipped {len(skipped)}" + (f" ({reasons})" if skipped else ""))
     return 0
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from strkit.cli.common import (
     Parser,
+    add_max_pixels,
     add_model_overrides,
     add_progress_flag,
     check_device,
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default) = ONNX Runtime when installed, else PyTorch")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first image that cannot be read, with exit status 2")
+    add_max_pixels(p)
     add_model_overrides(p, "; runs with PyTorch")
     add_progress_flag(p)
     return p
@@ -85,14 +87,15 @@ def _load(args: argparse.Namespace) -> Any:
         raise ValueError(str(exc) if args.checkpoint in str(exc) else f"{args.checkpoint}: {exc}") from None
 
 
-def _read(rec: Any, paths: list[str], batch_size: int, progress: bool) -> Iterator[tuple[str, Any]]:
+def _read(rec: Any, paths: list[str], batch_size: int, progress: bool,
+          max_pixels: int | None) -> Iterator[tuple[str, Any]]:
     """(path, result) pairs, one batch at a time (so that the first lines appear at once)."""
     from tqdm import tqdm
 
     with tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            yield from zip(chunk, rec.recognize(chunk, batch_size=batch_size), strict=True)
+            yield from zip(chunk, rec.recognize(chunk, batch_size=batch_size, max_pixels=max_pixels), strict=True)
             bar.update(len(chunk))
 
 
@@ -106,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         return fail("no input images found")
     rec = _load(args)
     errors = 0
-    for path, r in _read(rec, paths, args.batch_size, progress_enabled(args.progress)):
+    for path, r in _read(rec, paths, args.batch_size, progress_enabled(args.progress),
+                           args.max_pixels or None):
         errors += not r.ok
         if args.format == "json":
             print(json.dumps({"image": path, "text": r.text, "confidence": round(r.confidence, 5),
-                              "char_probs": [round(c, 5) for c in r.char_probs], "error": r.error}), flush=True)
+                              "char_probs": [round(c, 5) for c in r.char_probs], "error": r.error,
+                              "warning": r.warning}), flush=True)
         elif r.ok:
-            print(f"{path}\t{r.text}\t{r.confidence:.4f}", flush=True)
+            warning = f"\twarning: {r.warning}" if r.warning else ""
+            print(f"{path}\t{r.text}\t{r.confidence:.4f}{warning}", flush=True)
         else:
             print(f"{path}\t\t0.0000\terror: {r.error}", flush=True)
         if errors and args.strict:

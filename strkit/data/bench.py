@@ -160,7 +160,10 @@ class PilBaselineDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, str]:
         from PIL import Image
 
+        from strkit.data.image_limits import check_encoded
+
         data = self.inner.get_extra(i, "image")  # the raw encoded bytes of record i
+        check_encoded(data, self.inner.max_pixels, where=f"{self.inner.path} record {self.inner.record_index(i)}")
         return Image.open(io.BytesIO(data)).convert(self.mode), self.inner.label(i)
 
 
@@ -253,11 +256,18 @@ def augment_order_costs(records: Sequence[tuple[bytes, str]], img_h: int = 32, i
                         channels: int = 1, augment: str = "strong", limit: int = 1000) -> dict[str, float]:
     """Microseconds per image to augment-then-resize (the source crop) vs resize-then-augment (what
     :class:`ImageTransform` does), both single-threaded, on decoded images (decoding not timed)."""
+    from strkit.data.image_limits import ImageTooLargeError
     from strkit.data.lmdb import decode_image
     from strkit.data.transforms import build_augmentation
 
+    def decode(data: bytes) -> np.ndarray | None:
+        try:
+            return decode_image(data, channels)
+        except ImageTooLargeError:
+            return None  # refused from its header: not a word crop
+
     cv2.setNumThreads(1)
-    images = [decode_image(data, channels) for data, _ in records[:limit]]
+    images = [decode(data) for data, _ in records[:limit]]
     images = [im for im in images if im is not None]
     plain = ImageTransform(img_h, img_w, channels=channels)
     augmented = ImageTransform(img_h, img_w, channels=channels, augment=augment, seed=0)

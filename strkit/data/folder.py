@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from strkit.config import relative_note
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError
 from strkit.data.lmdb import BadRecord, LabelFilter, RecordDataset, decode_image
 
 log = logging.getLogger(__name__)
@@ -120,17 +121,20 @@ class FolderDataset(RecordDataset):
         channels: 1 (gray, items H×W) or 3 (RGB, items H×W×3).
         strict: raise :class:`~strkit.data.lmdb.CorruptRecordError` on a missing or undecodable image
             instead of skipping it (skips are counted in :attr:`num_corrupt`).
+        max_pixels: an image whose header announces more pixels is unusable, refused without decoding
+            it (``None``: no limit of strkit's own; :mod:`strkit.data.image_limits`).
 
     Items: ``(image uint8 H×W or H×W×3 RGB, label str)``.
     """
 
     def __init__(self, root_or_gt: str | Path, label_filter: LabelFilter | None = None, channels: int = 3,
-                 strict: bool = False) -> None:
+                 strict: bool = False, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
         self.gt_file = resolve_gt_file(root_or_gt)
         self.path = Path(root_or_gt)
         self.channels = channels
+        self.max_pixels = max_pixels
         self.strict = strict
         self._init_corrupt_tracking()
         items = read_gt_file(self.gt_file)
@@ -159,7 +163,10 @@ class FolderDataset(RecordDataset):
             data = self.paths[i].read_bytes()
         except OSError as exc:
             raise BadRecord(f"cannot read the image file ({exc.strerror or exc})") from None
-        img = decode_image(data, self.channels)
+        try:
+            img = decode_image(data, self.channels, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise BadRecord(str(exc)) from None
         if img is None:
             raise BadRecord(f"not a decodable image ({len(data)} bytes)")
         return img, self.labels[i]

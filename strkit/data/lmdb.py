@@ -42,6 +42,7 @@ import torch.utils.data
 from PIL import Image
 
 from strkit.config import relative_note
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_encoded
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +79,27 @@ def record_key(kind: str, index: int) -> bytes:
     return f"{kind}-{index:09d}".encode()
 
 
-def decode_image(data: bytes, channels: int = 3) -> np.ndarray | None:
+def decode_image(data: bytes, channels: int = 3, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
     """Decode encoded image bytes (PNG, JPEG, BMP, GIF, ...).
 
     Args:
         data: the encoded file content.
         channels: 1 for gray, 3 for RGB.
+        max_pixels: refuse images whose header announces more pixels (``None``: no limit of strkit's
+            own; see :mod:`strkit.data.image_limits`), before decoding them.
 
     Returns:
         uint8 array H×W (``channels=1``) or H×W×3 in RGB order (``channels=3``); ``None`` when the bytes
         are empty or not a decodable image. OpenCV decodes; PIL is the fallback for what it cannot read.
+
+    Raises:
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels (nothing was decoded).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
     if not data:
         return None
+    check_encoded(data, max_pixels)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if img is not None and channels == 3:
@@ -388,17 +395,21 @@ class LmdbDataset(RecordDataset):
         geometry: also read each record's word geometry (``geom-%09d``, see :func:`decode_geometry`);
             implies ``"geom"`` in ``extra_keys``. A record whose geometry is missing or malformed is
             unusable (skipped and counted, or raises when ``strict``).
+        max_pixels: a record whose image header announces more pixels is unusable, refused without
+            decoding it (``None``: no limit of strkit's own; :mod:`strkit.data.image_limits`).
 
     Items: ``(image uint8 H×W or H×W×3 RGB, label str)``; with ``geometry``
     ``(image, label, geometry dict)``.
     """
 
     def __init__(self, path: str | Path, label_filter: LabelFilter | None = None, channels: int = 3,
-                 strict: bool = False, extra_keys: Sequence[str] = (), geometry: bool = False) -> None:
+                 strict: bool = False, extra_keys: Sequence[str] = (), geometry: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
         self.path = lmdb_dir(path)
         self.channels = channels
+        self.max_pixels = max_pixels
         self.strict = strict
         self.geometry = bool(geometry)
         keys = list(extra_keys)
@@ -484,7 +495,10 @@ class LmdbDataset(RecordDataset):
             geom_raw = txn.get(record_key(GEOMETRY_KEY, index)) if self.geometry else None
         if data is None:
             raise BadRecord("image key is missing")
-        img = decode_image(data, self.channels)
+        try:
+            img = decode_image(data, self.channels, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise BadRecord(str(exc)) from None
         if img is None:
             raise BadRecord(f"image bytes ({len(data)} bytes) cannot be decoded")
         if not self.geometry:

@@ -17,15 +17,22 @@ version :data:`VERSION`) holds:
   ``x · scale + offset`` (``x / 127.5 − 1``, so ``[-1, 1]``). ``dynamic_batch`` / ``dynamic_width``
   say which axes may vary.
 - ``output``: ``logits`` ``B×L×K`` (L = time steps for CTC, ``max_length + 1`` for attention).
+
+An exported file may come from anyone, so the metadata is checked against a schema before it is used
+(:func:`validate_metadata`): every field has its type and size limits, the decoder's options are plain
+numbers (no strings, so none of them can name a file to open) and its lexicon is an inline list of
+words; anything else is refused with a :class:`MetadataError` naming the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from strkit.charset import AttentionCodec, Charset, CTCCodec, build_codec
+from strkit.charset import CODECS, AttentionCodec, Charset, CTCCodec, build_codec
 from strkit.checkpoint import CheckpointError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,7 +60,195 @@ class ExportedModelError(CheckpointError):
 
 
 class MetadataError(ExportedModelError):
-    """An exported model carries no (or unreadable) strkit metadata."""
+    """An exported model carries no (or unreadable, or invalid) strkit metadata."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------
+MAX_METADATA_BYTES = 64 << 20  # the JSON text; a 1M-word inline lexicon is ~10 MB
+MAX_TEXT = 256  # names, versions, pipeline
+MAX_CHARSET = 100_000  # characters
+MAX_CHAR_LENGTH = 16  # code points of one charset entry
+MAX_LEXICON_WORDS = 2_000_000
+MAX_WORD_LENGTH = 256
+MAX_LABEL_LENGTH = 4096  # codec.max_length
+MAX_IMAGE_SIDE = 16384  # input.img_h / img_w
+MAX_OPTION_VALUE = 1e9  # |a numeric decoder option|
+MAX_OPTION_ITEMS = 64  # items of a list-valued decoder option
+CHANNELS = (1, 3)
+
+
+def _fail(where: str, name: str, problem: str) -> MetadataError:
+    return MetadataError(f"{where}: strkit metadata field '{name}' {problem}; the file was not written by "
+                         f"strkit's exporter as it is (re-export the model with tools/export.py)")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else {"str": "a string", "list": "a list", "dict": "an object",
+                                         "bool": "a boolean", "int": "an integer",
+                                         "float": "a number"}.get(type(value).__name__, type(value).__name__)
+
+
+def _get(d: dict[str, Any], key: str, name: str, where: str, required: bool = True) -> Any:
+    if key not in d:
+        if required:
+            raise MetadataError(f"{where}: strkit metadata is incomplete: field '{name}' is missing; re-export "
+                                f"the model with tools/export.py")
+        return None
+    return d[key]
+
+
+def _object(value: Any, name: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, name, f"must be an object, got {_type_name(value)}")
+    return value
+
+
+def _text(value: Any, name: str, where: str, max_len: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, name, f"must be a string, got {_type_name(value)}")
+    if len(value) > max_len:
+        raise _fail(where, name, f"is {len(value)} characters long (at most {max_len})")
+    return value
+
+
+def _integer(value: Any, name: str, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, name, f"must be an integer, got {_type_name(value)}")
+    if not low <= value <= high:
+        raise _fail(where, name, f"is {value}, outside {low}..{high}")
+    return value
+
+
+def _number(value: Any, name: str, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, name, f"must be a number, got {_type_name(value)}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise _fail(where, name, f"is {value}, outside {low:g}..{high:g}")
+    return float(value)
+
+
+def _boolean(value: Any, name: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, name, f"must be true or false, got {_type_name(value)}")
+    return value
+
+
+def _text_list(value: Any, name: str, where: str, max_items: int, max_len: int, min_items: int = 0) -> list[str]:
+    if not isinstance(value, list):
+        raise _fail(where, name, f"must be a list of strings, got {_type_name(value)}")
+    if not min_items <= len(value) <= max_items:
+        raise _fail(where, name, f"holds {len(value)} items (allowed: {min_items}..{max_items})")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or len(item) > max_len:
+            got = f"{len(item)} characters" if isinstance(item, str) else _type_name(item)
+            raise _fail(where, f"{name}[{i}]", f"must be a string of at most {max_len} characters, got {got}")
+    return value
+
+
+def _lexicon(value: Any, name: str, where: str) -> None:
+    """``decoder.lexicon``: ``null`` or an inline list of words. A string would be a file path for the
+    decoder to open: never taken from a model file."""
+    if value is None:
+        return
+    if isinstance(value, str):
+        raise _fail(where, name, "must be an inline list of words, got a string (a file path is never opened "
+                                 "from a model file's metadata)")
+    _text_list(value, name, where, MAX_LEXICON_WORDS, MAX_WORD_LENGTH)
+
+
+def _decoder_option(value: Any, name: str, where: str) -> None:
+    """A decoding option: a number, a boolean, ``null`` or a short list of numbers; never a string."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        _number(value, name, where, -MAX_OPTION_VALUE, MAX_OPTION_VALUE)
+        return
+    if isinstance(value, list):
+        if len(value) > MAX_OPTION_ITEMS:
+            raise _fail(where, name, f"holds {len(value)} items (at most {MAX_OPTION_ITEMS})")
+        for i, item in enumerate(value):
+            _number(item, f"{name}[{i}]", where, -MAX_OPTION_VALUE, MAX_OPTION_VALUE)
+        return
+    raise _fail(where, name, f"must be a number, a boolean, null or a list of numbers, got {_type_name(value)}")
+
+
+#: Decoder config keys with a check of their own; every other key is a numeric option.
+DECODER_FIELDS: dict[str, Callable[[Any, str, str], Any]] = {
+    "name": lambda v, n, w: _text(v, n, w, 64),
+    "lexicon": _lexicon,
+}
+
+
+def _validate_decoder(value: Any, where: str) -> None:
+    if value is None:
+        return
+    for key, item in _object(value, "decoder", where).items():
+        name = f"decoder.{key}"
+        if len(key) > 64:
+            raise _fail(where, name[:80], "has a name longer than 64 characters")
+        DECODER_FIELDS.get(key, _decoder_option)(item, name, where)
+
+
+def _validate_charset_codec(d: dict[str, Any], where: str) -> None:
+    charset = _object(_get(d, "charset", "charset", where), "charset", where)
+    if "name" in charset:
+        _text(charset["name"], "charset.name", where)
+    _text_list(_get(charset, "chars", "charset.chars", where), "charset.chars", where, MAX_CHARSET,
+               MAX_CHAR_LENGTH, min_items=1)
+    if any(not c for c in charset["chars"]):
+        raise _fail(where, "charset.chars", "holds an empty string")
+    codec = _object(_get(d, "codec", "codec", where), "codec", where)
+    kind = _text(_get(codec, "kind", "codec.kind", where), "codec.kind", where, 64)
+    if kind not in CODECS.names():
+        raise _fail(where, "codec.kind", f"is '{kind}', not one of: {', '.join(CODECS.names())}")
+    classes = _integer(_get(codec, "num_classes", "codec.num_classes", where), "codec.num_classes", where, 1,
+                       MAX_CHARSET + len(SPECIAL_ID_NAMES))
+    _integer(_get(codec, "max_length", "codec.max_length", where), "codec.max_length", where, 1, MAX_LABEL_LENGTH)
+    special = codec.get("special_ids")
+    if special is not None:
+        for key, value in _object(special, "codec.special_ids", where).items():
+            if key not in SPECIAL_ID_NAMES:
+                raise _fail(where, f"codec.special_ids.{key[:40]}", f"is not one of: {', '.join(SPECIAL_ID_NAMES)}")
+            _integer(value, f"codec.special_ids.{key}", where, 0, classes - 1)
+
+
+def _validate_input(d: dict[str, Any], where: str) -> None:
+    inp = _object(_get(d, "input", "input", where), "input", where)
+    for key in ("img_h", "img_w"):
+        _integer(_get(inp, key, f"input.{key}", where), f"input.{key}", where, 1, MAX_IMAGE_SIDE)
+    channels = _integer(_get(inp, "channels", "input.channels", where), "input.channels", where, 1, 3)
+    if channels not in CHANNELS:
+        raise _fail(where, "input.channels", f"is {channels}, not 1 (gray) or 3 (RGB)")
+    for key in ("keep_ratio", "dynamic_batch", "dynamic_width"):
+        if key in inp:
+            _boolean(inp[key], f"input.{key}", where)
+    if "pad_value" in inp:
+        _number(inp["pad_value"], "input.pad_value", where, -1.0, 1.0)
+    for key in ("name", "dtype", "layout", "resize"):
+        if key in inp:
+            _text(inp[key], f"input.{key}", where)
+    if "normalize" in inp:
+        _object(inp["normalize"], "input.normalize", where)
+
+
+def validate_metadata(d: dict[str, Any], where: str = "model") -> None:
+    """Check the metadata JSON ``d`` of an exported model against the schema (types, value ranges, sizes).
+
+    Raises:
+        MetadataError: naming the first field that is missing or invalid.
+    """
+    _integer(d.get("version", 0), "version", where, 0, 1 << 30)
+    for key in ("strkit_version", "pipeline"):
+        if key in d:
+            _text(d[key], key, where)
+    _validate_charset_codec(d, where)
+    _validate_decoder(d.get("decoder"), where)
+    _validate_input(d, where)
+    for key in ("output", "extra"):
+        if d.get(key) is not None:
+            _object(d[key], key, where)
 
 
 @dataclass(frozen=True)
@@ -192,9 +387,11 @@ class ExportMetadata:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise MetadataError(f"{where}: no '{FORMAT}' metadata; it was not exported by strkit "
                                 f"(export it with tools/export.py)")
-        if int(d.get("version", 0)) > VERSION:
-            raise MetadataError(f"{where}: exported by a newer strkit (metadata version {d['version']} > "
+        version = _integer(d.get("version", 0), "version", where, 0, 1 << 30)
+        if version > VERSION:
+            raise MetadataError(f"{where}: exported by a newer strkit (metadata version {version} > "
                                 f"{VERSION}); upgrade strkit")
+        validate_metadata(d, where)
         try:
             codec, inp = d["codec"], d["input"]
             return cls(charset=dict(d["charset"]), codec_kind=str(codec["kind"]),
@@ -210,6 +407,10 @@ class ExportMetadata:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "model") -> ExportMetadata:
+        """Parse and validate (:func:`validate_metadata`) the metadata JSON of an exported model."""
+        if len(text) > MAX_METADATA_BYTES:
+            raise MetadataError(f"{where}: strkit metadata of {len(text):,} bytes is larger than "
+                                f"{MAX_METADATA_BYTES:,}; re-export the model with tools/export.py")
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

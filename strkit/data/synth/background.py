@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from strkit.data.image_limits import ImageTooLargeError, check_encoded
 from strkit.data.synth.colors import luma, random_color, with_luma
 from strkit.data.synth.config import BackgroundConfig, StyleConfig
 from strkit.registry import Registry
@@ -70,7 +71,13 @@ def load_picture_pool(dirs: list[str], limit: int) -> list[np.ndarray]:
     step = max(1, len(files) // max(1, limit))
     pool = []
     for f in files[::step][:limit]:
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        try:
+            data = f.read_bytes()
+            check_encoded(data, where=str(f))  # a decompression bomb is refused from its header
+        except (OSError, ImageTooLargeError) as exc:
+            log.warning("background picture skipped: %s", exc)
+            continue
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
         if img is None or min(img.shape[:2]) < 8:
             continue
         s = 256 / max(img.shape[:2])
