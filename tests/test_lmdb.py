@@ -312,3 +312,41 @@ def test_dataloader_workers(tmp_path, method):
     proc.start()
     assert queue.get(timeout=60) == ("w0", True)
     proc.join()
+
+
+# -- a writer grows the map under an open reader (issue 20, item 9) ----------------------------
+_GROW = """
+import os, sys, lmdb
+env = lmdb.open(sys.argv[1], map_size=256 << 20)
+with env.begin(write=True) as txn:
+    for i in range(5000):
+        txn.put(b"pad-%09d" % i, os.urandom(4000))
+env.close()
+"""
+
+
+def test_reader_reopens_after_another_process_grew_the_map(tmp_path):
+    """A long-lived reader whose memory map is smaller than the DB another process grew reopens it."""
+    import subprocess
+    import sys
+
+    path = write_lmdb(tmp_path / "db", ["a", "b", "c"], map_size=1 << 16)
+    ds = LmdbDataset(path)
+    assert ds[0][1] == "a"  # the environment is now open (and mapped) in this process
+    subprocess.run([sys.executable, "-c", _GROW, str(path)], check=True, timeout=120)  # ~20 MB more
+    assert ds[1][1] == "b" and int(ds[2][0][0, 0, 0]) == 2
+    assert ds.num_corrupt == 0
+
+
+def test_map_that_keeps_growing_is_a_clear_error(tmp_path, monkeypatch):
+    """If the reopened environment still reports MAP_RESIZED, the error is an LmdbError naming the path."""
+    path = write_lmdb(tmp_path / "db", ["a"])
+    ds = LmdbDataset(path)
+
+    class Resized:
+        def begin(self, **kw):
+            raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
+
+    monkeypatch.setattr(_ENVS, "get", lambda p: Resized())
+    with pytest.raises(LmdbError, match=r"db keeps growing.*another process is writing it"):
+        ds[0]

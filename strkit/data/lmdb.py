@@ -171,6 +171,27 @@ class _EnvCache:
         self.open_paths[path] = entry[1]
         return entry[1]
 
+    def begin(self, path: Path) -> lmdb.Transaction:
+        """A read transaction on the LMDB at ``path`` (use it as a context manager).
+
+        When another process grew the database beyond this process's memory map since it was opened
+        (``lmdb.MapResizedError``), the environment is reopened and the transaction retried once.
+
+        Raises:
+            LmdbError: the database still does not fit the map after reopening.
+        """
+        try:
+            return self.get(path).begin(buffers=False)
+        except lmdb.MapResizedError:
+            log.debug("LMDB %s grew since it was opened here: reopening it", path)
+            self.evict(path)
+        try:
+            return self.get(path).begin(buffers=False)
+        except lmdb.MapResizedError as exc:
+            raise LmdbError(f"{path} keeps growing beyond this process's memory map of it ({exc}), even "
+                            f"after reopening: another process is writing it. Wait until that writer has "
+                            f"finished, or read a finished copy.") from None
+
     def _forget(self, env: lmdb.Environment) -> None:
         for p in [p for p, e in self.open_paths.items() if e is env]:
             del self.open_paths[p]
@@ -345,7 +366,7 @@ def read_num_samples(txn: lmdb.Transaction, path: Path) -> int:
 def lmdb_num_samples(path: str | Path) -> int:
     """The ``num-samples`` of the LMDB at ``path`` (the raw record count), without reading labels."""
     path = lmdb_dir(path)
-    with _ENVS.get(path).begin() as txn:
+    with _ENVS.begin(path) as txn:
         return read_num_samples(txn, path)
 
 
@@ -405,8 +426,7 @@ class LmdbDataset(RecordDataset):
         self.extra_keys = tuple(keys)
         self._init_corrupt_tracking()
         self.num_filtered = 0
-        env = _ENVS.get(self.path)
-        with env.begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             self.num_records = read_num_samples(txn, self.path)
             self._read_labels(txn, label_filter)
             for key in self.extra_keys:
@@ -477,7 +497,7 @@ class LmdbDataset(RecordDataset):
 
     def _load(self, i: int) -> tuple[Any, ...]:
         index = self.record_index(i)
-        with _ENVS.get(self.path).begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             data = txn.get(record_key("image", index))
             geom_raw = txn.get(record_key(GEOMETRY_KEY, index)) if self.geometry else None
         if data is None:
@@ -500,12 +520,12 @@ class LmdbDataset(RecordDataset):
 
     def get_extra(self, i: int, key: str) -> bytes | None:
         """The value of extra key ``<key>-%09d`` for item ``i``, or ``None`` if that record has none."""
-        with _ENVS.get(self.path).begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             return txn.get(record_key(key, self.record_index(i)))
 
     def get_meta(self, key: str) -> bytes | None:
         """A DB-level value written with :meth:`LmdbWriter.put_meta`, or ``None``."""
-        with _ENVS.get(self.path).begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             return txn.get(key.encode())
 
 
