@@ -50,6 +50,10 @@ NUM_SAMPLES_KEY = b"num-samples"
 #: Extra key of the word geometry written by the synthetic generator (:mod:`strkit.data.synth.generate`).
 GEOMETRY_KEY = "geom"
 PARTIAL_SUFFIX = ".partial"
+#: DB-level key where :class:`LmdbWriter` records the tool that writes the LMDB (named when it is unfinished).
+WRITER_TOOL_KEY = "strkit-writer-tool"
+# Keys by which an unfinished LMDB of an older strkit (without WRITER_TOOL_KEY) shows the tool writing it.
+_TOOL_MARKER_KEYS = (("create-lmdb-position", "tools/create_lmdb.py"), ("meta", "tools/synth.py"))
 _READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}
 
 
@@ -62,6 +66,10 @@ class LmdbError(RuntimeError):
 
 class LmdbNotFoundError(LmdbError, FileNotFoundError):
     """A path that should hold an LMDB (``data.mdb``) does not."""
+
+
+class PartialLmdbError(LmdbError):
+    """A path names the unfinished ``<out>.partial`` output of an interrupted :class:`LmdbWriter`."""
 
 
 class CorruptRecordError(LmdbError):
@@ -335,9 +343,50 @@ class RecordDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------
 # Reader
 # ----------------------------------------------------------------------------------------------
-def lmdb_dir(path: str | Path) -> Path:
-    """The folder of an LMDB given the folder or its ``data.mdb``; raises :class:`LmdbNotFoundError`."""
+def partial_writer_tool(path: Path) -> str:
+    """The tool that writes the unfinished LMDB ``path`` (a ``.partial`` folder), as far as it shows."""
+    try:
+        env = lmdb.open(str(path), **_READ_OPTIONS)
+    except lmdb.Error:  # open elsewhere in this process, or unreadable: fall back to naming both tools
+        return "tools/create_lmdb.py or tools/synth.py"
+    try:
+        with env.begin(buffers=False) as txn:
+            raw = txn.get(WRITER_TOOL_KEY.encode())
+            if raw:
+                return raw.decode("utf-8", "replace")
+            for key, tool in _TOOL_MARKER_KEYS:
+                if txn.get(key.encode()) is not None:
+                    return tool
+    finally:
+        env.close()
+    return "tools/create_lmdb.py or tools/synth.py"
+
+
+def check_not_partial(path: str | Path) -> None:
+    """Refuse the unfinished output of an interrupted write, whatever path names it: the
+    ``<out>.partial`` folder, a file inside it (``data.mdb``, ``lock.mdb``) or a symbolic link to either.
+
+    Raises:
+        PartialLmdbError: naming the path, the tool that writes it and the fix (``--resume``).
+    """
+    given = Path(path)
+    for candidate in (given, given.resolve()):
+        folder = candidate.parent if candidate.is_file() else candidate
+        if folder.name.endswith(PARTIAL_SUFFIX) and folder.is_dir():
+            tool = partial_writer_tool(folder)
+            final = folder.with_name(folder.name[:-len(PARTIAL_SUFFIX)])
+            raise PartialLmdbError(f"{given} is the incomplete output of an interrupted write: rerun with "
+                                   f"--resume ({tool} with the same arguments plus --resume) to finish it "
+                                   f"as {final}, and use that.")
+
+
+def lmdb_dir(path: str | Path, allow_partial: bool = False) -> Path:
+    """The folder of an LMDB given the folder or its ``data.mdb``; raises :class:`LmdbNotFoundError`,
+    or :class:`PartialLmdbError` for the unfinished output of an interrupted write (unless
+    ``allow_partial``, to inspect one)."""
     path = Path(path)
+    if not allow_partial:
+        check_not_partial(path)
     if path.name == "data.mdb" and path.is_file():
         path = path.parent
     if not (path / "data.mdb").is_file():
@@ -407,16 +456,19 @@ class LmdbDataset(RecordDataset):
         geometry: also read each record's word geometry (``geom-%09d``, see :func:`decode_geometry`);
             implies ``"geom"`` in ``extra_keys``. A record whose geometry is missing or malformed is
             unusable (skipped and counted, or raises when ``strict``).
+        allow_partial: open the unfinished ``<out>.partial`` of an interrupted write (to inspect it);
+            by default it is refused with :class:`PartialLmdbError`, so it is never trained on by mistake.
 
     Items: ``(image uint8 H×W or H×W×3 RGB, label str)``; with ``geometry``
     ``(image, label, geometry dict)``.
     """
 
     def __init__(self, path: str | Path, label_filter: LabelFilter | None = None, channels: int = 3,
-                 strict: bool = False, extra_keys: Sequence[str] = (), geometry: bool = False) -> None:
+                 strict: bool = False, extra_keys: Sequence[str] = (), geometry: bool = False,
+                 allow_partial: bool = False) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
-        self.path = lmdb_dir(path)
+        self.path = lmdb_dir(path, allow_partial=allow_partial)
         self.channels = channels
         self.strict = strict
         self.geometry = bool(geometry)
@@ -530,11 +582,13 @@ class LmdbDataset(RecordDataset):
 
 
 def find_lmdbs(root: str | Path) -> list[Path]:
-    """Every LMDB folder (holding ``data.mdb``) at or under ``root``, sorted; ``*.partial`` are skipped.
+    """Every LMDB folder (holding ``data.mdb``) at or under ``root``, sorted; ``*.partial`` folders below
+    ``root`` are skipped with a warning, and ``root`` itself being one raises :class:`PartialLmdbError`.
 
     Symbolic links are followed once (a link cycle is not walked twice).
     """
     root = Path(root)
+    check_not_partial(root)
     if root.name == "data.mdb" and root.is_file():
         return [root.parent]
     found: list[Path] = []
@@ -547,8 +601,8 @@ def find_lmdbs(root: str | Path) -> list[Path]:
         seen.add(real)
         if "data.mdb" in filenames:
             if dirpath.endswith(PARTIAL_SUFFIX):
-                log.warning("ignoring unfinished LMDB %s (finish it with tools/create_lmdb.py --resume)",
-                            dirpath)
+                log.warning("ignoring unfinished LMDB %s (finish it with %s --resume)", dirpath,
+                            partial_writer_tool(Path(dirpath)))
             else:
                 found.append(Path(dirpath))
             dirnames[:] = []  # an LMDB folder is a leaf
@@ -593,6 +647,8 @@ class LmdbWriter:
             discard an unfinished ``.partial`` unless ``resume``.
         resume: continue an existing ``.partial`` after its committed ``num-samples``.
         commit_every: records per transaction.
+        tool: the command that writes it (e.g. ``tools/create_lmdb.py``), recorded so that a reader
+            refusing the unfinished ``.partial`` can say which tool's ``--resume`` finishes it.
 
     Used as a context manager, an exception commits what was written to the ``.partial`` folder and
     leaves it there (nothing is renamed, nothing is lost).
@@ -601,7 +657,7 @@ class LmdbWriter:
     _FLUSH_BYTES = 64 << 20
 
     def __init__(self, path: str | Path, map_size: int = 1 << 30, overwrite: bool = False,
-                 resume: bool = False, commit_every: int = 1000) -> None:
+                 resume: bool = False, commit_every: int = 1000, tool: str | None = None) -> None:
         if commit_every < 1:
             raise ValueError(f"commit_every must be >= 1, got {commit_every}")
         if map_size < 1 << 16:
@@ -631,6 +687,9 @@ class LmdbWriter:
         self._pending_records = 0
         self._pending_bytes = 0
         self._final: Path | None = None
+        if tool:
+            self.put_meta(WRITER_TOOL_KEY, tool.encode("utf-8"))
+            self.commit()  # at once, so that even a writer killed before its first batch names its tool
 
     # -- writing ------------------------------------------------------------------------------
     def __len__(self) -> int:
