@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--resume", nargs="?", const="auto", default=None,
                      help="resume from a last.pt (default: train.out_dir/last.pt)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the earlier run in train.out_dir (its last.pt, best.pt, metrics.csv)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
     lut = sub.add_parser("lut", help="measure the latency lookup table")
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
         from strkit.engine.searcher import Searcher
 
-        result = Searcher(cfg, resume=resume).fit()
+        result = Searcher(cfg, resume=resume, overwrite=args.overwrite).fit()
     except (ValueError, OSError) as exc:  # user errors (bad paths, files, values) get one line
         if os.environ.get("STRKIT_DEBUG"):
             raise

@@ -37,6 +37,7 @@ from strkit.models.recognizer import RecognitionModel, build_model
 
 from .distributed import resolve_device
 from .optim import build_optimizer, build_scheduler
+from .run_dir import prepare_out_dir
 from .trainer import RunLogger, seed_everything
 
 log = logging.getLogger("strkit")
@@ -191,15 +192,17 @@ def _save(model: RecognitionModel, cfg: Config, path: Path, step: int, metrics: 
                     extra={"stage": "lm_pretrain"})
 
 
-def run_lm_pretraining(cfg: Config, noise: float = 0.1) -> dict[str, float]:
+def run_lm_pretraining(cfg: Config, noise: float = 0.1, overwrite: bool = False) -> dict[str, float]:
     """Pre-train the language model of ``cfg``'s model on its word lists (see the module docstring).
 
     Writes ``config.yaml``, ``metrics.csv`` (and TensorBoard events with ``train.tensorboard``) and
     ``last.pt`` (a full checkpoint) to ``train.out_dir``; returns the last
     metrics: ``lm_loss`` (mean over the last logging window) and, with held-out words,
-    ``lm_val_cloze_accuracy``.
+    ``lm_val_cloze_accuracy``. A ``train.out_dir`` that holds an earlier run is refused unless
+    ``overwrite`` (see :mod:`strkit.engine.run_dir`).
     """
     t = cfg.train
+    prepare_out_dir(t.out_dir, overwrite=overwrite)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)

@@ -42,6 +42,7 @@ from strkit.models.recognizer import GEOMETRY_TARGETS, RecognitionModel, build_m
 from .data import RunData, build_run_data
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
 from .optim import build_optimizer, build_scheduler, parameters_with_prefix, set_schedule_length
+from .run_dir import prepare_out_dir_on_main
 
 log = logging.getLogger("strkit")
 
@@ -115,10 +116,14 @@ class Trainer:
     Args:
         cfg: the run's config.
         resume: path of a ``last.pt`` to resume from (its config's model/data sections must match).
+        overwrite: replace the outputs of an earlier run in ``train.out_dir``; without it (or
+            ``resume``) :meth:`fit` refuses a folder that holds one (see :mod:`strkit.engine.run_dir`).
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
+        self.resumed_from = resume
+        self.overwrite = overwrite
         self.device, self.dist = setup_run(cfg)
         self.out_dir = Path(cfg.train.out_dir)
         payload = load_checkpoint(resume) if resume else None
@@ -312,6 +317,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
         cfg = self.cfg.train
+        prepare_out_dir_on_main(self.dist, self.out_dir, resume_step=self.step if self.resumed_from else None,
+                                overwrite=self.overwrite, resumed_from=self.resumed_from)
         self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step,
                                    geometry=self.cfg.model.geometry_loss > 0)
         main = self.dist.is_main
