@@ -278,8 +278,10 @@ class RecordDataset(torch.utils.data.Dataset):
     :meth:`__len__`, :meth:`_load` and :meth:`_describe`.
 
     A record that cannot be read or decoded raises :class:`CorruptRecordError` when ``strict``;
-    otherwise it is logged (once per dataset and process), counted in :attr:`num_corrupt` (per
-    process) and the next valid record is returned instead (wrapping round at the end).
+    otherwise it is logged (once per dataset and process), counted in :attr:`num_corrupt` and the
+    next valid record is returned instead (wrapping round at the end). The count is per process,
+    unless :meth:`share_corrupt_counts` was called before DataLoader workers start: then the
+    records met by any worker are counted, each once.
     """
 
     path: Path
@@ -290,10 +292,23 @@ class RecordDataset(torch.utils.data.Dataset):
         self._bad: set[int] = set()  # items found unusable in this process
         self._dropped = 0  # records left out when the dataset was built (e.g. a missing label)
         self._warned = False
+        self._shared_bad: torch.Tensor | None = None  # one flag per item, in shared memory (opt-in)
+
+    def share_corrupt_counts(self) -> None:
+        """Count the unusable records met in *any* process from now on (DataLoader workers, forked or
+        spawned after this call): one flag byte per item in shared memory, so each record counts once.
+        """
+        if self._shared_bad is None:
+            self._shared_bad = torch.zeros(len(self), dtype=torch.uint8).share_memory_()
+            for i in self._bad:
+                self._shared_bad[i] = 1
 
     @property
     def num_corrupt(self) -> int:
-        """Unusable records: those left out at construction plus distinct ones met in this process."""
+        """Unusable records: those left out at construction plus distinct ones met when reading (in
+        this process, or in every process after :meth:`share_corrupt_counts`)."""
+        if self._shared_bad is not None:
+            return self._dropped + int(self._shared_bad.sum())
         return self._dropped + len(self._bad)
 
     def _note_bad(self, where: str, reason: str) -> None:
@@ -317,6 +332,8 @@ class RecordDataset(torch.utils.data.Dataset):
     def _report_bad(self, i: int, reason: str) -> None:
         self._note_bad(self._describe(i), reason)
         self._bad.add(i)
+        if self._shared_bad is not None:
+            self._shared_bad[i] = 1
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         """Item ``i``: (uint8 image H×W or H×W×3 RGB, label), plus what the subclass adds (e.g. the word
@@ -338,6 +355,22 @@ class RecordDataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {len(self)} records)"
+
+
+def record_datasets(dataset: torch.utils.data.Dataset) -> list[RecordDataset]:
+    """The :class:`RecordDataset` objects a dataset reads from (through ``ConcatDataset`` and
+    ``Subset``), each once, in order."""
+    found: dict[int, RecordDataset] = {}
+    stack = [dataset]
+    while stack:
+        ds = stack.pop(0)
+        if isinstance(ds, RecordDataset):
+            found.setdefault(id(ds), ds)
+        elif isinstance(ds, torch.utils.data.ConcatDataset):
+            stack[:0] = list(ds.datasets)
+        elif isinstance(ds, torch.utils.data.Subset):
+            stack.insert(0, ds.dataset)
+    return list(found.values())
 
 
 # ----------------------------------------------------------------------------------------------

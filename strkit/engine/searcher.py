@@ -531,6 +531,7 @@ class Searcher:
             logger.close()
         result: dict[str, Any] = {}
         if main:
+            log.info("search data: %s; %s", self.data.label_filter.report(), self.data.corrupt_report())
             result = self.finish(last_val)
         barrier(self.dist)
         shutdown(self.dist)

@@ -213,8 +213,16 @@ class Trainer:
                 "schedule_steps": self.schedule_steps,
                 "sampler": {"step": self.step},
             }
-        return save_checkpoint(self.out_dir / name, metrics=metrics, train_state=train_state,
-                               **self._payload_common())
+        return save_checkpoint(self.out_dir / name, metrics={**metrics, **self.corrupt_metrics()},
+                               train_state=train_state, **self._payload_common())
+
+    def corrupt_metrics(self) -> dict[str, float]:
+        """Corrupt records skipped so far: ``corrupt_skipped`` (total) and ``corrupt_skipped/<source>``."""
+        if self.data is None:
+            return {}
+        counts = self.data.corrupt_counts()
+        return {"corrupt_skipped": float(sum(counts.values())),
+                **{f"corrupt_skipped/{name}": float(n) for name, n in counts.items()}}
 
     @property
     def elapsed_s(self) -> float:
@@ -390,8 +398,9 @@ class Trainer:
                 bar.close()
             logger.close()
         if main:
-            log.info("training stopped at step %d (%s); %d non-finite steps skipped; %s",
-                     self.step, stop_reason, self.skipped_steps, self.data.label_filter.report())
+            log.info("training stopped at step %d (%s); %d non-finite steps skipped; %s; %s",
+                     self.step, stop_reason, self.skipped_steps, self.data.label_filter.report(),
+                     self.data.corrupt_report())
         shutdown(self.dist)
         return last_val
 
