@@ -452,6 +452,21 @@ def lmdb_num_samples(path: str | Path) -> int:
         return read_num_samples(txn, path)
 
 
+def iter_raw_images(path: str | Path) -> Iterator[bytes]:
+    """Every stored ``image-%09d`` value (encoded bytes) of the LMDB at ``path``, in key order: all
+    records, whatever their label. The read transaction stays open until the iterator is exhausted."""
+    path = lmdb_dir(path)
+    prefix = b"image-"
+    with _ENVS.begin(path) as txn:
+        cursor = txn.cursor()
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            yield value
+
+
 def _scan_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[int, bytes]]:
     """Yield (index, raw label) for every ``label-%09d`` key with 1 <= index <= num_samples, in order."""
     cursor = txn.cursor()
