@@ -202,7 +202,6 @@ def run_lm_pretraining(cfg: Config, noise: float = 0.1, overwrite: bool = False)
     ``overwrite`` (see :mod:`strkit.engine.run_dir`).
     """
     t = cfg.train
-    prepare_out_dir(t.out_dir, overwrite=overwrite)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
@@ -214,6 +213,7 @@ def run_lm_pretraining(cfg: Config, noise: float = 0.1, overwrite: bool = False)
     words, _ = load_words(text_sources(cfg), model.charset, cfg.model.max_length)
     train_words, val_words = _split_words(words, cfg.data.val_fraction, t.seed)
     out_dir = Path(t.out_dir)
+    prepare_out_dir(out_dir, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.dump(out_dir / "config.yaml")
     log.info("language-model pre-training on %d words (%d held out), %d steps of %d words",
