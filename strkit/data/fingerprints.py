@@ -121,13 +121,31 @@ def _set_images(folder: Path) -> Iterator[bytes]:
         yield from _folder_images(folder / LABELS_FILE)
 
 
+def _cache_file(name: str) -> Path:
+    """``<per-user cache>/benchmark_fingerprints/<name>``; a cache that cannot be created is not fatal
+    (the file then lies in a folder that does not exist: it is never found, and writing it is skipped)."""
+    try:
+        return private_cache_folder(CACHE_FOLDER) / name
+    except OSError as exc:
+        log.warning("benchmark fingerprints are not cached (%s); they are computed on every run", exc)
+        return Path(os.devnull) / name
+
+
 def _write_atomically(path: Path, write: object) -> None:
-    """Write ``path`` via a temporary file in its folder and a rename (``write(file object)``)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``path`` via a temporary file in its folder and a rename (``write(file object)``); a cache
+    that cannot be written is skipped with a warning."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        log.debug("not caching %s: %s", path, exc)
+        return
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)  # type: ignore[operator]
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        log.warning("cannot write the fingerprint cache %s: %s", path, exc)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -145,7 +163,7 @@ def benchmark_fingerprints(root: str | Path | None) -> BenchmarkFingerprints | N
         return None
     inventory = _inventory(sets)
     key = hashlib.sha1(json.dumps([FINGERPRINT_VERSION, str(root.resolve()), inventory]).encode()).hexdigest()
-    cache = private_cache_folder(CACHE_FOLDER) / f"benchmarks-{key}.npz"
+    cache = _cache_file(f"benchmarks-{key}.npz")
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as npz:
@@ -189,7 +207,7 @@ def _lmdb_counts(path: Path, prints: BenchmarkFingerprints) -> Counter[str]:
     st = data.stat()
     key = hashlib.sha1(json.dumps([FINGERPRINT_VERSION, prints.key, str(data), st.st_size,
                                    st.st_mtime_ns]).encode()).hexdigest()
-    cache = private_cache_folder(CACHE_FOLDER) / f"lmdb-{key}.json"
+    cache = _cache_file(f"lmdb-{key}.json")
     if cache.is_file():
         try:
             return Counter({str(k): int(v) for k, v in json.loads(cache.read_text())["counts"].items()})
