@@ -10,6 +10,7 @@ RNG states, sampler position) for an exact resume.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,12 @@ from strkit.config import relative_note
 
 FORMAT = "strkit-checkpoint"
 VERSION = 1
+
+
+# The temporary files of atomic_torch_save of a checkpoint: ``.<name>.pt.<8 random characters of mkstemp>.tmp``.
+_TEMP_PREFIX = "."
+_TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.pt\.[a-z0-9_]{8}\.tmp$")
 
 
 class CheckpointError(ValueError):
@@ -56,7 +63,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         if hasattr(os, "fchmod"):
             os.fchmod(fd, new_file_mode())
@@ -69,6 +76,31 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def stale_temporaries(folder: str | Path) -> list[Path]:
+    """The temporary files that interrupted :func:`atomic_torch_save` calls left in ``folder``
+    while writing a checkpoint (``.last.pt.k3j_x9q2.tmp`` ...; only that name pattern, only plain files,
+    not below ``folder``)."""
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [p for p in entries if _TEMP_NAME.match(p.name) and p.is_file() and not p.is_symlink()]
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``folder`` (call it only when no write into ``folder`` runs,
+    e.g. when a run starts or resumes); returns the removed paths."""
+    removed = []
+    for path in stale_temporaries(folder):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict: dict[str, torch.Tensor],

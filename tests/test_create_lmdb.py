@@ -12,7 +12,7 @@ import pytest
 
 import strkit.cli.create_lmdb as cli
 from strkit.data.benchmarks import load_benchmark
-from strkit.data.lmdb import LmdbDataset
+from strkit.data.lmdb import LmdbDataset, PartialLmdbError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,10 @@ def test_resume_after_interruption(folder, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "_read_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cli.main([str(folder), str(out), "--quiet", "--commit-every", "1"])
-    assert LmdbDataset(f"{out}.partial").labels == ["a", "b c"]
+    assert LmdbDataset(f"{out}.partial", allow_partial=True).labels == ["a", "b c"]
+    for given in (f"{out}.partial", f"{out}.partial/data.mdb"):  # never read as a data source by mistake
+        with pytest.raises(PartialLmdbError, match=r"interrupted write: rerun with --resume \(tools/create_lmdb"):
+            LmdbDataset(given)
     monkeypatch.setattr(cli, "_read_image", real)
     assert cli.main([str(folder), str(out), "--quiet"]) == 2  # an unfinished run is not silently lost
     assert cli.main([str(folder), str(out), "--quiet", "--resume"]) == 0

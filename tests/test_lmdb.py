@@ -23,6 +23,7 @@ from strkit.data.lmdb import (
     LmdbError,
     LmdbNotFoundError,
     LmdbWriter,
+    PartialLmdbError,
     decode_image,
     find_lmdbs,
     open_lmdb_tree,
@@ -105,7 +106,8 @@ def test_resume_after_killed_writer(n, commit_every, more):
         committed = (n // commit_every) * commit_every
         partial = Path(f"{path}.partial")
         assert not path.exists()
-        assert LmdbDataset(partial).num_records == committed  # a killed writer leaves a readable DB
+        # a killed writer leaves a readable DB (opened here on purpose: sources refuse it)
+        assert LmdbDataset(partial, allow_partial=True).num_records == committed
         with pytest.raises(FileExistsError, match="resume"):
             LmdbWriter(path)
         with LmdbWriter(path, resume=True) as w:
@@ -130,7 +132,7 @@ def test_exception_keeps_partial_work(tmp_path):
         w.put(png(2), "two")
         raise RuntimeError("boom")
     assert not path.exists()
-    assert LmdbDataset(f"{path}.partial").labels == ["one", "two"]
+    assert LmdbDataset(f"{path}.partial", allow_partial=True).labels == ["one", "two"]
     with LmdbWriter(path, resume=True) as w:
         w.put(png(3), "three")
     assert LmdbDataset(path).labels == ["one", "two", "three"]
@@ -273,8 +275,38 @@ def test_open_lmdb_tree(tmp_path):
     assert [tree[i][1] for i in range(6)] == ["t", "m1", "m2", "s1", "s2", "s3"]
     single = open_lmdb_tree(tmp_path / "training" / "ST")
     assert isinstance(single, LmdbDataset) and len(single) == 3
-    with pytest.raises(LmdbNotFoundError, match="holds no LMDB"):
+    with pytest.raises(PartialLmdbError, match="incomplete output of an interrupted write: rerun with --resume"):
         open_lmdb_tree(tmp_path / "training" / "unfinished.partial")
+
+
+@pytest.mark.parametrize("tool", ["tools/create_lmdb.py", "tools/synth.py", None])
+def test_partial_output_is_refused_by_any_path(tmp_path, tool):
+    """The folder, its data.mdb, its lock.mdb and a symbolic link to it: all refused, naming the tool."""
+    writer = LmdbWriter(tmp_path / "out", commit_every=1, tool=tool)
+    writer.put(png(0), "x")
+    writer.abandon()
+    partial = tmp_path / "out.partial"
+    (tmp_path / "link").symlink_to(partial)
+    named = tool or "tools/create_lmdb.py or tools/synth.py"
+    for where in (partial, partial / "data.mdb", partial / "lock.mdb", tmp_path / "link",
+                  tmp_path / "link" / "data.mdb"):
+        for opener in (LmdbDataset, open_lmdb_tree):
+            with pytest.raises(PartialLmdbError) as err:
+                opener(where)
+            msg = str(err.value)
+            assert msg.startswith(str(where)) and named in msg and str(tmp_path / "out") in msg
+            assert "incomplete output of an interrupted write: rerun with --resume" in msg
+    assert LmdbDataset(partial, allow_partial=True).labels == ["x"]  # inspecting it on purpose
+
+
+def test_unfinished_lmdb_in_a_tree_names_its_tool(tmp_path, caplog):
+    write_lmdb(tmp_path / "tree" / "done", ["a"])
+    writer = LmdbWriter(tmp_path / "tree" / "synth_out", tool="tools/synth.py")
+    writer.put(png(0), "x")
+    writer.abandon()
+    with caplog.at_level("WARNING"):
+        assert find_lmdbs(tmp_path / "tree") == [tmp_path / "tree" / "done"]
+    assert "synth_out.partial (finish it with tools/synth.py --resume)" in caplog.text
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -312,3 +344,41 @@ def test_dataloader_workers(tmp_path, method):
     proc.start()
     assert queue.get(timeout=60) == ("w0", True)
     proc.join()
+
+
+# -- a writer grows the map under an open reader (issue 20, item 9) ----------------------------
+_GROW = """
+import os, sys, lmdb
+env = lmdb.open(sys.argv[1], map_size=256 << 20)
+with env.begin(write=True) as txn:
+    for i in range(5000):
+        txn.put(b"pad-%09d" % i, os.urandom(4000))
+env.close()
+"""
+
+
+def test_reader_reopens_after_another_process_grew_the_map(tmp_path):
+    """A long-lived reader whose memory map is smaller than the DB another process grew reopens it."""
+    import subprocess
+    import sys
+
+    path = write_lmdb(tmp_path / "db", ["a", "b", "c"], map_size=1 << 16)
+    ds = LmdbDataset(path)
+    assert ds[0][1] == "a"  # the environment is now open (and mapped) in this process
+    subprocess.run([sys.executable, "-c", _GROW, str(path)], check=True, timeout=120)  # ~20 MB more
+    assert ds[1][1] == "b" and int(ds[2][0][0, 0, 0]) == 2
+    assert ds.num_corrupt == 0
+
+
+def test_map_that_keeps_growing_is_a_clear_error(tmp_path, monkeypatch):
+    """If the reopened environment still reports MAP_RESIZED, the error is an LmdbError naming the path."""
+    path = write_lmdb(tmp_path / "db", ["a"])
+    ds = LmdbDataset(path)
+
+    class Resized:
+        def begin(self, **kw):
+            raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
+
+    monkeypatch.setattr(_ENVS, "get", lambda p: Resized())
+    with pytest.raises(LmdbError, match=r"db keeps growing.*another process is writing it"):
+        ds[0]

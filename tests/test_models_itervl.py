@@ -403,6 +403,10 @@ def test_train_cli_runs_text_only_pretraining(tmp_path):
     assert main(mixed) == 2
     # a decoder without a language model is refused
     assert main([*args, "model.decoder={name: ctc}"]) == 2
+    # the finished run is not overwritten by accident (issue 20, item 5), only with --overwrite
+    before = (out / "metrics.csv").read_text()
+    assert main(args) == 2 and (out / "metrics.csv").read_text() == before
+    assert main([*args, "--overwrite"]) == 0 and (out / "metrics.csv").read_text().count("lm_loss") == 2
 
 
 # --- reading a trained model with fewer / more refinement rounds (tools/eval.py --set) --------------------

@@ -13,7 +13,7 @@ import pytest
 from strkit.charset import Charset, LabelFilter
 from strkit.cli.synth import main
 from strkit.config import SourceConfig
-from strkit.data.lmdb import LmdbDataset, decode_image
+from strkit.data.lmdb import LmdbDataset, PartialLmdbError, decode_image
 from strkit.data.sources import SOURCES, build_source
 from strkit.data.synth.config import load_synth_config
 from strkit.data.synth.dataset import SynthDataset
@@ -86,6 +86,9 @@ def test_start_index_and_resume(renderer: Renderer, tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         generate_lmdb(failing, tmp_path / "out", 12, seed=1, start_index=5, progress=False, chunk=4)
     assert (tmp_path / "out.partial").is_dir() and not (tmp_path / "out").exists()
+    src = SourceConfig(path=str(tmp_path / "out.partial" / "data.mdb"), kind="lmdb")
+    with pytest.raises(PartialLmdbError, match=r"interrupted write: rerun with --resume \(tools/synth\.py"):
+        build_source(src, None, 3, None)  # the synth output names its own tool, not create_lmdb
     with pytest.raises(FileExistsError, match="resume"):
         generate_lmdb(renderer, tmp_path / "out", 12, seed=1, start_index=5, progress=False)
     with pytest.raises(ValueError, match="run.seed"):

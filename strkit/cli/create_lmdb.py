@@ -94,7 +94,7 @@ def convert(input_path: Path, out: Path, *, overwrite: bool = False, resume: boo
     items = read_gt_file(gt)
     skipped: list[tuple[Path, str]] = []
     with LmdbWriter(out, map_size=map_size, overwrite=overwrite, resume=resume,
-                    commit_every=commit_every) as writer:
+                    commit_every=commit_every, tool="tools/create_lmdb.py") as writer:
         raw = writer.get_meta(POSITION_KEY)
         start = int(raw) if raw is not None else 0
         if raw is None and len(writer):

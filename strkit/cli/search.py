@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--resume", nargs="?", const="auto", default=None,
                      help="resume from a last.pt (default: train.out_dir/last.pt)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the earlier run in train.out_dir (its last.pt, best.pt, metrics.csv)")
     run.add_argument("--print-config", action="store_true",
                      help="check the config (including the model and search sections), print it resolved and exit")
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
     from strkit.engine.searcher import Searcher
 
-    result = Searcher(cfg, resume=resume).fit()
+    result = Searcher(cfg, resume=resume, overwrite=args.overwrite).fit()
     if result:
         print(f"architecture: {result['arch']}\nreport: {result['report']}")
     return 0

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a last.pt (default: train.out_dir/last.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier run in train.out_dir (its last.pt, best.pt, metrics.csv)")
     p.add_argument("--print-config", action="store_true",
                    help="check the config (including the model: stage names and their keys), print it resolved "
                         "and exit")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             return fail("--resume is not supported for language-model pre-training "
                         "(data.train kind: words)")
-        metrics = run_lm_pretraining(cfg)
+        metrics = run_lm_pretraining(cfg, overwrite=args.overwrite)
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return 0
     resume = args.resume
@@ -62,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         resume = Path(cfg.train.out_dir) / "last.pt"
         if not resume.is_file():
             return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
+    from strkit.engine.run_dir import RunDirError
     from strkit.engine.trainer import Trainer
 
-    metrics = Trainer(cfg, resume=resume).fit()
+    try:
+        metrics = Trainer(cfg, resume=resume, overwrite=args.overwrite).fit()
+    except RunDirError as exc:
+        return fail(str(exc))
     if metrics:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0

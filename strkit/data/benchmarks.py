@@ -22,6 +22,10 @@ search or validation source: :func:`assert_not_benchmark` refuses
 * any path inside the benchmark root that is not in a ``*_train`` folder (``IIIT5K_train``,
   ``SVT_train``, ``IC15_train`` are training data), the root itself, or a folder containing it;
 * a folder of LMDBs holding any of the above.
+
+That guard goes by names and places; :mod:`strkit.data.fingerprints` adds the guard by content (a copy
+of test crops under any name), which :func:`strkit.data.sources.build_source` applies to every training,
+search and validation source.
 """
 
 from __future__ import annotations

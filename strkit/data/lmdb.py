@@ -53,6 +53,10 @@ NUM_SAMPLES_KEY = b"num-samples"
 #: Extra key of the word geometry written by the synthetic generator (:mod:`strkit.data.synth.generate`).
 GEOMETRY_KEY = "geom"
 PARTIAL_SUFFIX = ".partial"
+#: DB-level key where :class:`LmdbWriter` records the tool that writes the LMDB (named when it is unfinished).
+WRITER_TOOL_KEY = "strkit-writer-tool"
+# Keys by which an unfinished LMDB of an older strkit (without WRITER_TOOL_KEY) shows the tool writing it.
+_TOOL_MARKER_KEYS = (("create-lmdb-position", "tools/create_lmdb.py"), ("meta", "tools/synth.py"))
 _READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}
 
 
@@ -65,6 +69,10 @@ class LmdbError(RuntimeError):
 
 class LmdbNotFoundError(LmdbError, FileNotFoundError):
     """A path that should hold an LMDB (``data.mdb``) does not."""
+
+
+class PartialLmdbError(LmdbError):
+    """A path names the unfinished ``<out>.partial`` output of an interrupted :class:`LmdbWriter`."""
 
 
 class CorruptRecordError(LmdbError):
@@ -180,6 +188,27 @@ class _EnvCache:
         self.open_paths[path] = entry[1]
         return entry[1]
 
+    def begin(self, path: Path) -> lmdb.Transaction:
+        """A read transaction on the LMDB at ``path`` (use it as a context manager).
+
+        When another process grew the database beyond this process's memory map since it was opened
+        (``lmdb.MapResizedError``), the environment is reopened and the transaction retried once.
+
+        Raises:
+            LmdbError: the database still does not fit the map after reopening.
+        """
+        try:
+            return self.get(path).begin(buffers=False)
+        except lmdb.MapResizedError:
+            log.debug("LMDB %s grew since it was opened here: reopening it", path)
+            self.evict(path)
+        try:
+            return self.get(path).begin(buffers=False)
+        except lmdb.MapResizedError as exc:
+            raise LmdbError(f"{path} keeps growing beyond this process's memory map of it ({exc}), even "
+                            f"after reopening: another process is writing it. Wait until that writer has "
+                            f"finished, or read a finished copy.") from None
+
     def _forget(self, env: lmdb.Environment) -> None:
         for p in [p for p, e in self.open_paths.items() if e is env]:
             del self.open_paths[p]
@@ -258,8 +287,10 @@ class RecordDataset(torch.utils.data.Dataset):
     :meth:`__len__`, :meth:`_load` and :meth:`_describe`.
 
     A record that cannot be read or decoded raises :class:`CorruptRecordError` when ``strict``;
-    otherwise it is logged (once per dataset and process), counted in :attr:`num_corrupt` (per
-    process) and the next valid record is returned instead (wrapping round at the end).
+    otherwise it is logged (once per dataset and process), counted in :attr:`num_corrupt` and the
+    next valid record is returned instead (wrapping round at the end). The count is per process,
+    unless :meth:`share_corrupt_counts` was called before DataLoader workers start: then the
+    records met by any worker are counted, each once.
     """
 
     path: Path
@@ -270,10 +301,23 @@ class RecordDataset(torch.utils.data.Dataset):
         self._bad: set[int] = set()  # items found unusable in this process
         self._dropped = 0  # records left out when the dataset was built (e.g. a missing label)
         self._warned = False
+        self._shared_bad: torch.Tensor | None = None  # one flag per item, in shared memory (opt-in)
+
+    def share_corrupt_counts(self) -> None:
+        """Count the unusable records met in *any* process from now on (DataLoader workers, forked or
+        spawned after this call): one flag byte per item in shared memory, so each record counts once.
+        """
+        if self._shared_bad is None:
+            self._shared_bad = torch.zeros(len(self), dtype=torch.uint8).share_memory_()
+            for i in self._bad:
+                self._shared_bad[i] = 1
 
     @property
     def num_corrupt(self) -> int:
-        """Unusable records: those left out at construction plus distinct ones met in this process."""
+        """Unusable records: those left out at construction plus distinct ones met when reading (in
+        this process, or in every process after :meth:`share_corrupt_counts`)."""
+        if self._shared_bad is not None:
+            return self._dropped + int(self._shared_bad.sum())
         return self._dropped + len(self._bad)
 
     def _note_bad(self, where: str, reason: str) -> None:
@@ -297,6 +341,8 @@ class RecordDataset(torch.utils.data.Dataset):
     def _report_bad(self, i: int, reason: str) -> None:
         self._note_bad(self._describe(i), reason)
         self._bad.add(i)
+        if self._shared_bad is not None:
+            self._shared_bad[i] = 1
 
     def __getitem__(self, i: int) -> tuple[Any, ...]:
         """Item ``i``: (uint8 image H×W or H×W×3 RGB, label), plus what the subclass adds (e.g. the word
@@ -320,12 +366,69 @@ class RecordDataset(torch.utils.data.Dataset):
         return f"{type(self).__name__}({str(self.path)!r}, {len(self)} records)"
 
 
+def record_datasets(dataset: torch.utils.data.Dataset) -> list[RecordDataset]:
+    """The :class:`RecordDataset` objects a dataset reads from (through ``ConcatDataset`` and
+    ``Subset``), each once, in order."""
+    found: dict[int, RecordDataset] = {}
+    stack = [dataset]
+    while stack:
+        ds = stack.pop(0)
+        if isinstance(ds, RecordDataset):
+            found.setdefault(id(ds), ds)
+        elif isinstance(ds, torch.utils.data.ConcatDataset):
+            stack[:0] = list(ds.datasets)
+        elif isinstance(ds, torch.utils.data.Subset):
+            stack.insert(0, ds.dataset)
+    return list(found.values())
+
+
 # ----------------------------------------------------------------------------------------------
 # Reader
 # ----------------------------------------------------------------------------------------------
-def lmdb_dir(path: str | Path) -> Path:
-    """The folder of an LMDB given the folder or its ``data.mdb``; raises :class:`LmdbNotFoundError`."""
+def partial_writer_tool(path: Path) -> str:
+    """The tool that writes the unfinished LMDB ``path`` (a ``.partial`` folder), as far as it shows."""
+    try:
+        env = lmdb.open(str(path), **_READ_OPTIONS)
+    except lmdb.Error:  # open elsewhere in this process, or unreadable: fall back to naming both tools
+        return "tools/create_lmdb.py or tools/synth.py"
+    try:
+        with env.begin(buffers=False) as txn:
+            raw = txn.get(WRITER_TOOL_KEY.encode())
+            if raw:
+                return raw.decode("utf-8", "replace")
+            for key, tool in _TOOL_MARKER_KEYS:
+                if txn.get(key.encode()) is not None:
+                    return tool
+    finally:
+        env.close()
+    return "tools/create_lmdb.py or tools/synth.py"
+
+
+def check_not_partial(path: str | Path) -> None:
+    """Refuse the unfinished output of an interrupted write, whatever path names it: the
+    ``<out>.partial`` folder, a file inside it (``data.mdb``, ``lock.mdb``) or a symbolic link to either.
+
+    Raises:
+        PartialLmdbError: naming the path, the tool that writes it and the fix (``--resume``).
+    """
+    given = Path(path)
+    for candidate in (given, given.resolve()):
+        folder = candidate.parent if candidate.is_file() else candidate
+        if folder.name.endswith(PARTIAL_SUFFIX) and folder.is_dir():
+            tool = partial_writer_tool(folder)
+            final = folder.with_name(folder.name[:-len(PARTIAL_SUFFIX)])
+            raise PartialLmdbError(f"{given} is the incomplete output of an interrupted write: rerun with "
+                                   f"--resume ({tool} with the same arguments plus --resume) to finish it "
+                                   f"as {final}, and use that.")
+
+
+def lmdb_dir(path: str | Path, allow_partial: bool = False) -> Path:
+    """The folder of an LMDB given the folder or its ``data.mdb``; raises :class:`LmdbNotFoundError`,
+    or :class:`PartialLmdbError` for the unfinished output of an interrupted write (unless
+    ``allow_partial``, to inspect one)."""
     path = Path(path)
+    if not allow_partial:
+        check_not_partial(path)
     if path.name == "data.mdb" and path.is_file():
         path = path.parent
     if not (path / "data.mdb").is_file():
@@ -354,8 +457,23 @@ def read_num_samples(txn: lmdb.Transaction, path: Path) -> int:
 def lmdb_num_samples(path: str | Path) -> int:
     """The ``num-samples`` of the LMDB at ``path`` (the raw record count), without reading labels."""
     path = lmdb_dir(path)
-    with _ENVS.get(path).begin() as txn:
+    with _ENVS.begin(path) as txn:
         return read_num_samples(txn, path)
+
+
+def iter_raw_images(path: str | Path) -> Iterator[bytes]:
+    """Every stored ``image-%09d`` value (encoded bytes) of the LMDB at ``path``, in key order: all
+    records, whatever their label. The read transaction stays open until the iterator is exhausted."""
+    path = lmdb_dir(path)
+    prefix = b"image-"
+    with _ENVS.begin(path) as txn:
+        cursor = txn.cursor()
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            yield value
 
 
 def _scan_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[int, bytes]]:
@@ -397,6 +515,8 @@ class LmdbDataset(RecordDataset):
             unusable (skipped and counted, or raises when ``strict``).
         max_pixels: a record whose image header announces more pixels is unusable, refused without
             decoding it (``None``: no limit of strkit's own; :mod:`strkit.data.image_limits`).
+        allow_partial: open the unfinished ``<out>.partial`` of an interrupted write (to inspect it);
+            by default it is refused with :class:`PartialLmdbError`, so it is never trained on by mistake.
 
     Items: ``(image uint8 H×W or H×W×3 RGB, label str)``; with ``geometry``
     ``(image, label, geometry dict)``.
@@ -404,10 +524,11 @@ class LmdbDataset(RecordDataset):
 
     def __init__(self, path: str | Path, label_filter: LabelFilter | None = None, channels: int = 3,
                  strict: bool = False, extra_keys: Sequence[str] = (), geometry: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 allow_partial: bool = False) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
-        self.path = lmdb_dir(path)
+        self.path = lmdb_dir(path, allow_partial=allow_partial)
         self.channels = channels
         self.max_pixels = max_pixels
         self.strict = strict
@@ -418,8 +539,7 @@ class LmdbDataset(RecordDataset):
         self.extra_keys = tuple(keys)
         self._init_corrupt_tracking()
         self.num_filtered = 0
-        env = _ENVS.get(self.path)
-        with env.begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             self.num_records = read_num_samples(txn, self.path)
             self._read_labels(txn, label_filter)
             for key in self.extra_keys:
@@ -490,7 +610,7 @@ class LmdbDataset(RecordDataset):
 
     def _load(self, i: int) -> tuple[Any, ...]:
         index = self.record_index(i)
-        with _ENVS.get(self.path).begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             data = txn.get(record_key("image", index))
             geom_raw = txn.get(record_key(GEOMETRY_KEY, index)) if self.geometry else None
         if data is None:
@@ -516,21 +636,23 @@ class LmdbDataset(RecordDataset):
 
     def get_extra(self, i: int, key: str) -> bytes | None:
         """The value of extra key ``<key>-%09d`` for item ``i``, or ``None`` if that record has none."""
-        with _ENVS.get(self.path).begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             return txn.get(record_key(key, self.record_index(i)))
 
     def get_meta(self, key: str) -> bytes | None:
         """A DB-level value written with :meth:`LmdbWriter.put_meta`, or ``None``."""
-        with _ENVS.get(self.path).begin(buffers=False) as txn:
+        with _ENVS.begin(self.path) as txn:
             return txn.get(key.encode())
 
 
 def find_lmdbs(root: str | Path) -> list[Path]:
-    """Every LMDB folder (holding ``data.mdb``) at or under ``root``, sorted; ``*.partial`` are skipped.
+    """Every LMDB folder (holding ``data.mdb``) at or under ``root``, sorted; ``*.partial`` folders below
+    ``root`` are skipped with a warning, and ``root`` itself being one raises :class:`PartialLmdbError`.
 
     Symbolic links are followed once (a link cycle is not walked twice).
     """
     root = Path(root)
+    check_not_partial(root)
     if root.name == "data.mdb" and root.is_file():
         return [root.parent]
     found: list[Path] = []
@@ -543,8 +665,8 @@ def find_lmdbs(root: str | Path) -> list[Path]:
         seen.add(real)
         if "data.mdb" in filenames:
             if dirpath.endswith(PARTIAL_SUFFIX):
-                log.warning("ignoring unfinished LMDB %s (finish it with tools/create_lmdb.py --resume)",
-                            dirpath)
+                log.warning("ignoring unfinished LMDB %s (finish it with %s --resume)", dirpath,
+                            partial_writer_tool(Path(dirpath)))
             else:
                 found.append(Path(dirpath))
             dirnames[:] = []  # an LMDB folder is a leaf
@@ -590,6 +712,8 @@ class LmdbWriter:
             discard an unfinished ``.partial`` unless ``resume``.
         resume: continue an existing ``.partial`` after its committed ``num-samples``.
         commit_every: records per transaction.
+        tool: the command that writes it (e.g. ``tools/create_lmdb.py``), recorded so that a reader
+            refusing the unfinished ``.partial`` can say which tool's ``--resume`` finishes it.
 
     Used as a context manager, an exception commits what was written to the ``.partial`` folder and
     leaves it there (nothing is renamed, nothing is lost).
@@ -598,7 +722,7 @@ class LmdbWriter:
     _FLUSH_BYTES = 64 << 20
 
     def __init__(self, path: str | Path, map_size: int = 1 << 30, overwrite: bool = False,
-                 resume: bool = False, commit_every: int = 1000) -> None:
+                 resume: bool = False, commit_every: int = 1000, tool: str | None = None) -> None:
         if commit_every < 1:
             raise ValueError(f"commit_every must be >= 1, got {commit_every}")
         if map_size < 1 << 16:
@@ -628,6 +752,9 @@ class LmdbWriter:
         self._pending_records = 0
         self._pending_bytes = 0
         self._final: Path | None = None
+        if tool:
+            self.put_meta(WRITER_TOOL_KEY, tool.encode("utf-8"))
+            self.commit()  # at once, so that even a writer killed before its first batch names its tool
 
     # -- writing ------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -20,6 +20,7 @@ import torch.utils.data
 
 from strkit.config import ConfigError, SourceConfig
 from strkit.data.benchmarks import BenchmarkLeakError, assert_not_benchmark, expand_benchmarks, load_benchmark
+from strkit.data.fingerprints import assert_no_benchmark_images
 from strkit.data.folder import FolderDataset
 from strkit.data.lmdb import LabelFilter, open_lmdb_tree
 from strkit.registry import Registry
@@ -75,13 +76,15 @@ def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: 
         label_filter: ``raw label -> cleaned label or None`` (``None`` drops the sample).
         channels: 1 (gray) or 3 (RGB).
         benchmark_root: the benchmark folder (``data.benchmark_root``): nothing in it but ``*_train``
-            splits may be a training, search or validation source.
+            splits may be a training, search or validation source, and no such source may hold an
+            image of its test sets (checked by content, :mod:`strkit.data.fingerprints`).
         purpose: ``train``, ``search`` or ``val`` (benchmark sets refused), or ``eval``.
         geometry: read the source's word geometry (items ``(image, label, geometry)``); the source
             must be an ``lmdb`` with ``geom-%09d`` records.
 
     Raises:
-        BenchmarkLeakError: a benchmark set given for training, search or validation.
+        BenchmarkLeakError: a benchmark set given for training, search or validation, by name, place or
+            content.
         RegistryError: unknown ``kind``.
         ConfigError: ``geometry`` for a source kind that cannot carry it.
         LmdbError: ``geometry`` for an LMDB written without it.
@@ -105,5 +108,9 @@ def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: 
     if purpose in GUARDED_PURPOSES:
         assert_not_benchmark(src.path, benchmark_root)
     if geometry:
-        return factory(src.path, label_filter=label_filter, channels=channels, geometry=True)
-    return factory(src.path, label_filter=label_filter, channels=channels)
+        dataset = factory(src.path, label_filter=label_filter, channels=channels, geometry=True)
+    else:
+        dataset = factory(src.path, label_filter=label_filter, channels=channels)
+    if purpose in GUARDED_PURPOSES:
+        assert_no_benchmark_images(dataset, src.name or src.path, benchmark_root, purpose)
+    return dataset

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from strkit.charset import Charset, LabelFilter
 from strkit.config import Config, ConfigError
 from strkit.data.concat_augment import ConcatAugment
+from strkit.data.lmdb import RecordDataset, record_datasets
 from strkit.data.mixing import build_eval_loader, build_mixed_loader
 from strkit.data.sources import build_source, check_geometry_source
 from strkit.data.teacher_cache import TeacherTargets
@@ -46,6 +47,20 @@ class RunData:
     val_size: int
     label_filter: LabelFilter
     notes: list[str] = field(default_factory=list)
+    # (source name, the record datasets it reads) of every training and validation source, for
+    # counting the corrupt records skipped (across loader workers, see RecordDataset.share_corrupt_counts)
+    record_sources: list[tuple[str, list[RecordDataset]]] = field(default_factory=list)
+
+    def corrupt_counts(self) -> dict[str, int]:
+        """Unusable records skipped so far, per source name (validation sources as ``val:<name>``)."""
+        return {name: sum(ds.num_corrupt for ds in sets) for name, sets in self.record_sources}
+
+    def corrupt_report(self) -> str:
+        """One line for the end-of-run summary, e.g. ``corrupt records skipped: MJ 549, val:IC13 0``."""
+        counts = self.corrupt_counts()
+        if not counts:
+            return "corrupt records skipped: none (no LMDB or folder source)"
+        return "corrupt records skipped: " + ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -105,10 +120,12 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
     distilled = (distiller.selected([s.name or f"{s.kind}:{s.path}" for s in d.train], [s.kind for s in d.train])
                  if distiller is not None else [False] * len(d.train))
     to_fill: list[tuple[str, str, Dataset]] = []
+    record_sources: list[tuple[str, list[RecordDataset]]] = []
     for i, src in enumerate(d.train):
         ds = build_source(src, label_filter=label_filter, channels=d.channels,
                           benchmark_root=d.benchmark_root, purpose="train", geometry=geometry and src.geometry)
         name = src.name or f"{src.kind}:{src.path}"
+        record_sources.append((name, _shared_counts(ds)))
         if len(ds) == 0:
             raise ValueError(f"training source {name} has no usable sample after filtering "
                              f"({label_filter.report()})")
@@ -126,6 +143,7 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
     for src in d.val:
         val_sets.append(build_source(src, label_filter=label_filter, channels=d.channels,
                                      benchmark_root=d.benchmark_root, purpose="val"))
+        record_sources.append((f"val:{src.name or f'{src.kind}:{src.path}'}", _shared_counts(val_sets[-1])))
     label_filter.warn_if_needed()
     if distiller is not None:
         cache = distiller.prepare(to_fill, barrier=lambda: barrier(dist))
@@ -149,4 +167,13 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         val_loader = build_eval_loader(val_ds, eval_transform(cfg), batch_size=max(cfg.train.batch_size, 64),
                                        num_workers=min(d.workers, 1))
     return RunData(train=train_loader, val=val_loader, train_names=names,
-                   train_sizes=[len(s) for s in train_sets], val_size=val_size, label_filter=label_filter)
+                   train_sizes=[len(s) for s in train_sets], val_size=val_size, label_filter=label_filter,
+                   record_sources=[(n, sets) for n, sets in record_sources if sets])
+
+
+def _shared_counts(dataset: Dataset) -> list[RecordDataset]:
+    """The record datasets of ``dataset``, made to count corrupt records across loader workers."""
+    found = record_datasets(dataset)
+    for ds in found:
+        ds.share_corrupt_counts()
+    return found

@@ -37,6 +37,7 @@ from strkit.models.recognizer import RecognitionModel, build_model
 
 from .distributed import resolve_device
 from .optim import build_optimizer, build_scheduler
+from .run_dir import prepare_out_dir
 from .trainer import RunLogger, seed_everything
 
 log = logging.getLogger("strkit")
@@ -191,13 +192,14 @@ def _save(model: RecognitionModel, cfg: Config, path: Path, step: int, metrics: 
                     extra={"stage": "lm_pretrain"})
 
 
-def run_lm_pretraining(cfg: Config, noise: float = 0.1) -> dict[str, float]:
+def run_lm_pretraining(cfg: Config, noise: float = 0.1, overwrite: bool = False) -> dict[str, float]:
     """Pre-train the language model of ``cfg``'s model on its word lists (see the module docstring).
 
     Writes ``config.yaml``, ``metrics.csv`` (and TensorBoard events with ``train.tensorboard``) and
     ``last.pt`` (a full checkpoint) to ``train.out_dir``; returns the last
     metrics: ``lm_loss`` (mean over the last logging window) and, with held-out words,
-    ``lm_val_cloze_accuracy``.
+    ``lm_val_cloze_accuracy``. A ``train.out_dir`` that holds an earlier run is refused unless
+    ``overwrite`` (see :mod:`strkit.engine.run_dir`).
     """
     t = cfg.train
     if t.threads > 0:
@@ -211,6 +213,7 @@ def run_lm_pretraining(cfg: Config, noise: float = 0.1) -> dict[str, float]:
     words, _ = load_words(text_sources(cfg), model.charset, cfg.model.max_length)
     train_words, val_words = _split_words(words, cfg.data.val_fraction, t.seed)
     out_dir = Path(t.out_dir)
+    prepare_out_dir(out_dir, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.dump(out_dir / "config.yaml")
     log.info("language-model pre-training on %d words (%d held out), %d steps of %d words",

@@ -73,6 +73,7 @@ from .data import RunData, build_run_data
 from .distributed import DistInfo, barrier, broadcast_object, shutdown
 from .evaluator import evaluate_loader
 from .optim import build_scheduler, optimizer_for
+from .run_dir import prepare_out_dir_on_main
 from .trainer import RunLogger, autocast_context, rng_state, seed_everything, set_rng_state, setup_run
 
 log = logging.getLogger("strkit")
@@ -167,10 +168,14 @@ class Searcher:
     Args:
         cfg: the run's config (``model.backbone.name`` must be ``supernet``).
         resume: a ``last.pt`` written by a search to continue from (same model/data/search config).
+        overwrite: replace the outputs of an earlier run in ``train.out_dir`` (see
+            :mod:`strkit.engine.run_dir`); without it (or ``resume``) :meth:`fit` refuses such a folder.
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
+        self.resumed_from = resume
+        self.overwrite = overwrite
         self.scfg: SearchConfig = search_config(cfg.search)
         self.device, self.dist = setup_run(cfg)
         self.out_dir = Path(cfg.train.out_dir)
@@ -453,6 +458,8 @@ class Searcher:
         """Search until ``train.steps`` (or ``train.max_minutes``); returns the final figures."""
         cfg, s = self.cfg.train, self.scfg
         main = self.dist.is_main
+        prepare_out_dir_on_main(self.dist, self.out_dir, resume_step=self.step if self.resumed_from else None,
+                                overwrite=self.overwrite, resumed_from=self.resumed_from)
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.cfg.dump(self.out_dir / "config.yaml")
@@ -524,6 +531,7 @@ class Searcher:
             logger.close()
         result: dict[str, Any] = {}
         if main:
+            log.info("search data: %s; %s", self.data.label_filter.report(), self.data.corrupt_report())
             result = self.finish(last_val)
         barrier(self.dist)
         shutdown(self.dist)

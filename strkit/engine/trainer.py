@@ -44,6 +44,7 @@ from .data import RunData, build_run_data
 from .distill import Distiller
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
 from .optim import build_optimizer, build_scheduler, parameters_with_prefix, set_schedule_length
+from .run_dir import prepare_out_dir_on_main
 
 log = logging.getLogger("strkit")
 
@@ -117,10 +118,14 @@ class Trainer:
     Args:
         cfg: the run's config.
         resume: path of a ``last.pt`` to resume from (its config's model/data sections must match).
+        overwrite: replace the outputs of an earlier run in ``train.out_dir``; without it (or
+            ``resume``) :meth:`fit` refuses a folder that holds one (see :mod:`strkit.engine.run_dir`).
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
         self.cfg = cfg
+        self.resumed_from = resume
+        self.overwrite = overwrite
         self.device, self.dist = setup_run(cfg)
         self.out_dir = Path(cfg.train.out_dir)
         payload = load_checkpoint(resume) if resume else None
@@ -214,8 +219,16 @@ class Trainer:
                 "schedule_steps": self.schedule_steps,
                 "sampler": {"step": self.step},
             }
-        return save_checkpoint(self.out_dir / name, metrics=metrics, train_state=train_state,
-                               **self._payload_common())
+        return save_checkpoint(self.out_dir / name, metrics={**metrics, **self.corrupt_metrics()},
+                               train_state=train_state, **self._payload_common())
+
+    def corrupt_metrics(self) -> dict[str, float]:
+        """Corrupt records skipped so far: ``corrupt_skipped`` (total) and ``corrupt_skipped/<source>``."""
+        if self.data is None:
+            return {}
+        counts = self.data.corrupt_counts()
+        return {"corrupt_skipped": float(sum(counts.values())),
+                **{f"corrupt_skipped/{name}": float(n) for name, n in counts.items()}}
 
     @property
     def elapsed_s(self) -> float:
@@ -339,6 +352,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
         cfg = self.cfg.train
+        prepare_out_dir_on_main(self.dist, self.out_dir, resume_step=self.step if self.resumed_from else None,
+                                overwrite=self.overwrite, resumed_from=self.resumed_from)
         self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step,
                                    geometry=self.cfg.model.geometry_loss > 0, distiller=self.distiller)
         main = self.dist.is_main
@@ -417,8 +432,9 @@ class Trainer:
                 bar.close()
             logger.close()
         if main:
-            log.info("training stopped at step %d (%s); %d non-finite steps skipped; %s",
-                     self.step, stop_reason, self.skipped_steps, self.data.label_filter.report())
+            log.info("training stopped at step %d (%s); %d non-finite steps skipped; %s; %s",
+                     self.step, stop_reason, self.skipped_steps, self.data.label_filter.report(),
+                     self.data.corrupt_report())
         shutdown(self.dist)
         return last_val
 

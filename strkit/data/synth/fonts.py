@@ -41,6 +41,7 @@ import numpy as np
 from PIL import ImageFont, features
 
 from strkit.charset import Charset
+from strkit.data.cache import cache_dir
 from strkit.data.synth.config import FontConfig
 from strkit.data.synth.font_audit import ALNUM, ASCII94, AUDIT_VERSION, AuditRecord, TemplateBank, audit_face
 
@@ -137,14 +138,6 @@ def face_count(path: Path) -> int:
 # ------------------------------------------------------------------------------------------------
 # Cache
 # ------------------------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    """``$STRKIT_CACHE_DIR`` or ``$XDG_CACHE_HOME/strkit`` or ``~/.cache/strkit``."""
-    if os.environ.get("STRKIT_CACHE_DIR"):
-        return Path(os.environ["STRKIT_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "strkit"
-
-
 def _versions() -> dict[str, Any]:
     import PIL
 

@@ -144,7 +144,8 @@ def generate_lmdb(renderer: Renderer, out: str | Path, count: int, seed: int = 0
     t0 = time.perf_counter()
     meta = _run_meta(renderer, seed, start_index, count, geometry)
     est = max(64 << 20, int(count * (renderer.cfg.output.width * renderer.cfg.output.height * 0.6 + 2048)))
-    with LmdbWriter(out, map_size=est, overwrite=overwrite, resume=resume, commit_every=1000) as writer:
+    with LmdbWriter(out, map_size=est, overwrite=overwrite, resume=resume, commit_every=1000,
+                    tool="tools/synth.py") as writer:
         done = len(writer)
         if done:
             raw = writer.get_meta(META_KEY)

@@ -1,0 +1,266 @@
+"""Content fingerprints of the benchmark test sets, and the guard that no training source holds them.
+
+The name guard of :mod:`strkit.data.benchmarks` catches a benchmark by its folder name or place; a copy of
+its crops under another name (an LMDB built from ``SVT_647``'s images, a folder of them) passes it. This
+module catches such a copy by content: the fingerprint of an image is the SHA-1 of its encoded bytes
+(the file or LMDB value as stored), so a byte-identical copy is found whatever it is called. A
+re-encoded copy (other compression, other format) is not: its bytes differ.
+
+* :func:`benchmark_fingerprints` hashes every image of the test sets found under a benchmark root
+  (every set of :data:`~strkit.data.benchmarks.BENCHMARKS`; ``*_train`` splits are not test sets and
+  are not fingerprinted). The result is cached on disk in the per-user cache folder
+  (:func:`strkit.data.cache.cache_dir` ``/benchmark_fingerprints``), keyed by the root's file list
+  with sizes and modification times, so it is computed once per version of the root.
+* :func:`benchmark_images_in` counts the records of a dataset (its LMDBs and folder datasets) whose
+  fingerprint is a benchmark's. An LMDB is hashed once per (path, size, mtime) and benchmark version:
+  the count is cached beside the fingerprints.
+* :func:`assert_no_benchmark_images` refuses a training, search or validation source that holds any,
+  naming the source, how many test images it holds and of which sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch.utils.data
+
+from strkit.data.benchmarks import BENCHMARKS, BenchmarkLeakError, BenchmarkNotFoundError, dataset_kind, find_benchmark
+from strkit.data.cache import private_cache_folder
+from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
+from strkit.data.lmdb import LmdbDataset, iter_raw_images, record_datasets
+
+log = logging.getLogger("strkit")
+
+#: Bumped when the fingerprint definition changes (old cache files are then ignored).
+FINGERPRINT_VERSION = 1
+CACHE_FOLDER = "benchmark_fingerprints"
+
+
+def fingerprint(data: bytes) -> bytes:
+    """The fingerprint of one encoded image: SHA-1 of its bytes (20 bytes)."""
+    return hashlib.sha1(data).digest()
+
+
+@dataclass(frozen=True)
+class BenchmarkFingerprints:
+    """The fingerprints of the test sets under one benchmark root.
+
+    Attributes:
+        root: the benchmark root.
+        key: hex digest of the root's file list, sizes and modification times (the cache key).
+        sets: ``fingerprint -> name of the (first, in registry order) test set holding that image``.
+    """
+
+    root: Path
+    key: str
+    sets: dict[bytes, str]
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark side
+# ----------------------------------------------------------------------------------------------
+def _test_sets(root: Path) -> list[tuple[str, Path]]:
+    found = []
+    for name in BENCHMARKS:
+        try:
+            found.append((name, find_benchmark(name, root)))
+        except BenchmarkNotFoundError:
+            continue
+    return found
+
+
+def _stat_entry(path: Path) -> list[int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return [-1, -1]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _inventory(sets: list[tuple[str, Path]]) -> list[list[object]]:
+    """Every file the fingerprints depend on, with size and mtime: the gt file and the images of a
+    folder set, ``data.mdb`` of an LMDB set."""
+    rows: list[list[object]] = []
+    for name, folder in sets:
+        if dataset_kind(folder) == "lmdb":
+            data = folder / "data.mdb"
+            rows.append([name, str(data.resolve()), *_stat_entry(data)])
+            continue
+        gt = folder / LABELS_FILE
+        rows.append([name, str(gt.resolve()), *_stat_entry(gt)])
+        for image, _ in read_gt_file(gt):
+            rows.append([name, str(image), *_stat_entry(image)])
+    return rows
+
+
+def _folder_images(gt: Path) -> Iterator[bytes]:
+    """The bytes of every readable image listed in the gt file ``gt``."""
+    for image, _ in read_gt_file(gt):
+        try:
+            yield image.read_bytes()
+        except OSError:
+            continue
+
+
+def _set_images(folder: Path) -> Iterator[bytes]:
+    if dataset_kind(folder) == "lmdb":
+        yield from iter_raw_images(folder)
+    else:
+        yield from _folder_images(folder / LABELS_FILE)
+
+
+def _cache_file(name: str) -> Path:
+    """``<per-user cache>/benchmark_fingerprints/<name>``; a cache that cannot be created is not fatal
+    (the file then lies in a folder that does not exist: it is never found, and writing it is skipped)."""
+    try:
+        return private_cache_folder(CACHE_FOLDER) / name
+    except OSError as exc:
+        log.warning("benchmark fingerprints are not cached (%s); they are computed on every run", exc)
+        return Path(os.devnull) / name
+
+
+def _write_atomically(path: Path, write: object) -> None:
+    """Write ``path`` via a temporary file in its folder and a rename (``write(file object)``); a cache
+    that cannot be written is skipped with a warning."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        log.debug("not caching %s: %s", path, exc)
+        return
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)  # type: ignore[operator]
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        log.warning("cannot write the fingerprint cache %s: %s", path, exc)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def benchmark_fingerprints(root: str | Path | None) -> BenchmarkFingerprints | None:
+    """The fingerprints of the test sets under ``root`` (see the module docstring), from the cache when
+    the root's files are unchanged; ``None`` when ``root`` is not given, not a folder, or holds no test
+    set."""
+    if root is None or not Path(root).is_dir():
+        return None
+    root = Path(root)
+    sets = _test_sets(root)
+    if not sets:
+        return None
+    inventory = _inventory(sets)
+    key = hashlib.sha1(json.dumps([FINGERPRINT_VERSION, str(root.resolve()), inventory]).encode()).hexdigest()
+    cache = _cache_file(f"benchmarks-{key}.npz")
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as npz:
+                names = [str(n) for n in npz["names"]]
+                return BenchmarkFingerprints(root, key, {bytes(d): names[i] for d, i in
+                                                         zip(npz["digests"], npz["sets"].tolist(), strict=True)})
+        except (OSError, ValueError, KeyError, IndexError):
+            log.warning("benchmark fingerprint cache %s is unreadable; computing it again", cache)
+    log.info("fingerprinting the benchmark test sets under %s (%s); cached in %s", root,
+             ", ".join(name for name, _ in sets), cache.parent)
+    found: dict[bytes, str] = {}
+    for name, folder in sets:
+        for data in _set_images(folder):
+            found.setdefault(fingerprint(data), name)
+    names = [name for name, _ in sets]
+    digests = np.frombuffer(b"".join(found), dtype=np.uint8).reshape(len(found), 20)
+    index = np.array([names.index(n) for n in found.values()], dtype=np.int16)
+
+    def write(fh: object) -> None:
+        np.savez(fh, digests=digests, sets=index, names=np.array(names))
+
+    _write_atomically(cache, write)
+    return BenchmarkFingerprints(root, key, found)
+
+
+# ----------------------------------------------------------------------------------------------
+# The source side
+# ----------------------------------------------------------------------------------------------
+def _count(images: Iterator[bytes], prints: BenchmarkFingerprints) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for data in images:
+        name = prints.sets.get(fingerprint(data))
+        if name is not None:
+            counts[name] += 1
+    return counts
+
+
+def _lmdb_counts(path: Path, prints: BenchmarkFingerprints) -> Counter[str]:
+    """Benchmark images per test set in the LMDB ``path``, cached per (LMDB file, benchmark version)."""
+    data = (path / "data.mdb").resolve()
+    st = data.stat()
+    key = hashlib.sha1(json.dumps([FINGERPRINT_VERSION, prints.key, str(data), st.st_size,
+                                   st.st_mtime_ns]).encode()).hexdigest()
+    cache = _cache_file(f"lmdb-{key}.json")
+    if cache.is_file():
+        try:
+            return Counter({str(k): int(v) for k, v in json.loads(cache.read_text())["counts"].items()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+    counts = _count(iter_raw_images(path), prints)
+    payload = json.dumps({"lmdb": str(data), "counts": dict(counts)}).encode()
+    _write_atomically(cache, lambda fh: fh.write(payload))
+    return counts
+
+
+def benchmark_images_in(dataset: torch.utils.data.Dataset, prints: BenchmarkFingerprints
+                        ) -> list[tuple[Path, Counter[str]]]:
+    """For every LMDB and folder dataset that ``dataset`` reads, the number of its records (all of
+    them, also those its label filter drops) that are benchmark test images, per test set; only the
+    datasets holding any are listed."""
+    found = []
+    for ds in record_datasets(dataset):
+        if isinstance(ds, LmdbDataset):
+            counts = _lmdb_counts(ds.path, prints)
+        elif isinstance(ds, FolderDataset):
+            counts = _count(_folder_images(ds.gt_file), prints)
+        else:  # pragma: no cover - a record dataset of another kind: nothing stored to compare
+            continue
+        if counts:
+            found.append((ds.path, counts))
+    return found
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def assert_no_benchmark_images(dataset: torch.utils.data.Dataset, source: str,
+                               benchmark_root: str | Path | None, purpose: str = "train") -> None:
+    """Refuse ``dataset`` (the source named ``source``) as ``purpose`` data if it holds any image of
+    the benchmark test sets under ``benchmark_root``; nothing is checked when the root is not available.
+
+    Raises:
+        BenchmarkLeakError: naming the source, how many test images it holds and of which sets.
+    """
+    prints = benchmark_fingerprints(benchmark_root)
+    if prints is None or not len(prints):
+        return
+    found = benchmark_images_in(dataset, prints)
+    if not found:
+        return
+    total: Counter[str] = Counter()
+    for _, counts in found:
+        total.update(counts)
+    per_set = ", ".join(f"{n} of {name}" for name, n in sorted(total.items()))
+    where = "; ".join(f"{path}: {sum(c.values())}" for path, c in found)
+    raise BenchmarkLeakError(
+        f"source '{source}' contains {_images(sum(total.values()))} of the benchmark test sets ({per_set}; "
+        f"found by content under {prints.root}, in {where}). Benchmarks are for evaluation only and cannot "
+        f"be {purpose} data: rebuild the source without those images.")
