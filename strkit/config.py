@@ -168,7 +168,8 @@ class TrainConfig:
 @dataclass
 class DistillConfig:
     """Knowledge distillation from a teacher (strkit.engine.distill, strkit.inference.teachers); off while
-    ``teacher`` is empty. Teacher outputs are cached on disk (one read per training crop, ever)."""
+    ``teacher`` is empty. Teacher outputs are cached on disk (one read per training crop, ever); the time a
+    run spends reading crops with the teacher counts against its ``train.max_minutes``."""
 
     teacher: str = ""           # "" = off | rapidocr | strkit
     teacher_model: str = ""     # rapidocr: a recogniser file in rapidocr/models; strkit: a .pt / .onnx path

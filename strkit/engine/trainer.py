@@ -356,6 +356,8 @@ class Trainer:
                                 overwrite=self.overwrite, resumed_from=self.resumed_from)
         self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step,
                                    geometry=self.cfg.model.geometry_loss > 0, distiller=self.distiller)
+        if self.distiller is not None:  # the teacher's reading time is part of the run's budget (train.max_minutes)
+            self.elapsed_before += self.distiller.stats.get("fill_seconds", 0.0)
         main = self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
