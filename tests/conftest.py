@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -40,6 +41,77 @@ def write_folder_dataset(root: Path, n: int, seed: int = 0, words: list[str] | N
 def word_folder(tmp_path_factory) -> Path:
     """A folder dataset of 96 rendered words."""
     return write_folder_dataset(tmp_path_factory.mktemp("words"), 96)
+
+
+@dataclass(frozen=True)
+class WordCrops:
+    """Rendered word crops (RGB ``uint8`` H×W×3) and the text drawn on each."""
+
+    images: list[np.ndarray]
+    labels: list[str]
+
+
+# strkit's own renderer, 'clean' preset, matplotlib's bundled fonts only (the same on every machine); crops
+# 40 px high and as wide as their text (like real crops: every one is resized, each by its own factor).
+SYNTH_OVERRIDES = {"fonts.system": False, "fonts.dirs": ["@matplotlib"], "text.charset": "36_lowercase",
+                   "output.keep_ratio": True, "output.height": 40}
+
+
+def render_synth_words(count: int, seed: int, cache_dir: Path) -> WordCrops:
+    """``count`` clean synthetic words from :class:`strkit.data.synth.Renderer` (the font audit is cached
+    in ``cache_dir``)."""
+    from strkit.data.synth import Renderer, load_synth_config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STRKIT_CACHE_DIR", str(cache_dir))
+        renderer = Renderer(load_synth_config("clean", SYNTH_OVERRIDES))
+        samples = [renderer.render(i, seed=seed) for i in range(count)]
+    return WordCrops([s.image for s in samples], [s.label for s in samples])
+
+
+@pytest.fixture(scope="session")
+def synth_words(tmp_path_factory) -> WordCrops:
+    """96 clean synthetic words that the bundled default model reads almost all of (about 95 %): the
+    oracle of the parity tests (an export that changes the reading changes the text)."""
+    return render_synth_words(96, 0, tmp_path_factory.mktemp("font_cache"))
+
+
+TINY_BENCHMARK = "CUTE80_288"  # the smallest registered benchmark: 288 records
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmarks(tmp_path_factory) -> Path:
+    """A benchmark root rendered on the fly, for the tools that read benchmarks (eval, export, compare,
+    rectify) when ../shared/benchmarks is absent: ``CUTE80_288`` (288 clean synthetic words, the record
+    count the registry checks) and ``IIIT5K_train`` (32 words, training crops for int8 calibration)."""
+    root = tmp_path_factory.mktemp("benchmarks")
+    cache = tmp_path_factory.mktemp("font_cache")
+    for name, count, seed in ((TINY_BENCHMARK, 288, 1), ("IIIT5K_train", 32, 2)):
+        words = render_synth_words(count, seed, cache)
+        (root / name / "images").mkdir(parents=True)
+        lines = []
+        for i, (img, label) in enumerate(zip(words.images, words.labels, strict=True)):
+            cv2.imwrite(str(root / name / "images" / f"{i:06d}.png"), img[:, :, ::-1])
+            lines.append(f"images/{i:06d}.png\t{label}")
+        (root / name / "labels.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundled_checkpoint() -> Path:
+    """The default model shipped in the package (strkit/assets/default.pt; read-only: copy to change)."""
+    from importlib import resources
+
+    from strkit.inference.metadata import BUNDLE_CHECKPOINT
+
+    return Path(str(resources.files("strkit") / "assets" / BUNDLE_CHECKPOINT))
+
+
+def word_accuracy(texts: list[str], labels: list[str]) -> float:
+    """Fraction of ``texts`` equal to their label under the 36-class protocol."""
+    from strkit.charset import protocol_filter
+
+    return sum(protocol_filter(t) == protocol_filter(g) for t, g in zip(texts, labels, strict=True)) / len(labels)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
 """ONNX / TorchScript export, parity with PyTorch, metadata, int8, the ONNX Runtime backend of the API and
-tools/export.py, on tiny untrained models built from the shipped configs."""
+tools/export.py. Graph-level checks (logits, shapes, metadata) use tiny untrained models built from the
+shipped configs; checks of the *text* use the bundled default model on rendered words it reads (an untrained
+model reads every input as the same string, so a broken export or preprocessing would go unnoticed)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import word_accuracy
 
 from strkit.api import Recognizer
 from strkit.checkpoint import save_checkpoint
@@ -29,6 +32,7 @@ from strkit.export import (
 )
 from strkit.inference.metadata import ExportedModelError, ExportMetadata, InputSpec, MetadataError
 from strkit.inference.onnx_backend import OnnxBackend, read_onnx_metadata
+from strkit.models.pretrained import load_model
 from strkit.models.recognizer import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,3 +349,69 @@ def test_bundle_drops_training_only_parts_and_runs_int8_on_request(tmp_path):
         Recognizer.from_pretrained(bundle=tmp_path)
     with pytest.raises(ValueError, match="int8=True runs the int8 ONNX export"):
         Recognizer.from_pretrained(bundle=bundle, backend="torch", int8=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# The text, with a real oracle: the bundled default model on rendered words it reads
+# ----------------------------------------------------------------------------------------------
+MIN_ACCURACY = 0.85  # the bundled model reads about 95 % of the clean rendered words
+
+
+@pytest.fixture(scope="module")
+def bundled(bundled_checkpoint, tmp_path_factory):
+    """(model, cfg, a fresh ONNX export of it) for the bundled default model."""
+    model, cfg = load_model(bundled_checkpoint)
+    path = tmp_path_factory.mktemp("bundled") / "model.onnx"
+    export_onnx(model, path, input_spec=InputSpec.from_data_config(cfg.data))
+    return model.eval(), cfg, path
+
+
+@pytest.fixture(scope="module")
+def bundled_texts(bundled, synth_words) -> list[str]:
+    """What the bundled model reads in PyTorch (its checkpoint's own preprocessing): most words right."""
+    model, cfg, _ = bundled
+    texts = [r.text for r in Recognizer(model, cfg).recognize(synth_words.images, batch_size=32)]
+    assert word_accuracy(texts, synth_words.labels) >= MIN_ACCURACY
+    return texts
+
+
+def test_onnx_export_reads_the_words_pytorch_reads(bundled, bundled_texts, bundled_checkpoint, synth_words,
+                                                   tmp_path):
+    model, _, path = bundled
+    report = parity_check(model, path, synth_words.images, batch_size=32)
+    assert report.count == len(synth_words.images) and report.passed, report.mismatches
+    # end to end through the exported file alone: its metadata's preprocessing, ONNX Runtime, its decoder
+    onnx_texts = [r.text for r in Recognizer.from_onnx(path, threads=1).recognize(synth_words.images)]
+    assert onnx_texts == bundled_texts
+    # and through the cached export of a checkpoint (Recognizer.from_checkpoint(..., backend="onnx"))
+    checkpoint = Path(shutil.copy(bundled_checkpoint, tmp_path / "best.pt"))
+    rec = Recognizer.from_checkpoint(checkpoint, backend="onnx", threads=1)
+    assert rec.backend.name == "onnxruntime"
+    assert [r.text for r in rec.recognize(synth_words.images)] == bundled_texts
+
+
+def test_torchscript_export_reads_the_words_pytorch_reads(bundled, bundled_texts, synth_words, tmp_path):
+    model, cfg, _ = bundled
+    export_torchscript(model, tmp_path / "model.ts", input_spec=InputSpec.from_data_config(cfg.data))
+    report = torchscript_parity_check(model, tmp_path / "model.ts", synth_words.images, batch_size=32)
+    assert report.count == len(synth_words.images) and report.passed, report.mismatches
+    # the traced module alone, fed with the preprocessing its metadata describes
+    module, meta = load_torchscript(tmp_path / "model.ts")
+    transform = meta.input.transform()
+    x = torch.stack([transform(img) for img in synth_words.images])
+    with torch.inference_mode():
+        texts = [p.text for p in model.decoder.decode(module(x), model.codec)]
+    assert texts == bundled_texts
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_int8_export_reads_about_what_fp32_reads(bundled, bundled_texts, synth_words, tiny_benchmarks, tmp_path,
+                                                 mode):
+    _, _, path = bundled
+    calib = sorted((tiny_benchmarks / "IIIT5K_train" / "images").glob("*.png"))  # other words than the test
+    quantize_onnx(path, tmp_path / "model.int8.onnx", mode=mode, calibration=calib if mode == "static" else None)
+    texts = [r.text for r in Recognizer.from_onnx(tmp_path / "model.int8.onnx", threads=1).recognize(
+        synth_words.images)]
+    agree = sum(a == b for a, b in zip(texts, bundled_texts, strict=True)) / len(texts)
+    assert agree >= 0.9, f"int8 ({mode}) reads {agree:.0%} of the words as fp32 does"
+    assert word_accuracy(texts, synth_words.labels) >= word_accuracy(bundled_texts, synth_words.labels) - 0.05
