@@ -57,37 +57,41 @@ SYNTH_OVERRIDES = {"fonts.system": False, "fonts.dirs": ["@matplotlib"], "text.c
                    "output.keep_ratio": True, "output.height": 40}
 
 
-def render_synth_words(count: int, seed: int, cache_dir: Path) -> WordCrops:
-    """``count`` clean synthetic words from :class:`strkit.data.synth.Renderer` (the font audit is cached
-    in ``cache_dir``)."""
+@pytest.fixture(scope="session")
+def synth_renderer(tmp_path_factory):
+    """strkit's synthetic word renderer with :data:`SYNTH_OVERRIDES` (its font audit cached in a temporary
+    folder, not in the user's cache)."""
     from strkit.data.synth import Renderer, load_synth_config
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STRKIT_CACHE_DIR", str(cache_dir))
-        renderer = Renderer(load_synth_config("clean", SYNTH_OVERRIDES))
-        samples = [renderer.render(i, seed=seed) for i in range(count)]
+        mp.setenv("STRKIT_CACHE_DIR", str(tmp_path_factory.mktemp("font_cache")))
+        return Renderer(load_synth_config("clean", SYNTH_OVERRIDES))
+
+
+def render_synth_words(renderer, count: int, seed: int) -> WordCrops:
+    """``count`` words drawn by ``renderer`` (a pure function of ``seed`` and the index)."""
+    samples = [renderer.render(i, seed=seed) for i in range(count)]
     return WordCrops([s.image for s in samples], [s.label for s in samples])
 
 
 @pytest.fixture(scope="session")
-def synth_words(tmp_path_factory) -> WordCrops:
-    """96 clean synthetic words that the bundled default model reads almost all of (about 95 %): the
+def synth_words(synth_renderer) -> WordCrops:
+    """96 clean synthetic words that the bundled default model reads almost all of (about 93 %): the
     oracle of the parity tests (an export that changes the reading changes the text)."""
-    return render_synth_words(96, 0, tmp_path_factory.mktemp("font_cache"))
+    return render_synth_words(synth_renderer, 96, 0)
 
 
 TINY_BENCHMARK = "CUTE80_288"  # the smallest registered benchmark: 288 records
 
 
 @pytest.fixture(scope="session")
-def tiny_benchmarks(tmp_path_factory) -> Path:
+def tiny_benchmarks(tmp_path_factory, synth_renderer) -> Path:
     """A benchmark root rendered on the fly, for the tools that read benchmarks (eval, export, compare,
     rectify) when ../shared/benchmarks is absent: ``CUTE80_288`` (288 clean synthetic words, the record
     count the registry checks) and ``IIIT5K_train`` (32 words, training crops for int8 calibration)."""
     root = tmp_path_factory.mktemp("benchmarks")
-    cache = tmp_path_factory.mktemp("font_cache")
     for name, count, seed in ((TINY_BENCHMARK, 288, 1), ("IIIT5K_train", 32, 2)):
-        words = render_synth_words(count, seed, cache)
+        words = render_synth_words(synth_renderer, count, seed)
         (root / name / "images").mkdir(parents=True)
         lines = []
         for i, (img, label) in enumerate(zip(words.images, words.labels, strict=True)):

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -415,3 +416,68 @@ def test_int8_export_reads_about_what_fp32_reads(bundled, bundled_texts, synth_w
     agree = sum(a == b for a, b in zip(texts, bundled_texts, strict=True)) / len(texts)
     assert agree >= 0.9, f"int8 ({mode}) reads {agree:.0%} of the words as fp32 does"
     assert word_accuracy(texts, synth_words.labels) >= word_accuracy(bundled_texts, synth_words.labels) - 0.05
+
+
+def test_export_cli_on_generated_benchmark(bundled_checkpoint, tiny_benchmarks, tmp_path, capsys):
+    """tools/export.py end to end with the bundled model on a benchmark root rendered on the fly (runs
+    without ../shared/benchmarks): parity on crops it reads; int8 (dynamic) compared on the whole set,
+    within 0.5 point and therefore bundled."""
+    from conftest import TINY_BENCHMARK
+
+    from strkit.cli.export import main
+
+    out, bundle = tmp_path / "export", tmp_path / "bundle"
+    rc = main([str(bundled_checkpoint), "--out", str(out), "--torchscript", "--int8", "--int8-mode", "dynamic",
+               "--benchmark-root", str(tiny_benchmarks), "--parity-set", TINY_BENCHMARK, "--parity-count", "24",
+               "--accuracy", TINY_BENCHMARK, "--bundle", str(bundle)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    report = json.loads((out / "export_report.json").read_text())
+    for key in ("onnx", "torchscript"):
+        assert report["parity"][key]["passed"] and report["parity"][key]["count"] == 24, report["parity"][key]
+    row = report["int8_accuracy"]["rows"][0]
+    assert row["benchmark"] == TINY_BENCHMARK and row["count"] == 288 and row["fp32"] >= 85.0, row
+    assert report["int8_accuracy"]["within_tolerance"], text
+    assert "int8 within 0.5 point of fp32" in text
+    assert sorted(p.name for p in bundle.iterdir()) == ["default.int8.onnx", "default.onnx", "default.pt"]
+    int8 = Recognizer.from_pretrained(bundle=bundle, int8=True, threads=1)
+    assert int8.backend.path.name == "default.int8.onnx"
+    images = [tiny_benchmarks / TINY_BENCHMARK / "images" / f"{i:06d}.png" for i in range(24)]
+    labels = (tiny_benchmarks / TINY_BENCHMARK / "labels.tsv").read_text().splitlines()[:24]
+    assert word_accuracy([r.text for r in int8.recognize(images)], [x.split("\t")[1] for x in labels]) >= 0.8
+
+
+def test_export_cli_does_not_bundle_an_int8_export_that_reads_worse(bundled_checkpoint, tiny_benchmarks, tmp_path,
+                                                                    capsys):
+    """The int8 file stays out of the bundle when it loses more than 0.5 point on a whole benchmark: here
+    it is calibrated on blank crops (activation ranges far too narrow), and really reads worse."""
+    from conftest import TINY_BENCHMARK, write_folder_dataset
+
+    from strkit.cli.export import main
+
+    blank = write_folder_dataset(tmp_path / "blank", 8, words=[" "])
+    for png in (blank / "images").glob("*.png"):
+        cv2.imwrite(str(png), np.full((32, 100), 128, np.uint8))
+    out, bundle = tmp_path / "export", tmp_path / "bundle"
+    rc = main([str(bundled_checkpoint), "--out", str(out), "--int8", "--calibration", str(blank),
+               "--benchmark-root", str(tiny_benchmarks), "--parity-count", "0", "--accuracy", TINY_BENCHMARK,
+               "--bundle", str(bundle)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    acc = json.loads((out / "export_report.json").read_text())["int8_accuracy"]
+    assert acc["max_drop"] > 0.5 and not acc["within_tolerance"], acc
+    assert f"int8 export not bundled: it lost {acc['max_drop']:.2f} points on a benchmark (> 0.5)" in text
+    assert sorted(p.name for p in bundle.iterdir()) == ["default.onnx", "default.pt"]
+
+
+@pytest.mark.parametrize(("drop", "bundled"), [(0.5, True), (0.51, False)])
+def test_int8_bundle_verdict_at_the_tolerance(drop, bundled, capsys):
+    """Exactly 0.5 point lost is within the tolerance; anything more is not."""
+    from argparse import Namespace
+
+    from strkit.cli.export import _int8_bundle_verdict
+
+    acc = {"rows": [], "subset": None, "max_drop": drop, "within_tolerance": drop <= 0.5}
+    report = {"files": {"onnx": "m.onnx", "int8": "m.int8.onnx"}, "int8_accuracy": acc}
+    assert _int8_bundle_verdict(Namespace(), report) is bundled
+    assert ("not bundled" in capsys.readouterr().out) is not bundled

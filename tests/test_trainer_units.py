@@ -121,6 +121,17 @@ def test_benchmark_as_training_source_is_refused(tmp_path, shared_benchmarks):
         Trainer(cfg).fit()
 
 
+def test_generated_benchmark_as_training_source_is_refused(tmp_path, tiny_benchmarks):
+    """The leak guard without ../shared/benchmarks: a set under the benchmark root, by name and by place."""
+    from conftest import TINY_BENCHMARK
+
+    from strkit.data.benchmarks import BenchmarkLeakError
+
+    cfg = _tiny_cfg(tiny_benchmarks / TINY_BENCHMARK, tmp_path / "run", f"data.benchmark_root={tiny_benchmarks}")
+    with pytest.raises(BenchmarkLeakError, match=TINY_BENCHMARK):
+        Trainer(cfg).fit()
+
+
 def test_time_budget_stops_and_counts_across_resume(word_folder, tmp_path):
     out = tmp_path / "run"
     cfg = _tiny_cfg(word_folder, out, "train.steps=50", "train.max_minutes=0.0000001")
