@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import cv2
@@ -123,6 +127,34 @@ def shared_benchmarks() -> Path:
     if not (SHARED_BENCHMARKS / "SVT_647" / "labels.tsv").is_file():
         pytest.skip("real benchmark crops (../shared/benchmarks) are not available")
     return SHARED_BENCHMARKS
+
+
+def join_process_group(rank: int, world: int, store: str) -> None:
+    """In a spawned rank: set the ``torchrun`` variables strkit reads and join a gloo process group through a
+    file store (no TCP port is picked in advance, so none can be taken by another process in between);
+    strkit's ``init_distributed`` then finds the group initialised. Collectives time out after 120 s."""
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+
+
+def spawn_ranks(worker: Callable[..., None], world: int, args: tuple, store: Path, timeout: float = 300.0) -> None:
+    """Run ``worker(rank, world, str(store), *args)`` in ``world`` spawned processes (each calls
+    :func:`join_process_group` first); fail the test, killing the ranks, if they have not all finished
+    within ``timeout`` seconds (a hang guard: a deadlocked collective must not hang the suite)."""
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(worker, args=(world, str(store), *args), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            for proc in context.processes:
+                if proc.is_alive():
+                    proc.kill()
+                proc.join()
+            pytest.fail(f"{world} spawned ranks did not finish within {timeout:.0f} s")
 
 
 @pytest.fixture

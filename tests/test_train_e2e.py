@@ -67,43 +67,62 @@ def test_train_checkpoint_and_recognise(word_folder, tmp_path):
         assert r.ok and 0.0 <= r.confidence <= 1.0 and len(r.char_probs) == len(r.text)
 
 
-def _run_in_subprocess(args: list[str]) -> subprocess.Popen:
+# tools/train.py in a fresh process that, when it is about to run step PAUSE_AT, writes MARKER and waits
+# (for stdin, which the test never closes): the test kills it at a known point, between checkpoints.
+_PAUSING_TRAIN = """
+import sys
+from pathlib import Path
+
+from strkit.cli.train import main
+from strkit.engine.trainer import Trainer
+
+pause_at, marker = int(sys.argv[1]), Path(sys.argv[2])
+train_step = Trainer.train_step
+
+
+def pausing_train_step(self, *args, **kwargs):
+    if self.step == pause_at:
+        marker.write_text(str(self.step))
+        sys.stdin.read()
+    return train_step(self, *args, **kwargs)
+
+
+Trainer.train_step = pausing_train_step
+raise SystemExit(main(sys.argv[3:]))
+"""
+
+
+def _run_paused_in_subprocess(pause_at: int, marker: Path, args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-c", _PAUSING_TRAIN, str(pause_at), str(marker), *args], cwd=REPO,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(word_folder, tmp_path):
-    """A run killed with SIGKILL mid-training and resumed from last.pt ends with the same weights."""
+    """A run killed with SIGKILL between two checkpoints and resumed from last.pt ends with the same weights."""
     from strkit.engine.trainer import Trainer
 
     total, stop_at = 1000, 12  # schedule length; both runs stop their loop at `stop_at`
-    killed_dir, ref_dir = tmp_path / "killed", tmp_path / "ref"
+    pause_at = 7  # last.pt is written every 3 steps: the kill loses step 6's successor, resume starts at 6
+    killed_dir, ref_dir, marker = tmp_path / "killed", tmp_path / "ref", tmp_path / "paused"
     args = [*tiny_overrides(word_folder, killed_dir), f"train.steps={total}"]
-    proc = _run_in_subprocess([str(small_model_config()), *args])
+    proc = _run_paused_in_subprocess(pause_at, marker, [str(small_model_config()), *args])
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            last = killed_dir / "last.pt"
-            if last.is_file():
-                try:
-                    if load_checkpoint(last)["step"] >= 3:
-                        break
-                except Exception:  # noqa: BLE001 - being replaced right now; look again
-                    pass
+        deadline = time.monotonic() + 300  # a hang guard only: the test waits for the marker, not for time
+        while not marker.exists():
             if proc.poll() is not None:
                 pytest.fail(f"training subprocess ended early:\n{proc.stdout.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the training subprocess did not reach step 7")
             time.sleep(0.05)
-        else:
-            pytest.fail("no checkpoint appeared in time")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    killed_at = load_checkpoint(killed_dir / "last.pt")["step"]
-    assert 3 <= killed_at < stop_at
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed_dir / "last.pt")["step"] == 6
 
     resumed = Trainer(load_config(small_model_config(), args), resume=killed_dir / "last.pt")
-    assert resumed.step == killed_at
+    assert resumed.step == 6
     resumed.cfg.train.steps = stop_at  # stop the loop early; the LR schedule keeps its 1000-step shape
     resumed.fit()
 
