@@ -53,20 +53,28 @@ def test_recognize_every_input_kind(checkpoint, tmp_path):
 
 def test_every_input_kind_of_a_word_reads_that_word(bundled_checkpoint, synth_words, tmp_path):
     """The same word crop in every container reads as that word; the containers that hold the very same
-    pixels (file, PIL RGB/RGBA, RGB(A) array) give the very same text and confidence."""
+    pixels (file, PIL RGB/RGBA, RGB(A) array) give the same confidence too. That one is checked on a
+    coloured crop read with middling confidence, where a change of pixels (e.g. BGR for RGB) shows."""
     rec = Recognizer.from_checkpoint(bundled_checkpoint, backend="torch")
-    reads = rec.recognize(synth_words.images[:16])
-    i = next(i for i, r in enumerate(reads) if r.text == synth_words.labels[i] and r.confidence > 0.9)
-    rgb, word = synth_words.images[i], synth_words.labels[i]
-    png = tmp_path / "word.png"
-    Image.fromarray(rgb).save(png)
-    same_pixels = [str(png), png, Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA"), rgb,
-                   np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])]
+    reads = rec.recognize(synth_words.images)
+
+    def colourful(img: np.ndarray) -> bool:
+        return float(np.abs(img[:, :, 0].astype(int) - img[:, :, 2]).mean()) > 10
+
+    right = [i for i, r in enumerate(reads) if r.text == synth_words.labels[i] and colourful(synth_words.images[i])]
+    for i in (min(right, key=lambda i: reads[i].confidence), max(right, key=lambda i: reads[i].confidence)):
+        rgb, word = synth_words.images[i], synth_words.labels[i]
+        png = tmp_path / f"word{i}.png"
+        Image.fromarray(rgb).save(png)
+        same_pixels = [str(png), png, Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA"), rgb,
+                       np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])]
+        results = rec.recognize(same_pixels, batch_size=4)
+        assert [r.text for r in results] == [word] * len(results)
+        confidences = [r.confidence for r in results]
+        assert max(confidences) - min(confidences) < 1e-5, (word, confidences)
+    assert reads[i].confidence > 0.9  # the confident one: it survives a conversion to gray in any container
     gray = [Image.fromarray(rgb).convert("L"), rgb[:, :, 1], rgb[:, :, 1:2], rgb[:, :, 1].astype(np.uint16) * 257]
-    results = rec.recognize([*same_pixels, *gray], batch_size=4)
-    assert [r.text for r in results] == [word] * len(results), (word, [r.text for r in results])
-    confidences = [r.confidence for r in results[:len(same_pixels)]]
-    assert max(confidences) - min(confidences) < 1e-6
+    assert [r.text for r in rec.recognize(gray)] == [word] * len(gray)
     assert rec.recognize(str(png))[0].text == word
 
 
