@@ -369,7 +369,8 @@ class ImageTransform:
 
     def seed_sample(self, seed: int) -> None:
         """Make the augmentation of the next sample a function of ``seed`` alone (see
-        :class:`SeededIndex`); a no-op without augmentation or for an augmentation without generators."""
+        :class:`SeededIndex`): :meth:`AlbumentationsPipeline.seed_sample`, else the augmentation's own
+        ``reseed``; a no-op without augmentation."""
         seed_sample = getattr(self.augmentation, "seed_sample", None)
         if seed_sample is not None:
             seed_sample(seed)
