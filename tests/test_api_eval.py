@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,33 @@ def test_recognize_every_input_kind(checkpoint, tmp_path):
     assert len({r.text for r in results[:3]}) == 1
     single = rec.recognize(str(png))
     assert len(single) == 1 and single[0].text == results[0].text
+
+
+def test_every_input_kind_of_a_word_reads_that_word(bundled_checkpoint, synth_words, tmp_path):
+    """The same word crop in every container reads as that word; the containers that hold the very same
+    pixels (file, PIL RGB/RGBA, RGB(A) array) give the same confidence too. That one is checked on a
+    coloured crop read with middling confidence, where a change of pixels (e.g. BGR for RGB) shows."""
+    rec = Recognizer.from_checkpoint(bundled_checkpoint, backend="torch")
+    reads = rec.recognize(synth_words.images)
+
+    def colourful(img: np.ndarray) -> bool:
+        return float(np.abs(img[:, :, 0].astype(int) - img[:, :, 2]).mean()) > 10
+
+    right = [i for i, r in enumerate(reads) if r.text == synth_words.labels[i] and colourful(synth_words.images[i])]
+    for i in (min(right, key=lambda i: reads[i].confidence), max(right, key=lambda i: reads[i].confidence)):
+        rgb, word = synth_words.images[i], synth_words.labels[i]
+        png = tmp_path / f"word{i}.png"
+        Image.fromarray(rgb).save(png)
+        same_pixels = [str(png), png, Image.fromarray(rgb), Image.fromarray(rgb).convert("RGBA"), rgb,
+                       np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])]
+        results = rec.recognize(same_pixels, batch_size=4)
+        assert [r.text for r in results] == [word] * len(results)
+        confidences = [r.confidence for r in results]
+        assert max(confidences) - min(confidences) < 1e-5, (word, confidences)
+    assert reads[i].confidence > 0.9  # the confident one: it survives a conversion to gray in any container
+    gray = [Image.fromarray(rgb).convert("L"), rgb[:, :, 1], rgb[:, :, 1:2], rgb[:, :, 1].astype(np.uint16) * 257]
+    assert [r.text for r in rec.recognize(gray)] == [word] * len(gray)
+    assert rec.recognize(str(png))[0].text == word
 
 
 def test_bad_inputs_give_per_item_errors(checkpoint, tmp_path):
@@ -109,6 +137,39 @@ def test_eval_and_recognize_tools(checkpoint, shared_benchmarks, tmp_path, capsy
     assert set(line) == {"image", "text", "confidence", "char_probs", "error", "warning"}
 
 
+def test_eval_and_recognize_tools_on_generated_crops(bundled_checkpoint, tiny_benchmarks, tmp_path, capsys):
+    """tools/eval.py and tools/recognize.py with the bundled model on a benchmark root rendered on the fly
+    (runs without ../shared/benchmarks): the tables hold what the model reads."""
+    from conftest import TINY_BENCHMARK
+
+    from strkit.cli.eval import main as eval_main
+    from strkit.cli.recognize import main as recognize_main
+
+    out = tmp_path / "eval"
+    rc = eval_main([str(bundled_checkpoint), "--benchmarks", TINY_BENCHMARK, "--root", str(tiny_benchmarks),
+                    "--out", str(out), "--wrong", "--no-speed", "--name", "default"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    row = data["benchmarks"][0]
+    assert row["name"] == TINY_BENCHMARK and row["count"] == 288 and data["protocol"] == "36"
+    assert row["accuracy"] >= 85.0 and row["ned"] >= row["accuracy"], row  # it reads the rendered words
+    wrong = (out / "wrong_CUTE80_288.tsv").read_text().splitlines()[1:]
+    assert len(wrong) == round(288 * (1 - row["accuracy"] / 100))
+    labels = dict(line.split("\t") for line in (tiny_benchmarks / TINY_BENCHMARK / "labels.tsv").read_text().split("\n")
+                  if line)
+    for line in wrong:  # each listed image is one whose reading differs from its label
+        _, image, label, prediction, _ = line.split("\t")
+        assert label == labels[str(Path(image).relative_to(tiny_benchmarks / TINY_BENCHMARK))] != prediction
+    assert f"{TINY_BENCHMARK} (288)" in (out / "results.md").read_text()
+    capsys.readouterr()
+    image = tiny_benchmarks / TINY_BENCHMARK / "images" / "000000.png"
+    checkpoint = shutil.copy(bundled_checkpoint, tmp_path / "default.pt")  # its ONNX cache goes beside it
+    assert recognize_main([str(checkpoint), str(image), "--format", "json"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert set(line) == {"image", "text", "confidence", "char_probs", "error"}
+    assert line["text"] == labels["images/000000.png"]
+
+
 def test_eval_unknown_benchmark_is_a_clear_error(checkpoint, tmp_path, capsys):
     from strkit.cli.eval import main as eval_main
 
@@ -133,6 +194,23 @@ def test_readme_python_snippet_runs(checkpoint, tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert len(printed) == 3 and all(a[3] is None for a in printed)  # text, confidence, char_probs, error
     assert printed[0][0] == printed[1][0]  # the same pixels from a file and from a PIL image
+
+
+def test_readme_one_line_with_the_bundled_model_on_rendered_words(synth_words, tmp_path, monkeypatch):
+    """The README's one-line quick start, as written, on rendered words (runs without
+    ../shared/benchmarks): the bundled model loads with no training or download and reads them."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    snippet = next(b for b in blocks if "from_pretrained" in b)
+    monkeypatch.chdir(tmp_path)
+    read = []
+    for rgb, label in zip(synth_words.images[:24], synth_words.labels[:24], strict=True):
+        Image.fromarray(rgb).save(tmp_path / "word.png")
+        printed: list[tuple] = []
+        exec(compile(snippet, "README.md", "exec"), {"print": lambda *a, out=printed: out.append(a)})
+        assert len(printed) == 1 and isinstance(printed[0][0], str)
+        read.append(printed[0][0] == label)
+    assert sum(read) >= 20, f"the bundled model read {sum(read)} of {len(read)} rendered words"
 
 
 def test_readme_one_line_with_the_bundled_model(shared_benchmarks, tmp_path, monkeypatch):

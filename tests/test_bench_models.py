@@ -268,6 +268,28 @@ def test_compare_reads_real_crops_with_every_reader(tmp_path: Path, shared_bench
     assert "a backend, torch or onnx" in capsys.readouterr().err
 
 
+def test_compare_reads_generated_crops_with_the_bundled_model(tmp_path: Path, tiny_benchmarks: Path,
+                                                             bundled_checkpoint: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.py compare`` on a benchmark root rendered on the fly (runs without ../shared/benchmarks):
+    the bundled model through every backend reads the words, PyTorch and ONNX Runtime alike."""
+    from conftest import TINY_BENCHMARK
+
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "compare.json"
+    readers = ["default", "default:torch", "default:int8", f"{bundled_checkpoint}:torch"]
+    assert main(["compare", "--readers", *readers, "--root", str(tiny_benchmarks), "--benchmark", TINY_BENCHMARK,
+                 "--count", "24", "--rounds", "1", "--warmup", "0", "--json", str(out)]) == 0
+    results = {r["reader"]: r for r in json.loads(out.read_text())["results"]}
+    assert list(results) == readers and all(r["images"] == 24 for r in results.values())
+    assert results["default"]["accuracy"] >= 80.0, results["default"]
+    # fp32 in ONNX Runtime, in PyTorch, and the checkpoint given by its path: the same readings
+    assert results["default"]["accuracy"] == results["default:torch"]["accuracy"] == \
+        results[f"{bundled_checkpoint}:torch"]["accuracy"]
+    assert results["default:int8"]["accuracy"] >= results["default"]["accuracy"] - 10.0
+    assert f"{TINY_BENCHMARK} accuracy (24 crops)" in capsys.readouterr().out
+
+
 def test_external_reader_without_its_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

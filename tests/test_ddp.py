@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from conftest import join_process_group, spawn_ranks
 
 from strkit.config import load_config
 
@@ -16,15 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, world: int, port: int, data_dir: str, out_dir: str, result_dir: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, world: int, store: str, data_dir: str, out_dir: str, result_dir: str) -> None:
+    join_process_group(rank, world, store)
     torch.set_num_threads(1)
     from strkit.engine.trainer import Trainer
 
@@ -41,8 +32,7 @@ def _worker(rank: int, world: int, port: int, data_dir: str, out_dir: str, resul
 
 def test_two_process_gloo_training_keeps_ranks_in_sync(word_folder, tmp_path):
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(word_folder), str(tmp_path / "run"), str(tmp_path)),
-             nprocs=world, join=True)
+    spawn_ranks(_worker, world, (str(word_folder), str(tmp_path / "run"), str(tmp_path)), tmp_path / "store")
     w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(world))
     assert torch.equal(w0, w1)  # gradients were all-reduced: identical weights on every rank
     assert (tmp_path / "run" / "last.pt").is_file()  # rank 0 saved

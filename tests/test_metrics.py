@@ -37,3 +37,67 @@ def test_accumulation_and_weighted_total():
     with pytest.raises(ValueError):
         m2.update(["a"], [])
     assert RecognitionMetrics().accuracy == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluator on hand-made predictions, under each protocol (expected values worked out by hand)
+# ----------------------------------------------------------------------------------------------
+LABELS = ["Hello!", "AB-12", "x y", "café", "Door"]
+PREDICTIONS = ["hello", "ab12", "xy.", "cafe", "Door"]
+# per sample (exact match, 1-NED) after the protocol filter of label and prediction:
+#   36 (lowercase [0-9a-z]): hello/hello ✓ 1 · ab12/ab12 ✓ 1 · xy/xy ✓ 1 · caf/cafe ✗ 1-1/4 · door/door ✓ 1
+#   62 (case kept):          Hello/hello ✗ 1-1/5 · AB12/ab12 ✗ 1-2/4 · xy/xy ✓ 1 · caf/cafe ✗ 3/4 · Door ✓ 1
+#   94 (printable ASCII, no space): Hello!/hello ✗ 1-2/6 · AB-12/ab12 ✗ 1-3/5 · xy/xy. ✗ 1-1/3 ·
+#                                   caf/cafe ✗ 3/4 · Door ✓ 1
+EXPECTED = {
+    "36": (4, [1, 1, 1, 3 / 4, 1]),
+    "62": (2, [4 / 5, 1 / 2, 1, 3 / 4, 1]),
+    "94": (1, [2 / 3, 2 / 5, 2 / 3, 3 / 4, 1]),
+}
+
+
+class _Scripted:
+    """A stand-in model whose ``predict`` returns the next hand-made predictions, in loader order."""
+
+    def __init__(self, texts: list[str]) -> None:
+        from strkit.charset import Prediction
+
+        self.queue = [Prediction(text=t, confidence=0.5, char_probs=[]) for t in texts]
+
+    def eval(self) -> "_Scripted":
+        return self
+
+    def predict(self, images):
+        out, self.queue = self.queue[:len(images)], self.queue[len(images):]
+        return out
+
+
+@pytest.mark.parametrize("protocol", ["36", "62", "94"])
+def test_evaluator_scores_hand_made_predictions(protocol, tmp_path):
+    import csv
+
+    import torch
+
+    from strkit.engine.evaluator import EvalReport, evaluate_loader
+
+    loader = [(torch.zeros(2, 1, 4, 4), LABELS[:2]), (torch.zeros(3, 1, 4, 4), LABELS[2:])]  # two batches
+    m = evaluate_loader(_Scripted(PREDICTIONS), loader, protocol, "hand", torch.device("cpu"), keep_wrong=True)
+    correct, ned = EXPECTED[protocol]
+    assert m.count == 5 and m.correct == correct
+    assert m.accuracy == pytest.approx(100 * correct / 5)
+    assert m.ned == pytest.approx(100 * sum(ned) / 5)
+    assert [w[0] for w in m.wrong] == [i for i, v in enumerate(ned) if v < 1]  # indices run across batches
+    # the written tables carry the same numbers, and the total weights each set by its size
+    other = evaluate_loader(_Scripted(["door"]), [(torch.zeros(1, 1, 4, 4), ["Door"])], protocol, "one",
+                            torch.device("cpu"))
+    from strkit.engine.metrics import combine
+
+    report = EvalReport("hand-model", protocol, [m, other], combine([m, other]))
+    report.write(tmp_path)
+    rows = {r["benchmark"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    assert float(rows["hand"]["accuracy"]) == pytest.approx(100 * correct / 5, abs=1e-4)
+    assert float(rows["hand"]["ned"]) == pytest.approx(100 * sum(ned) / 5, abs=1e-4)
+    one_correct = protocol == "36"  # 'door' reads 'Door' only when case is ignored
+    assert float(rows["total"]["accuracy"]) == pytest.approx(100 * (correct + one_correct) / 6, abs=1e-4)
+    assert float(rows["total"]["ned"]) == pytest.approx(100 * (sum(ned) + (1 if one_correct else 3 / 4)) / 6,
+                                                        abs=1e-4)

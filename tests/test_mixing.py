@@ -296,6 +296,22 @@ def test_mixed_loader_resume_and_zero_workers_match() -> None:
         assert la == lb and torch.equal(xa, xb)
 
 
+def test_augmented_batches_do_not_depend_on_workers_or_resume() -> None:
+    """Each sample's augmentation is seeded from (seed, rank, step, position): 0 or 2 workers, from the start
+    or resumed at step 3, batch s is the same tensor."""
+    sources = [ListDataset("a", 9), ListDataset("b", 14)]
+    transform = ImageTransform(32, 64, channels=3, augment="strong")
+    zero = _take(build_mixed_loader(sources, [1, 1], 4, transform, num_workers=0, seed=2), 5)
+    two = _take(build_mixed_loader(sources, [1, 1], 4, transform, num_workers=2, seed=2), 5)
+    resumed = _take(build_mixed_loader(sources, [1, 1], 4, transform, num_workers=2, seed=2, start_step=3), 2)
+    for (xa, la), (xb, lb) in zip(zero, two, strict=True):
+        assert la == lb and torch.equal(xa, xb)
+    for (xa, la), (xb, lb) in zip(zero[3:], resumed, strict=True):
+        assert la == lb and torch.equal(xa, xb)
+    other_seed = _take(build_mixed_loader(sources, [1, 1], 4, transform, num_workers=0, seed=3), 1)
+    assert not torch.equal(zero[0][0], other_seed[0][0])
+
+
 def test_mixed_loader_ranks_read_disjoint_samples() -> None:
     sources = [ListDataset("a", 20)]
     transform = ImageTransform(32, 64)

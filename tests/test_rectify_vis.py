@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import pytest
 import torch
 
 from strkit.checkpoint import save_checkpoint
@@ -62,7 +63,18 @@ def test_identity_rectifiers_do_not_move_and_a_bent_scrn_does():
     assert u8.shape == (1, 1, 3, 1) and u8.ravel().tolist() == [0, 128, 255]
 
 
-def test_cli_picks_the_most_moved_crops_and_writes_a_png(shared_benchmarks, tmp_path, capsys):
+@pytest.fixture(params=["generated", "shared"])
+def bench(request) -> tuple[Path, str]:
+    """(benchmark root, set name): rendered on the fly (always), and the real crops when present."""
+    if request.param == "generated":
+        from conftest import TINY_BENCHMARK
+
+        return request.getfixturevalue("tiny_benchmarks"), TINY_BENCHMARK
+    return request.getfixturevalue("shared_benchmarks"), "IIIT5K_3000"
+
+
+def test_cli_picks_the_most_moved_crops_and_writes_a_png(bench, tmp_path, capsys):
+    root, bench_name = bench
     paths = []
     for name in ("none", "tps", "scrn"):
         model, cfg = tiny_model(name)
@@ -70,23 +82,24 @@ def test_cli_picks_the_most_moved_crops_and_writes_a_png(shared_benchmarks, tmp_
             bend(model)
         paths.append(save(model, cfg, tmp_path / name / "last.pt"))
     out = tmp_path / "fig" / "rect.png"
-    assert main([*map(str, paths), "--benchmark", "IIIT5K_3000", "--root", str(shared_benchmarks),
+    assert main([*map(str, paths), "--benchmark", bench_name, "--root", str(root),
                  "--scan", "12", "--count", "3", "--out", str(out), "--threads", "1"]) == 0
-    assert "3 crops of IIIT5K_3000" in capsys.readouterr().out
+    assert f"3 crops of {bench_name}" in capsys.readouterr().out
     img = cv2.imread(str(out))
     assert img is not None and img.shape[0] > 100 and img.shape[1] > img.shape[0] / 2
-    assert main([*map(str, paths[:1]), "--benchmark", "IIIT5K_3000", "--root", str(shared_benchmarks),
+    assert main([*map(str, paths[:1]), "--benchmark", bench_name, "--root", str(root),
                  "--indices", "0", "5", "--out", str(tmp_path / "hand.png")]) == 0
     assert (tmp_path / "hand.png").is_file()
 
 
-def test_cli_errors(shared_benchmarks, tmp_path, capsys):
+def test_cli_errors(bench, tmp_path, capsys):
+    root, bench_name = bench
     a = save(*tiny_model("none"), tmp_path / "a" / "last.pt")
     b = save(*tiny_model("none", img_w=128), tmp_path / "b" / "last.pt")
-    assert main([str(a), str(b), "--root", str(shared_benchmarks)]) == 2
+    assert main([str(a), str(b), "--root", str(root)]) == 2
     assert "different inputs" in capsys.readouterr().err
     assert main([str(a), "--names", "x", "y"]) == 2
     assert "2 names for 1 checkpoints" in capsys.readouterr().err
-    assert main([str(a), "--root", str(shared_benchmarks), "--benchmark", "IIIT5K_3000", "--indices", "99999"]) == 2
-    assert "outside IIIT5K_3000" in capsys.readouterr().err
+    assert main([str(a), "--root", str(root), "--benchmark", bench_name, "--indices", "99999"]) == 2
+    assert f"outside {bench_name}" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.pt")]) == 2

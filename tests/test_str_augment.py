@@ -66,3 +66,18 @@ def test_image_transform_with_randaug_options():
     tf = ImageTransform(32, 128, channels=1, augment="randaug", seed=0, augment_options={"n": 2, "m": 5})
     x = tf(render_word("paper", np.random.default_rng(4), h=40, w=150))
     assert tuple(x.shape) == (1, 32, 128) and float(x.min()) >= -1 and float(x.max()) <= 1
+
+
+def test_randaug_follows_per_sample_seeds():
+    """Exact resume with augmentation reseeds each sample (SeededIndex): randaug's own ops must obey it."""
+    img = render_word("music", np.random.default_rng(5), h=32, w=128)[:, :, 0].copy()
+    aug = build_augmentation("randaug", channels=1, seed=0, options={"n": 3, "m": 9})
+    outs = []
+    for _ in range(2):
+        row = []
+        for s in range(6):
+            aug.seed_sample(100 + s)
+            row.append(aug(img))
+        outs.append(row)
+    assert all(np.array_equal(a, b) for a, b in zip(*outs, strict=True))
+    assert len({x.tobytes() for x in outs[0]}) > 3

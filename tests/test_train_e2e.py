@@ -67,43 +67,62 @@ def test_train_checkpoint_and_recognise(word_folder, tmp_path):
         assert r.ok and 0.0 <= r.confidence <= 1.0 and len(r.char_probs) == len(r.text)
 
 
-def _run_in_subprocess(args: list[str]) -> subprocess.Popen:
+# tools/train.py in a fresh process that, when it is about to run step PAUSE_AT, writes MARKER and waits
+# (for stdin, which the test never closes): the test kills it at a known point, between checkpoints.
+_PAUSING_TRAIN = """
+import sys
+from pathlib import Path
+
+from strkit.cli.train import main
+from strkit.engine.trainer import Trainer
+
+pause_at, marker = int(sys.argv[1]), Path(sys.argv[2])
+train_step = Trainer.train_step
+
+
+def pausing_train_step(self, *args, **kwargs):
+    if self.step == pause_at:
+        marker.write_text(str(self.step))
+        sys.stdin.read()
+    return train_step(self, *args, **kwargs)
+
+
+Trainer.train_step = pausing_train_step
+raise SystemExit(main(sys.argv[3:]))
+"""
+
+
+def _run_paused_in_subprocess(pause_at: int, marker: Path, args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-c", _PAUSING_TRAIN, str(pause_at), str(marker), *args], cwd=REPO,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(word_folder, tmp_path):
-    """A run killed with SIGKILL mid-training and resumed from last.pt ends with the same weights."""
+    """A run killed with SIGKILL between two checkpoints and resumed from last.pt ends with the same weights."""
     from strkit.engine.trainer import Trainer
 
     total, stop_at = 1000, 12  # schedule length; both runs stop their loop at `stop_at`
-    killed_dir, ref_dir = tmp_path / "killed", tmp_path / "ref"
+    pause_at = 7  # last.pt is written every 3 steps: the kill loses step 6's successor, resume starts at 6
+    killed_dir, ref_dir, marker = tmp_path / "killed", tmp_path / "ref", tmp_path / "paused"
     args = [*tiny_overrides(word_folder, killed_dir), f"train.steps={total}"]
-    proc = _run_in_subprocess([str(small_model_config()), *args])
+    proc = _run_paused_in_subprocess(pause_at, marker, [str(small_model_config()), *args])
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            last = killed_dir / "last.pt"
-            if last.is_file():
-                try:
-                    if load_checkpoint(last)["step"] >= 3:
-                        break
-                except Exception:  # noqa: BLE001 - being replaced right now; look again
-                    pass
+        deadline = time.monotonic() + 300  # a hang guard only: the test waits for the marker, not for time
+        while not marker.exists():
             if proc.poll() is not None:
                 pytest.fail(f"training subprocess ended early:\n{proc.stdout.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the training subprocess did not reach step 7")
             time.sleep(0.05)
-        else:
-            pytest.fail("no checkpoint appeared in time")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    killed_at = load_checkpoint(killed_dir / "last.pt")["step"]
-    assert 3 <= killed_at < stop_at
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed_dir / "last.pt")["step"] == 6
 
     resumed = Trainer(load_config(small_model_config(), args), resume=killed_dir / "last.pt")
-    assert resumed.step == killed_at
+    assert resumed.step == 6
     resumed.cfg.train.steps = stop_at  # stop the loop early; the LR schedule keeps its 1000-step shape
     resumed.fit()
 
@@ -111,6 +130,44 @@ def test_resume_after_sigkill_matches_uninterrupted_run(word_folder, tmp_path):
                               [*tiny_overrides(word_folder, ref_dir), f"train.steps={total}"]))
     ref.cfg.train.steps = stop_at
     ref.fit()
+    ref_state, res_state = ref.model.state_dict(), resumed.model.state_dict()
+    for k, v in ref_state.items():
+        assert torch.equal(v, res_state[k]), f"{k} differs after resume"
+
+
+def test_resume_with_workers_and_augmentation_matches_uninterrupted_run(word_folder, tmp_path, monkeypatch):
+    """Resume is exact with 2 loader workers and random augmentation on (the shipped data configs' setting):
+    a run resumed from the checkpoint it wrote at step 4 ends with the same weights at step 8 as the run
+    that went straight through (each sample's augmentation is seeded from (seed, rank, step, position))."""
+    import shutil
+
+    from strkit.engine.trainer import Trainer
+
+    total, cut, stop_at = 1000, 4, 8
+    keep = tmp_path / "step4.pt"
+    save = Trainer.save
+
+    def save_and_keep_step4(self, name, metrics, full_state):
+        path = save(self, name, metrics, full_state)
+        if name == "last.pt" and self.step == cut:
+            shutil.copy(path, keep)
+        return path
+
+    monkeypatch.setattr(Trainer, "save", save_and_keep_step4)
+
+    def trainer(out: Path, resume: Path | None = None) -> Trainer:
+        over = [*tiny_overrides(word_folder, out), f"train.steps={total}", "data.workers=2",
+                "data.augment=strong", "train.save_every=2", "train.val_every=1000", "data.val_fraction=0",
+                "model.backbone.width_mult=0.25", "model.sequence.hidden_size=16"]
+        t = Trainer(load_config(small_model_config(), over), resume=resume)
+        t.cfg.train.steps = stop_at  # stop the loop early; the LR schedule keeps its 1000-step shape
+        return t
+
+    ref = trainer(tmp_path / "ref")
+    ref.fit()
+    resumed = trainer(tmp_path / "resumed", resume=keep)
+    assert resumed.step == cut
+    resumed.fit()
     ref_state, res_state = ref.model.state_dict(), resumed.model.state_dict()
     for k, v in ref_state.items():
         assert torch.equal(v, res_state[k]), f"{k} differs after resume"

@@ -113,11 +113,50 @@ def test_resume_refuses_a_different_model_or_a_best_checkpoint(word_folder, tmp_
                 resume=out / "best.pt")
 
 
+def test_best_checkpoint_is_the_most_accurate_with_1_ned_breaking_ties(word_folder, tmp_path, monkeypatch):
+    """best.pt holds the validation with the highest word accuracy; among equal accuracies the highest 1-NED;
+    an exact tie keeps the earlier one; and the best so far survives a resume."""
+    from strkit.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    tiny = ["data.val_fraction=0.25", "train.val_every=1", "model.backbone.width_mult=0.25",
+            "model.sequence.hidden_size=16"]
+    # step:                1         2         3         4         5         6
+    scripted = iter([(50, 90), (60, 70), (60, 80), (60, 75), (55, 99), (60, 80),
+                     (59, 100), (60, 79)])  # 7, 8: after the resume, neither beats step 3
+
+    def validate():
+        acc, ned = next(scripted)
+        return {"val_accuracy": float(acc), "val_ned": float(ned), "val_confidence": 0.5, "val_count": 24.0}
+
+    trainer = Trainer(_tiny_cfg(word_folder, out, "train.steps=6", *tiny))
+    monkeypatch.setattr(trainer, "validate", validate)
+    trainer.fit()
+    best = load_checkpoint(out / "best.pt")
+    assert best["step"] == 3 and (best["metrics"]["val_accuracy"], best["metrics"]["val_ned"]) == (60, 80)
+    assert trainer.best["step"] == 3
+    resumed = Trainer(_tiny_cfg(word_folder, out, "train.steps=8", *tiny), resume=out / "last.pt")
+    monkeypatch.setattr(resumed, "validate", validate)
+    resumed.fit()
+    assert load_checkpoint(out / "best.pt")["step"] == 3 and resumed.best["step"] == 3
+
+
 def test_benchmark_as_training_source_is_refused(tmp_path, shared_benchmarks):
     from strkit.data.benchmarks import BenchmarkLeakError
 
     cfg = _tiny_cfg(shared_benchmarks / "SVT_647", tmp_path / "run")
     with pytest.raises(BenchmarkLeakError):
+        Trainer(cfg).fit()
+
+
+def test_generated_benchmark_as_training_source_is_refused(tmp_path, tiny_benchmarks):
+    """The leak guard without ../shared/benchmarks: a set under the benchmark root, by name and by place."""
+    from conftest import TINY_BENCHMARK
+
+    from strkit.data.benchmarks import BenchmarkLeakError
+
+    cfg = _tiny_cfg(tiny_benchmarks / TINY_BENCHMARK, tmp_path / "run", f"data.benchmark_root={tiny_benchmarks}")
+    with pytest.raises(BenchmarkLeakError, match=TINY_BENCHMARK):
         Trainer(cfg).fit()
 
 

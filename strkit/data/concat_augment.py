@@ -6,7 +6,8 @@ than ``max_aspect`` (width / height; the model input's own ratio, so the join is
 joined label fits ``max_length``; otherwise the item is returned alone. This shows the model word
 boundaries and context it rarely sees in single-word crops at no rendering cost.
 
-Enabled per training source with ``concat_p`` in the data config.
+Enabled per training source with ``concat_p`` in the data config. The pairing draws from a per-worker
+generator, so a resumed run pairs differently from an uninterrupted one (everything else resumes exactly).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from strkit.data.transforms import ImageTransform, TransformedDataset, seed_worker
+from strkit.data.transforms import ImageTransform, SeededIndex, TransformedDataset, seed_worker
 
 logger = logging.getLogger("strkit")
 
@@ -128,6 +128,9 @@ def ratio_phases(ratios: Sequence[float], schedules: Sequence[RatioSchedule] | N
     return phases
 
 
+_AUGMENT_KEY = 0x5EED  # keeps the augmentation seeds apart from the permutations' (seed, source, epoch)
+
+
 class MixedBatchSampler(Sampler[list[int]]):
     """Endless batches of indices into ``ConcatDataset(sources)`` with an exact mix per batch.
 
@@ -143,6 +146,9 @@ class MixedBatchSampler(Sampler[list[int]]):
         names: source names, for :meth:`describe` and the log (default ``source0``, ``source1``...).
         schedules: per source, ``(from_step, ratio)`` pairs that change its ratio during training
             (see :func:`ratio_phases`); ``None`` = constant ratios.
+        seed_samples: yield :class:`~strkit.data.transforms.SeededIndex` items (index, augmentation seed
+            from :meth:`sample_seeds`) instead of plain indices, so that augmentation is a pure function
+            of ``(seed, rank, step)`` too.
 
     Raises:
         ValueError: a source with a ratio > 0 gets no sample per batch, or has fewer samples than
@@ -152,7 +158,7 @@ class MixedBatchSampler(Sampler[list[int]]):
     def __init__(self, source_lengths: Sequence[int], ratios: Sequence[float], batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, start_step: int = 0,
                  shuffle: bool = True, names: Sequence[str] | None = None,
-                 schedules: Sequence[RatioSchedule] | None = None) -> None:
+                 schedules: Sequence[RatioSchedule] | None = None, seed_samples: bool = False) -> None:
         if len(source_lengths) != len(ratios):
             raise ValueError(f"{len(source_lengths)} sources but {len(ratios)} ratios")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -189,6 +195,7 @@ class MixedBatchSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.start_step = int(start_step)
         self.shuffle = shuffle
+        self.seed_samples = seed_samples
         self.offsets = [0, *np.cumsum(self.source_lengths).tolist()][:-1]
         self.shard_lengths = [n // world_size for n in self.source_lengths]
         self._produced = self.start_step
@@ -247,6 +254,13 @@ class MixedBatchSampler(Sampler[list[int]]):
                 count -= take
         return indices
 
+    def sample_seeds(self, step: int) -> list[int]:
+        """Augmentation seeds of the ``batch_size`` samples of batch ``step`` on this rank (a pure function
+        of ``(seed, rank, step)``, independent of the sample indices)."""
+        states = np.random.SeedSequence([_AUGMENT_KEY, self.seed, self.rank, step]).generate_state(
+            self.batch_size, np.uint32)
+        return [int(s) for s in states]
+
     def describe(self, step: int) -> dict[str, Any]:
         """What batch ``step`` holds per source: ``{"step", "batch_size", "sources": [{"name",
         "count", "epoch", "offset", "samples_seen"}...]}`` (epoch/offset within this rank's shard)."""
@@ -269,10 +283,12 @@ class MixedBatchSampler(Sampler[list[int]]):
         return f"batch of {self.batch_size}: " + "; ".join(parts)
 
     # -- Sampler protocol -----------------------------------------------------------------------
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[SeededIndex]]:
         step = self.start_step
         while True:
-            batch = self.batch(step)
+            batch: list[Any] = self.batch(step)
+            if self.seed_samples:
+                batch = [SeededIndex(i, s) for i, s in zip(batch, self.sample_seeds(step), strict=True)]
             step += 1
             self._produced = step
             yield batch
@@ -331,11 +347,11 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
 
     ``ConcatDataset(datasets)`` -> :class:`TransformedDataset` (per-sample ``uint8`` work) ->
     :class:`MixedBatchSampler` -> :meth:`ImageTransform.collate` (per-batch normalisation). Workers are
-    persistent, use one OpenCV thread each and reseed the augmentation from a seed derived from
-    ``(seed, rank, start_step)`` and their worker id (with 0 workers the transform itself is reseeded,
-    and OpenCV is made single-threaded in this process, see :func:`limit_opencv_threads`):
-    augmentation is deterministic for a given configuration, while the sample order is exactly
-    resumable (:class:`MixedBatchSampler`). ``loader.batch_sampler`` is the sampler.
+    persistent and use one OpenCV thread each (with 0 workers OpenCV is made single-threaded in this
+    process, see :func:`limit_opencv_threads`). The sampler gives every sample an augmentation seed
+    drawn from ``(seed, rank, step)`` (:meth:`MixedBatchSampler.sample_seeds`), so both the sample order
+    and the augmentation are exactly resumable and independent of the number of workers.
+    ``loader.batch_sampler`` is the sampler.
 
     Args:
         datasets: the sources, each yielding ``(image ndarray, label)`` or, with geometry,
@@ -349,7 +365,7 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
         names = [str(getattr(ds, "name", "") or f"source{i}") for i, ds in enumerate(datasets)]
     sampler = MixedBatchSampler([len(ds) for ds in datasets], ratios, batch_size,  # type: ignore[arg-type]
                                 seed=seed, rank=rank, world_size=world_size, start_step=start_step,
-                                shuffle=True, names=names, schedules=schedules)
+                                shuffle=True, names=names, schedules=schedules, seed_samples=True)
     logger.info("%s (ratios %s, %d worker(s), rank %d/%d, from step %d)", sampler.composition(),
                 ", ".join(f"{r:g}" for r in sampler.ratios), num_workers, rank, world_size, start_step)
     dataset = TransformedDataset(ConcatDataset(datasets), transform, teacher=teacher)
@@ -357,8 +373,6 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
     # Single-threaded OpenCV in the parent *before* workers fork: a forked child that calls
     # cv2.setNumThreads while it inherited a live OpenCV thread pool can hang.
     limit_opencv_threads()
-    if num_workers == 0:
-        dataset.reseed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
                       collate_fn=transform.collate, worker_init_fn=seed_worker,
                       persistent_workers=num_workers > 0, generator=generator)

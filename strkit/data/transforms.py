@@ -33,15 +33,20 @@ then ``(image, label, geometry or None)`` and :func:`collate` returns ``(images,
 Randomness: augmentation uses albumentations' own generators (not numpy's or torch's global RNG),
 seeded by ``ImageTransform(seed=...)``. A forked ``DataLoader`` worker inherits the parent's generator
 state, so every worker must be reseeded (:func:`seed_worker` does this from the per-worker torch seed);
-otherwise all workers would apply the same "random" augmentations.
+otherwise all workers would apply the same "random" augmentations. A training loader goes further: its
+sampler hands each sample a :class:`SeededIndex` whose seed is a pure function of (run seed, rank, step,
+position in the batch), and :class:`TransformedDataset` reseeds the augmentation from it before that
+sample (:meth:`ImageTransform.seed_sample`), so the augmentation of a sample depends neither on the
+worker that draws it nor on where a run was resumed.
 """
 
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -180,6 +185,12 @@ class AlbumentationsPipeline:
     def reseed(self, seed: int | None) -> None:
         """Reset the generators of the pipeline (and of each of its transforms) from ``seed``."""
         self.compose.set_random_seed(seed)
+
+    def seed_sample(self, seed: int) -> None:
+        """Give the pipeline and all its transforms one shared pair of generators (numpy and Python)
+        seeded from ``seed``: what the next call draws is a function of ``seed`` alone. About 8× cheaper
+        than :meth:`reseed` (which builds generators for every transform), so affordable per sample."""
+        self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def _colour(A: ModuleType, channels: int, strength: float, p: float) -> Any:
@@ -371,6 +382,16 @@ class ImageTransform:
         if reseed is not None:
             reseed(seed)
 
+    def seed_sample(self, seed: int) -> None:
+        """Make the augmentation of the next sample a function of ``seed`` alone (see
+        :class:`SeededIndex`): :meth:`AlbumentationsPipeline.seed_sample`, else the augmentation's own
+        ``reseed``; a no-op without augmentation."""
+        seed_sample = getattr(self.augmentation, "seed_sample", None)
+        if seed_sample is not None:
+            seed_sample(seed)
+        elif self.augmentation is not None:
+            self.reseed(seed)
+
     def target_width(self, h: int, w: int) -> int:
         """Width of the resized image (before padding) for a source image of ``h×w`` pixels."""
         if not self.keep_ratio:
@@ -527,6 +548,14 @@ def _stack_images(images: Sequence[Any], width: int | None, pad_value: float) ->
     return torch.from_numpy(out)
 
 
+class SeededIndex(NamedTuple):
+    """A dataset index with the seed of that sample's augmentation (what a training sampler yields, so
+    that augmentation is reproducible whichever worker loads the sample and after a resume)."""
+
+    index: int
+    seed: int
+
+
 class TransformedDataset(Dataset):
     """Applies an image transform to the image of each ``(image, label)`` item of ``dataset``.
 
@@ -543,6 +572,9 @@ class TransformedDataset(Dataset):
     Teacher targets: with ``teacher``, items are ``(image, label, geometry or None, target or None)``,
     the target taken from the fourth element of a source item
     (:class:`~strkit.data.teacher_cache.TeacherTargets`), ``None`` for shorter items.
+
+    An index may be a :class:`SeededIndex`: the transform's augmentation is then reseeded from its seed
+    (:meth:`ImageTransform.seed_sample`) before the sample is transformed.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable[[np.ndarray], Any],
@@ -560,7 +592,12 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, ...]:
+    def __getitem__(self, index: int | SeededIndex) -> tuple[Any, ...]:
+        if isinstance(index, SeededIndex):
+            seed_sample = getattr(self.transform, "seed_sample", None)
+            if seed_sample is not None:
+                seed_sample(index.seed)
+            index = index.index
         item = self.dataset[index]
         image, label = item[0], item[1]
         if self._geometry is not None:

@@ -8,8 +8,9 @@ a disjoint shard of each source and rank 0 validates, logs and saves.
 
 Resume is exact: model, optimiser, scheduler, step, RNG states and the sampler position (the
 sampler is a pure function of seed and step) are restored, so a run killed at any moment and resumed
-from ``last.pt`` ends with the same weights as an uninterrupted run (with deterministic kernels and
-no random augmentation in the worker processes).
+from ``last.pt`` ends with the same weights as an uninterrupted run (with deterministic kernels; each
+sample's augmentation is seeded from ``(seed, rank, step, position)``, so loader workers and random
+augmentation keep it exact).
 
 Word geometry: with ``model.geometry_loss > 0`` the training batches carry each sample's word geometry
 (``(images, labels, geometries)``, see :mod:`strkit.engine.data`); :meth:`Trainer.train_step` turns it
