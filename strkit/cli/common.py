@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 log = logging.getLogger("strkit")
@@ -35,6 +36,21 @@ def fail(message: str) -> int:
     """Print a one-line error for the user and return the exit status 2."""
     print(f"error: {one_line(message)}", file=sys.stderr)
     return 2
+
+
+def resume_path(arg: str | None, out_dir: str) -> Path | None:
+    """The checkpoint ``--resume`` names: ``None`` (no resume), the given path, or for ``auto`` (the flag
+    alone) ``<train.out_dir>/last.pt``, which must exist.
+
+    Raises:
+        FileNotFoundError: ``auto`` and there is no ``last.pt`` in ``out_dir``.
+    """
+    if arg != "auto":
+        return Path(arg) if arg else None
+    last = Path(out_dir) / "last.pt"
+    if not last.is_file():
+        raise FileNotFoundError(f"--resume: {last} does not exist (nothing to resume in train.out_dir)")
+    return last
 
 
 class Parser(argparse.ArgumentParser):

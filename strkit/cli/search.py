@@ -22,7 +22,7 @@ import argparse
 import json
 from pathlib import Path
 
-from strkit.cli.common import Parser, fail, non_negative_int, positive_int, setup_logging, user_errors
+from strkit.cli.common import Parser, non_negative_int, positive_int, resume_path, setup_logging, user_errors
 from strkit.config import Config, load_config
 
 
@@ -155,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         _model(cfg)  # the model section: registered names and their keys
         print(cfg.dump(), end="")
         return 0
-    resume = args.resume
-    if resume == "auto":
-        resume = Path(cfg.train.out_dir) / "last.pt"
-        if not resume.is_file():
-            return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
+    resume = resume_path(args.resume, cfg.train.out_dir)
     from strkit.engine.searcher import Searcher
 
     result = Searcher(cfg, resume=resume, overwrite=args.overwrite).fit()

@@ -8,9 +8,8 @@ Exit status: 0 done, 2 on a user error (bad config, data or checkpoint), printed
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from strkit.cli.common import check_device, fail, setup_logging, user_errors
+from strkit.cli.common import check_device, fail, resume_path, setup_logging, user_errors
 from strkit.config import Config, load_config
 
 
@@ -59,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_lm_pretraining(cfg, overwrite=args.overwrite)
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return 0
-    resume = args.resume
-    if resume == "auto":
-        resume = Path(cfg.train.out_dir) / "last.pt"
-        if not resume.is_file():
-            return fail(f"--resume: {resume} does not exist (nothing to resume in train.out_dir)")
+    resume = resume_path(args.resume, cfg.train.out_dir)
     from strkit.engine.run_dir import RunDirError
     from strkit.engine.trainer import Trainer
 

@@ -812,16 +812,7 @@ class LmdbWriter:
         if not self._pending and self._pending_records == 0:
             return
         items = [*self._pending.items(), (NUM_SAMPLES_KEY, str(self._count).encode())]
-        while True:
-            try:
-                with env.begin(write=True) as txn:
-                    for key, value in items:
-                        txn.put(key, value)
-                break
-            except lmdb.MapFullError:
-                self._map_size *= 2
-                env.set_mapsize(self._map_size)
-                log.debug("LMDB %s: map size grown to %d bytes", self.partial, self._map_size)
+        self._map_size = put_all(env, items, self._map_size)
         self._pending.clear()
         self._pending_records = 0
         self._pending_bytes = 0
@@ -868,6 +859,21 @@ class LmdbWriter:
             self.close()
         else:
             self.abandon()
+
+
+def put_all(env: lmdb.Environment, items: Sequence[tuple[bytes, bytes]], map_size: int) -> int:
+    """Write ``items`` in one transaction (all or none), doubling the map while it is full; returns the
+    map size in use afterwards."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key, value in items:
+                    txn.put(key, value)
+            return map_size
+        except lmdb.MapFullError:
+            map_size *= 2
+            env.set_mapsize(map_size)
+            log.debug("LMDB %s: map size grown to %d bytes", env.path(), map_size)
 
 
 def _check_replaceable(path: Path) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from strkit.data.lmdb import put_all
+
 FORMAT_VERSION = 1
 _META_KEY = b"__meta__"
 _HEADER = struct.Struct("<HHfH")  # frames, classes, min confidence, text bytes
@@ -162,17 +164,7 @@ class TeacherCache:
 
     def put_many(self, items: Iterable[tuple[bytes, TeacherTarget]]) -> None:
         """Store entries in one transaction (all or none), growing the map when it is full."""
-        rows = [(k, t.encode()) for k, t in items]
-        env = self._handle()
-        while True:
-            try:
-                with env.begin(write=True) as txn:
-                    for k, v in rows:
-                        txn.put(k, v)
-                return
-            except lmdb.MapFullError:
-                self._map_size *= 2
-                env.set_mapsize(self._map_size)
+        self._map_size = put_all(self._handle(), [(k, t.encode()) for k, t in items], self._map_size)
 
     def size_bytes(self) -> int:
         """Bytes the cache takes on disk."""

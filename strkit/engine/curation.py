@@ -125,7 +125,7 @@ def filter_lmdb(src: str | Path, dst: str | Path, teacher: Teacher, charset: Cha
     src_path = lmdb_dir(src)
     class_map = ClassMap(teacher.classes, charset)
     report = FilterReport(str(src_path), teacher.name, str(protocol), float(min_confidence))
-    writer = LmdbWriter(dst, overwrite=overwrite, resume=resume)
+    writer = LmdbWriter(dst, overwrite=overwrite, resume=resume, tool="tools/curate.py filter")
     with writer:
         start = 0
         if resume and writer.get_meta(FILTER_REPORT_KEY):
