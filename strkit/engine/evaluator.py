@@ -113,7 +113,8 @@ def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, 
     model.eval()
     metrics = RecognitionMetrics(name=name)
     index = 0
-    total = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None  # type: ignore[arg-type]
+    dataset = getattr(loader, "dataset", None)  # a DataLoader; any iterable of batches works too
+    total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
     bar = tqdm(total=total, unit="img", desc=name, disable=not progress, leave=False)
     for images, labels in loader:
         with autocast_context(device, precision):
