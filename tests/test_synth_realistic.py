@@ -25,6 +25,7 @@ from strkit.data.synth import renderer as renderer_module
 from strkit.data.synth.colors import LUMA
 from strkit.data.synth.config import PRESET_NAMES, load_synth_config
 from strkit.data.synth.fonts import FontSet, discover_fonts, lists_dir
+from strkit.data.synth.generate import _same_run
 from strkit.data.synth.palette import crop_colors, fit_palette, load_palette, palette_dir, write_palette
 from strkit.data.synth.renderer import Renderer
 from strkit.data.synth.text import TextSampler, load_lexicon
@@ -169,6 +170,13 @@ def test_renderer_takes_colours_from_the_palette(fonts94: FontSet, tmp_path: Pat
     with pytest.raises(ConfigError, match="min_contrast"):
         make("mjsynth", fonts94, **{"style.palette": str(path), "style.palette_p": 1.0,
                                     "style.min_contrast": 200.0})
+    # the LMDB meta records the pairs in use; resuming with other pairs is refused
+    meta = r.meta()
+    assert meta["palette"]["pairs"] == 3 and len(meta["palette"]["sha1"]) == 40
+    other = make("mjsynth", fonts94, **{"style.palette": "real", "style.palette_p": 1.0}).meta()
+    run = {"seed": 0, "start_index": 0, "geometry": False}
+    assert _same_run({**meta, "run": run}, {**other, "config": meta["config"], "run": run}) == ["palette"]
+    assert "palette" not in make("mjsynth", fonts94).meta()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ with a ``benchmark_root`` so is anything under it that is not a ``*_train`` spli
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -264,6 +265,13 @@ class Palette:
         w = self.weight[keep]
         return Palette(self.text[keep], self.bg[keep], w / w.sum(), self.bg_std[keep], self.noise[keep],
                        self.name)
+
+    def digest(self) -> str:
+        """SHA-1 of the entries (recorded in the LMDB meta for reproducibility)."""
+        h = hashlib.sha1()
+        for a in (self.text, self.bg, self.weight, self.bg_std, self.noise):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
 
     def draw(self, rng: np.random.Generator) -> int:
         """The index of an entry drawn by weight (one uniform draw)."""

@@ -187,7 +187,7 @@ class Renderer:
         import PIL
         from PIL import features
 
-        return {"generator": "strkit.data.synth", "config": self.cfg.to_dict(),
+        meta = {"generator": "strkit.data.synth", "config": self.cfg.to_dict(),
                 "charset": self.charset.to_dict(),
                 "fonts": {"count": len(self.fonts), "families": len(self.fonts.families),
                           "list_sha1": self.fonts.list_hash},
@@ -195,6 +195,10 @@ class Renderer:
                             "sha1": self.text.lexicon_hash},
                 "versions": {"pillow": PIL.__version__, "freetype": features.version("freetype2"),
                              "opencv": cv2.__version__, "numpy": np.__version__}}
+        if self.palette is not None:  # the pairs in use (a palette file can change under the same name)
+            meta["palette"] = {"spec": self.cfg.style.palette, "pairs": len(self.palette),
+                               "sha1": self.palette.digest()}
+        return meta
 
     # ------------------------------------------------------------------------------------------
     def render_rng(self, rng: np.random.Generator, geometry: bool = False) -> SynthSample:
