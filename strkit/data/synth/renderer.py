@@ -433,8 +433,9 @@ class Renderer:
             frag, _ = self.text.sample(rng)
             if side in ("top", "bottom") and rng.random() < 0.5:
                 frag = f"{frag} {self.text.sample(rng)[0]}"
-            fj = fi if rng.random() < 0.5 else self.fonts.sample(rng, frag)
-            if fj is None or not set(frag.replace(" ", "")) <= self.fonts.faces[fj].covered:
+            glyphs = frag.replace(" ", "")  # faces' coverage lists no space
+            fj = fi if rng.random() < 0.5 else self.fonts.sample(rng, glyphs)
+            if fj is None or not set(glyphs) <= self.fonts.faces[fj].covered:
                 continue
             r = rng.uniform(*lay.border_text_size) if side in ("top", "bottom") else rng.uniform(0.9, 1.1)
             bitmap, ox, oy = glyph_run(self.fonts.font(fj, int(np.clip(round(size * r), 6, 256))), frag)
