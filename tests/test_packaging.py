@@ -1,4 +1,4 @@
-"""The wheel carries the data files the library reads at run time (synthetic presets, font lists)."""
+"""The wheel carries the data files the library reads at run time (synthetic presets, font lists,\ncolour palettes)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ def test_wheel_contains_synth_presets_and_font_lists(tmp_path):
                     "-q", "-w", str(tmp_path)], check=True, cwd=tmp_path)
     wheel = next(tmp_path.glob("strkit-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for preset in ("clean", "mjsynth", "hard"):
+    for preset in ("clean", "mjsynth", "hard", "realistic"):
         assert f"strkit/data/synth/presets/{preset}.yaml" in names
-    for lst in ("allowlist", "blocklist", "capsonly"):
+    for lst in ("allowlist", "blocklist", "capsonly", "debian-packages"):
         assert f"strkit/data/synth/fontlists/{lst}.txt" in names
+    assert "strkit/data/synth/palettes/real.json" in names
     assert not any(n.startswith(("tests/", "configs/")) for n in names)

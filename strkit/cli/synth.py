@@ -7,6 +7,9 @@ examples:
     tools/synth.py --preset hard --preview docs/hard.png
     tools/synth.py --list-fonts -v
     tools/synth.py --preset mjsynth --bench --count 2000
+    tools/synth.py --preset realistic --preview docs/synth_realistic_sheet.png
+    tools/synth.py --fit-palette my_palette.json --from shared/benchmarks/IIIT5K_train \
+        shared/benchmarks/SVT_train shared/benchmarks/IC15_train      (then --set style.palette=my_palette.json)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n".join(__doc__.split("\n\n")[1:]))
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", default="mjsynth",
-                     help="clean | mjsynth | hard, or a YAML file (default mjsynth)")
+                     help="clean | mjsynth | hard | realistic, or a YAML file (default mjsynth)")
     src.add_argument("--config", help="a synth YAML file (same as --preset PATH)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. geometry.curve_p=0.3 degrade.blur_p=0")
@@ -57,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--font-sheet", metavar="PNG",
                    help="render every usable font (and, with -v, every rejected one) into review pages")
     p.add_argument("--bench", action="store_true", help="time rendering on one process and report images/s")
+    p.add_argument("--fit-palette", metavar="JSON",
+                   help="fit a colour palette (style.palette) on the real training crops of --from and write it")
+    p.add_argument("--from", dest="sources", nargs="+", default=[], metavar="DIR",
+                   help="--fit-palette: folder datasets (labels.tsv + images) of training crops; benchmark "
+                        "test sets are refused")
+    p.add_argument("--palette-size", type=positive_int, default=256, help="--fit-palette: pairs kept (default 256)")
+    p.add_argument("--palette-limit", type=non_negative_int, default=0,
+                   help="--fit-palette: crops used per folder (default 0 = all)")
+    p.add_argument("--benchmark-root", help="--fit-palette: the benchmark folder; only its *_train splits are "
+                                             "accepted under it")
     p.add_argument("--no-cache", action="store_true", help="do not use the font audit cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="more detail")
@@ -145,6 +158,22 @@ def _bench(renderer: Any, count: int, seed: int) -> None:
           f"mean JPEG q{cfg.storage_quality} {total / n:.0f} bytes")
 
 
+def _fit_palette(args: argparse.Namespace) -> int:
+    """``--fit-palette``: fit a colour palette on training crops and write it as JSON."""
+    from strkit.data.synth.palette import fit_palette, write_palette
+
+    if not args.sources:
+        return fail("--fit-palette needs --from DIR [DIR ...] (folder datasets of real training crops)")
+    doc = fit_palette(args.sources, size=args.palette_size, limit=args.palette_limit, seed=args.seed,
+                      benchmark_root=args.benchmark_root)
+    path = write_palette(doc, args.fit_palette)
+    s = doc["summary"]
+    used = ", ".join(f"{x['name']} {x['used']}" for x in doc["sources"])
+    print(f"wrote {path}: {len(doc['pairs'])} pairs from {s['crops']} crops ({used}); "
+          f"dark text {s['dark_text_share']:.0%}, median contrast {s['contrast_quantiles']['50']}")
+    return 0
+
+
 @user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -156,9 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from strkit.data.synth.config import load_synth_config
     from strkit.data.synth.renderer import Renderer
 
-    modes = [bool(args.out), bool(args.preview), args.list_fonts, bool(args.font_sheet), args.bench]
+    modes = [bool(args.out), bool(args.preview), args.list_fonts, bool(args.font_sheet), args.bench,
+             bool(args.fit_palette)]
     if sum(modes) != 1:
-        return fail("give exactly one of --out DIR, --preview PNG, --list-fonts, --font-sheet PNG, --bench")
+        return fail("give exactly one of --out DIR, --preview PNG, --list-fonts, --font-sheet PNG, --bench, "
+                    "--fit-palette JSON")
+    if args.fit_palette:
+        return _fit_palette(args)
+    if args.sources:
+        return fail("--from goes with --fit-palette")
     if args.out and not args.count:
         return fail("--out needs --count N (the number of samples)")
     try:

@@ -2,7 +2,7 @@
 
 A synth config is a YAML mapping with the sections of :class:`SynthConfig` (``output``, ``text``,
 ``fonts``, ``layout``, ``style``, ``geometry``, ``background``, ``degrade``). Presets are the files
-``configs/synth/<name>.yaml`` (``clean``, ``mjsynth``, ``hard``); ``_base_`` inheritance works as in
+``configs/synth/<name>.yaml`` (``clean``, ``mjsynth``, ``hard``, ``realistic``); ``_base_`` inheritance works as in
 the training configs. The schema defaults *are* the ``mjsynth`` preset, so ``mjsynth`` renders even
 where the ``configs/`` folder is absent (an installed wheel).
 
@@ -26,7 +26,7 @@ import yaml
 
 from strkit.config import ConfigError, apply_overrides, load_yaml_tree, relative_note
 
-PRESET_NAMES: tuple[str, ...] = ("clean", "mjsynth", "hard")
+PRESET_NAMES: tuple[str, ...] = ("clean", "mjsynth", "hard", "realistic")
 
 
 def preset_dir() -> Path:
@@ -75,6 +75,11 @@ class TextConfig:
     variant of lexicon words. ``affix_p``: chance to attach punctuation to a word.
     ``charset``: labels lie in this charset (preset name or file); for a case-insensitive charset
     (``36_lowercase``) the drawn text keeps its case and the label is lowercased.
+    ``length_balance``: lexicon words by length: 0 = as the lexicon (and ``rank_power``) give them, 1 =
+    every word length in ``min_len..max_len`` that the lexicon has equally likely, in between = that
+    mixture. ``char_balance``: 0..1, words are weighted by (frequency of the commonest character /
+    frequency of their rarest character) ** char_balance, so words with rare letters come more often.
+    Both change only which lexicon word is drawn (one draw per word, as without them).
     """
 
     charset: str = "94_full"
@@ -86,6 +91,8 @@ class TextConfig:
                                        code=0.04, punct=0.03)
     case: dict[str, float] = _weights(lower=0.40, title=0.35, upper=0.25)
     affix_p: float = 0.05
+    length_balance: float = 0.0
+    char_balance: float = 0.0
 
 
 @dataclass
@@ -121,6 +128,10 @@ class LayoutConfig:
     also holds its slant. ``margin_x``: left and right margins, in text heights.
     ``tracking``: extra space between characters in em, used with probability ``tracking_p``.
     ``size_jitter``: the rendered font size relative to the canvas text height (quality only).
+    ``border_text_p``: distractor text: fragments of other words (same or another font, same colour)
+    beside or above/below the word, cut by the crop's edges, as neighbouring words and lines in real
+    crops. They never touch the word's box and never enter the label or the geometry.
+    ``border_text_size``: their text height relative to the word's.
     """
 
     fill: list[float] = _rng2(0.55, 0.9)
@@ -129,6 +140,8 @@ class LayoutConfig:
     tracking: list[float] = _rng2(-0.04, 0.35)
     underline_p: float = 0.03
     size_jitter: list[float] = _rng2(0.8, 1.2)
+    border_text_p: float = 0.0
+    border_text_size: list[float] = _rng2(0.6, 1.1)
 
 
 @dataclass
@@ -142,6 +155,11 @@ class StyleConfig:
     ``texture_p``: the text colour is modulated by a texture (MJSynth "blend onto texture").
     ``weight_p``: the strokes are thickened or thinned by a pixel (weight jitter).
     ``gray_p``: a colourless (gray-scale) sample; ``saturation``: colour saturation range.
+    ``palette``: a colour map of (text, background) pairs fitted on real training crops (``real``: the
+    shipped one, see :mod:`strkit.data.synth.palette`; or a palette JSON file); with probability
+    ``palette_p`` a sample takes its colours and background texture strength from a pair drawn by
+    weight, each channel jittered by up to ``palette_jitter``. Pairs with less contrast than
+    ``min_contrast`` are not used, and ``min_contrast`` is enforced as for random colours.
     """
 
     dark_text_p: float = 0.65
@@ -159,6 +177,9 @@ class StyleConfig:
     weight_p: float = 0.1
     gray_p: float = 0.2
     saturation: list[float] = _rng2(0.0, 0.8)
+    palette: str = "real"
+    palette_p: float = 0.0
+    palette_jitter: float = 6.0
 
 
 @dataclass
@@ -328,6 +349,14 @@ def _check_semantics(cfg: SynthConfig) -> None:
     if cfg.fonts.sampling not in ("family", "file"):
         raise ConfigError(f"synth config 'fonts.sampling' must be 'family' or 'file', got "
                           f"'{cfg.fonts.sampling}'")
+    for key, v in (("text.length_balance", t.length_balance), ("text.char_balance", t.char_balance)):
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"synth config '{key}' must lie in [0, 1], got {v}")
+    if not 0.0 <= cfg.style.palette_jitter <= 64.0:
+        raise ConfigError(f"synth config 'style.palette_jitter' must lie in [0, 64], got {cfg.style.palette_jitter}")
+    if cfg.layout.border_text_size[0] <= 0.1 or cfg.layout.border_text_size[1] > 3.0:
+        raise ConfigError(f"synth config 'layout.border_text_size' must lie in (0.1, 3], got "
+                          f"{cfg.layout.border_text_size}")
     if cfg.geometry.points < 2:
         raise ConfigError(f"synth config 'geometry.points' must be >= 2, got {cfg.geometry.points}")
     if cfg.layout.fill[0] <= 0.05 or cfg.layout.fill[1] > 1.0:
@@ -384,7 +413,7 @@ def set_dotted(data: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, 
 
 def load_synth_config(preset_or_path: str | Path = "mjsynth",
                       overrides: Sequence[str] | Mapping[str, Any] | None = None) -> SynthConfig:
-    """Load a preset (``clean``, ``mjsynth``, ``hard``) or YAML file and apply overrides.
+    """Load a preset (``clean``, ``mjsynth``, ``hard``, ``realistic``) or YAML file and apply overrides.
 
     Args:
         preset_or_path: preset name or path of a YAML file (``_base_`` inheritance allowed).

@@ -28,7 +28,7 @@ class SynthDataset(torch.utils.data.Dataset):
     """Synthetic word images rendered on the fly.
 
     Args:
-        preset_or_path: ``clean``, ``mjsynth``, ``hard`` or a YAML file.
+        preset_or_path: ``clean``, ``mjsynth``, ``hard``, ``realistic`` or a YAML file.
         seed: the data seed.
         length: the number of items (sample indices ``0..length-1``).
         channels: 1 (items H×W) or 3 (items H×W×3 RGB).

@@ -8,7 +8,7 @@ committed record (the run's settings, stored in the ``meta`` key, must match).
 
 Keys: the usual ``num-samples``, ``image-%09d`` (JPEG), ``label-%09d``; with geometry, ``geom-%09d``
 (JSON, see :class:`~strkit.data.synth.renderer.SynthSample`); ``meta`` (JSON: config, charset, font
-list and lexicon hashes, library versions, seed, start index, count).
+list, lexicon and palette hashes, library versions, seed, start index, count).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _run_meta(renderer: Renderer, seed: int, start_index: int, count: int, geome
 def _same_run(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The settings that differ between a partial LMDB's meta and this run (``count`` may differ)."""
     diffs = []
-    for key in ("config", "charset", "fonts", "lexicon", "versions"):
+    for key in ("config", "charset", "fonts", "lexicon", "palette", "versions"):
         if old.get(key) != new.get(key):
             diffs.append(key)
     for key in ("seed", "start_index", "geometry"):

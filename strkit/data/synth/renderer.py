@@ -11,7 +11,11 @@ Pipeline of :meth:`Renderer.render_rng` (every random draw from the sample's gen
 4. outline, shadow and stroke-weight changes on the canvas masks, then an area resize of the masks to
    the output size;
 5. background (:mod:`~strkit.data.synth.background`), colours with a controlled contrast (checked on
-   the composited luminance), compositing in float32 at the output size;
+   the composited luminance): random, or with ``style.palette_p`` a (text, background) pair of a colour
+   map fitted on real crops (:mod:`~strkit.data.synth.palette`), which also sets the background's
+   texture strength; with ``layout.border_text_p`` fragments of other words around the word's box
+   (distractor text, drawn from a separate stream of the sample's generator, so the rest of the
+   sample is the same with or without them); compositing in float32 at the output size;
 6. degradations (:mod:`~strkit.data.synth.degrade`) and optional conversion to gray.
 
 With ``geometry=True`` the sample also carries the text's upper and lower boundary polylines in output
@@ -31,16 +35,20 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from strkit.charset import Charset
+from strkit.config import ConfigError
 from strkit.data.synth.background import BACKGROUNDS, BackgroundContext, add_distractors, value_noise
-from strkit.data.synth.colors import LUMA, contrasting_luma, random_color, with_luma
+from strkit.data.synth.colors import LUMA, contrasting_luma, luma, random_color, with_luma
 from strkit.data.synth.config import SynthConfig
 from strkit.data.synth.degrade import degrade
 from strkit.data.synth.fonts import FontSet, discover_fonts
 from strkit.data.synth.geometry import CURVES, Box, Curve, apply_h, boundary, sample_homography, warp_mask
+from strkit.data.synth.palette import Palette, load_palette
 from strkit.data.synth.text import TextSampler, _categorical
 
 _KERNELS = {r: cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)) for r in range(1, 9)}
 _K3 = np.ones((3, 3), np.uint8)
+# gap between distractor text and the word, in text heights: a line gap above/below, a word gap beside
+_BORDER_GAP = {"top": (0.2, 0.5), "bottom": (0.2, 0.5), "left": (0.35, 0.7), "right": (0.35, 0.7)}
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -67,6 +75,29 @@ class SynthSample:
     text: str
     font: str
     geometry: dict[str, Any] | None = None
+
+
+def side_stream(rng: np.random.Generator) -> np.random.Generator:
+    """A generator derived from ``rng``'s current state without drawing from it (a jumped copy of its
+    bit generator), so optional extras do not shift the sample's other draws."""
+    jumped = getattr(rng.bit_generator, "jumped", None)
+    if jumped is not None:
+        return np.random.Generator(jumped())
+    return np.random.Generator(np.random.PCG64(int(rng.integers(2**63))))  # pragma: no cover - SFC64
+
+
+class _Shifted(Curve):
+    """A curve seen from a bitmap placed at ``(dx, dy)`` of render space (for :func:`warp_mask`)."""
+
+    def __init__(self, curve: Curve, dx: float, dy: float) -> None:
+        self.curve, self.dx, self.dy = curve, dx, dy
+
+    def forward(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.curve.forward(x + self.dx, y + self.dy)
+
+    def inverse(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rx, ry = self.curve.inverse(x, y)
+        return rx - self.dx, ry - self.dy
 
 
 def glyph_run(font: ImageFont.FreeTypeFont, text: str) -> tuple[np.ndarray, int, int]:
@@ -130,6 +161,17 @@ class Renderer:
         self._bg_kinds, self._bg_cdf = _categorical(kinds, BACKGROUNDS.names(), "background.kinds")
         self._curves, self._curve_cdf = _categorical(cfg.geometry.curve, CURVES.names(), "geometry.curve")
         self.canvas_h = int(round(cfg.output.supersample * cfg.output.height))
+        self.palette = self._load_palette() if cfg.style.palette_p > 0 else None
+
+    def _load_palette(self) -> Palette:
+        """``style.palette`` without the pairs whose contrast is below ``style.min_contrast`` (+ 5)."""
+        sty = self.cfg.style
+        pal = load_palette(sty.palette)
+        keep = pal.contrast >= sty.min_contrast + 5.0
+        if not keep.any():
+            raise ConfigError(f"style.palette '{sty.palette}': no pair has a contrast of at least "
+                              f"style.min_contrast + 5 = {sty.min_contrast + 5:g}")
+        return pal.subset(keep)
 
     # ------------------------------------------------------------------------------------------
     def render(self, index: int, seed: int = 0, geometry: bool = False) -> SynthSample:
@@ -145,7 +187,7 @@ class Renderer:
         import PIL
         from PIL import features
 
-        return {"generator": "strkit.data.synth", "config": self.cfg.to_dict(),
+        meta = {"generator": "strkit.data.synth", "config": self.cfg.to_dict(),
                 "charset": self.charset.to_dict(),
                 "fonts": {"count": len(self.fonts), "families": len(self.fonts.families),
                           "list_sha1": self.fonts.list_hash},
@@ -153,6 +195,10 @@ class Renderer:
                             "sha1": self.text.lexicon_hash},
                 "versions": {"pillow": PIL.__version__, "freetype": features.version("freetype2"),
                              "opencv": cv2.__version__, "numpy": np.__version__}}
+        if self.palette is not None:  # the pairs in use (a palette file can change under the same name)
+            meta["palette"] = {"spec": self.cfg.style.palette, "pairs": len(self.palette),
+                               "sha1": self.palette.digest()}
+        return meta
 
     # ------------------------------------------------------------------------------------------
     def render_rng(self, rng: np.random.Generator, geometry: bool = False) -> SynthSample:
@@ -171,8 +217,9 @@ class Renderer:
                            f"charset '{self.charset.name}'")
 
     def _text_mask(self, rng: np.random.Generator, text: str, fi: int,
-                   size: int) -> tuple[np.ndarray, Box, Box] | None:
-        """Flat text mask (uint8 H×W), its ink box and the box including decorations, render space."""
+                   size: int) -> tuple[np.ndarray, Box, Box, float] | None:
+        """Flat text mask (uint8 H×W), its ink box, the box including decorations and the baseline's
+        y, render space."""
         lay = self.cfg.layout
         font = self.fonts.font(fi, size)
         if rng.random() < lay.tracking_p and len(text) > 1:
@@ -205,13 +252,13 @@ class Renderer:
             return None
         ink = Box(float(bx), float(by), float(bx + bw), float(by + bh))
         full = ink
+        baseline = pad - top
         if under:
             t = max(1, int(round(size * rng.uniform(0.04, 0.08))))
-            baseline = pad - top
             y = min(int(round(baseline + size * rng.uniform(0.08, 0.16))), mask.shape[0] - t - 1)
             mask[y:y + t, bx:bx + bw] = 255
             full = Box(ink.x0, ink.y0, ink.x1, max(ink.y1, float(y + t)))
-        return mask, ink, full
+        return mask, ink, full, float(baseline)
 
     def _draw(self, rng: np.random.Generator, text: str, fi: int,
               want_geometry: bool) -> tuple[np.ndarray, dict[str, Any] | None] | None:
@@ -226,7 +273,7 @@ class Renderer:
         drawn = self._text_mask(rng, text, fi, size)
         if drawn is None:
             return None
-        mask, ink, full = drawn
+        mask, ink, full, baseline = drawn
 
         # -- geometry: curve, rotation/perspective, crop -------------------------------------------
         curve: Curve | None = None
@@ -298,6 +345,9 @@ class Renderer:
         gray = rng.random() < sty.gray_p
         kind = self._bg_kinds[int(np.searchsorted(self._bg_cdf, rng.random(), side="right"))]
         bg = BACKGROUNDS.get(kind)(self.bg, rng, out_h, out_w, gray)
+        pal = None
+        if self.palette is not None and rng.random() < sty.palette_p:
+            bg, pal = self._palette_colors(rng, bg, gray)
         if rng.random() < cfg.background.distractor_p:
             add_distractors(rng, bg, gray, sty.saturation)
         ring = cv2.dilate(inside.astype(np.uint8), _K3, iterations=2).astype(bool) & (f < 0.05)
@@ -307,7 +357,11 @@ class Renderer:
             ring = ~inside
             if not ring.any():
                 return None
-        img = self._composite(rng, bg, f, o, sh, inside, ring, gray)
+        extra = None
+        if lay.border_text_p > 0:
+            extra = self._border_text(side_stream(rng), text, fi, size, ink, full, baseline, curve, h_full,
+                                      sigma, fc, f, ring)
+        img = self._composite(rng, bg, f, o, sh, inside, ring, gray, pal, extra)
 
         # -- degradations: thin strokes must survive them (else one more draw, then none) ----------------
         for _ in range(2):
@@ -324,12 +378,102 @@ class Renderer:
             geom = self._geometry(ink, curve, h_full, out_w / wc, out_h / hc, out_w, out_h)
         return img, geom
 
+    def _palette_colors(self, rng: np.random.Generator, bg: np.ndarray,
+                        gray: bool) -> tuple[np.ndarray, np.ndarray]:
+        """A palette pair: the background recoloured to its background colour (the kind's pattern scaled
+        to the pair's luminance std, plus its grain) and its text colour (RGB float32 (3,))."""
+        p = self.palette
+        assert p is not None
+        i = p.draw(rng)
+        jit = self.cfg.style.palette_jitter
+        ct = np.clip(p.text[i] + rng.uniform(-jit, jit, 3), 0, 255).astype(np.float32)
+        cb = np.clip(p.bg[i] + rng.uniform(-jit, jit, 3), 0, 255).astype(np.float32)
+        if gray:
+            ct, cb = np.full(3, luma(ct), np.float32), np.full(3, luma(cb), np.float32)
+        bgf = bg.astype(np.float32)
+        dev = bgf - bgf.reshape(-1, 3).mean(0)
+        spread = float((dev @ LUMA).std())
+        k = min(1.5, float(p.bg_std[i]) / spread) if spread > 1e-3 else 0.0
+        out = cb + dev * k
+        if p.noise[i] > 0.5:
+            out = out + rng.normal(0.0, float(p.noise[i]), out.shape[:2])[:, :, None].astype(np.float32)
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8), ct
+
+    def _border_text(self, rng: np.random.Generator, text: str, fi: int, size: int, ink: Box, full: Box,
+                     baseline: float, curve: Curve | None, h_full: np.ndarray, sigma: float, fc: np.ndarray,
+                     f: np.ndarray, ring: np.ndarray) -> np.ndarray | None:
+        """Distractor text: 1–2 fragments of other words above, below, left or right of the word's box
+        (same geometry), cut by the crop's edges. Returns their coverage at the output size (float32
+        H×W, 0 on and around the word's box and its ring) or ``None``. ``rng`` is a side stream."""
+        lay = self.cfg.layout
+        if rng.random() >= lay.border_text_p:
+            return None
+        hc, wc = fc.shape
+        tx, ty, bx_, by_ = boundary(full, 33)
+        px, py = np.concatenate([tx, bx_[::-1]]), np.concatenate([ty, by_[::-1]])
+        if curve is not None:
+            px, py = curve.forward(px, py)
+        cx, cy = apply_h(h_full, px, py)
+        keep_out = np.zeros((hc, wc), np.uint8)
+        cv2.fillPoly(keep_out, [np.round(np.stack([cx, cy], 1) * 4).astype(np.int32)], 1, cv2.LINE_8, 2)
+        keep_out |= (fc > 0).astype(np.uint8)
+        keep_out = cv2.dilate(keep_out, _KERNELS[int(np.clip(round(0.05 * hc), 1, 8))])
+        # the room between the box and the crop's edges in text heights (render space is scaled by about
+        # sigma); a fragment keeps a line gap (above, below) or a word gap (beside) from the word, so that
+        # it never reads as a part of it, and shows at least a little of itself
+        room = {"top": float(cy.min()), "bottom": hc - float(cy.max()), "left": float(cx.min()),
+                "right": wc - float(cx.max())}
+        room = {k: v / sigma / ink.h for k, v in room.items()}
+        sides = [k for k, r in room.items() if r >= _BORDER_GAP[k][0] + 0.1]
+        if not sides:
+            return None
+        dm = np.zeros((hc, wc), np.uint8)
+        for _ in range(1 if rng.random() < 0.6 else 2):
+            side = sides[int(rng.integers(len(sides)))]
+            frag, _ = self.text.sample(rng)
+            if side in ("top", "bottom") and rng.random() < 0.5:
+                frag = f"{frag} {self.text.sample(rng)[0]}"
+            glyphs = frag.replace(" ", "")  # faces' coverage lists no space
+            fj = fi if rng.random() < 0.5 else self.fonts.sample(rng, glyphs)
+            if fj is None or not set(glyphs) <= self.fonts.faces[fj].covered:
+                continue
+            r = rng.uniform(*lay.border_text_size) if side in ("top", "bottom") else rng.uniform(0.9, 1.1)
+            bitmap, ox, oy = glyph_run(self.fonts.font(fj, int(np.clip(round(size * r), 6, 256))), frag)
+            if not bitmap.size:
+                continue
+            bh, bw = bitmap.shape
+            lo, hi = _BORDER_GAP[side]
+            gap = min(rng.uniform(lo, hi), room[side] - 0.1) * ink.h
+            if side in ("top", "bottom"):
+                x = rng.uniform(ink.x0 - bw, ink.x1)
+                y = full.y0 - gap - bh if side == "top" else full.y1 + gap
+            else:
+                x = ink.x0 - gap - bw if side == "left" else ink.x1 + gap
+                y = baseline + oy + rng.uniform(-0.05, 0.05) * ink.h
+            if curve is None:
+                t = np.array([[1.0, 0.0, x], [0.0, 1.0, y], [0.0, 0.0, 1.0]])
+                warped = warp_mask(bitmap, h_full @ t, None, (wc, hc))
+            else:
+                warped = warp_mask(bitmap, h_full, _Shifted(curve, x, y), (wc, hc))
+            np.maximum(dm, warped, out=dm)
+        dm[keep_out > 0] = 0
+        if not dm.any():
+            return None
+        d = cv2.resize(dm, f.shape[::-1], interpolation=cv2.INTER_AREA).astype(np.float32) * (1 / 255)
+        guard = cv2.resize(keep_out, f.shape[::-1], interpolation=cv2.INTER_AREA) > 0
+        guard |= cv2.dilate((f > 0.02).astype(np.uint8), _K3).astype(bool) | ring
+        d[guard] = 0.0
+        return d if float(d.max()) > 0.1 else None
+
     def _composite(self, rng: np.random.Generator, bg: np.ndarray, f: np.ndarray, o: np.ndarray | None,
-                   sh: np.ndarray | None, inside: np.ndarray, ring: np.ndarray, gray: bool) -> np.ndarray:
+                   sh: np.ndarray | None, inside: np.ndarray, ring: np.ndarray, gray: bool,
+                   pal: np.ndarray | None = None, extra: np.ndarray | None = None) -> np.ndarray:
         """Shadow, outline and text over the background with a checked contrast -> uint8 H×W×3.
 
         ``inside``: the text's core pixels (bool H×W); ``ring``: the pixels just around the text (and its
-        outline); the luminance difference of their means must reach ``style.min_contrast``.
+        outline); the luminance difference of their means must reach ``style.min_contrast``. ``pal``: the
+        text colour of a palette pair (tried twice as it is, then moved in luminance, keeping its hue and
+        polarity); ``extra``: distractor text coverage, drawn like the text.
         """
         sty = self.cfg.style
         bgf = bg.astype(np.float32)
@@ -340,6 +484,13 @@ class Renderer:
             if attempt == 3:  # last resort: the extreme colour on the far side of the background
                 yt, alpha = (0.0 if yb > 127.5 else 255.0), 1.0
                 ct = np.full(3, yt, np.float32)
+            elif pal is not None:
+                yp = float(luma(pal))
+                if attempt < 2:
+                    ct, yt = pal, yp
+                else:
+                    yt = contrasting_luma(rng, yb, contrast, 1.0 if yp < yb else 0.0)
+                    ct = with_luma(pal, yt)
             else:
                 yt = contrasting_luma(rng, yb, contrast, sty.dark_text_p)
                 ct = with_luma(random_color(rng, sty.saturation, gray), yt)
@@ -357,7 +508,8 @@ class Renderer:
             if rng.random() < sty.texture_p and attempt < 3:
                 t = value_noise(rng, *f.shape, 3, 3) * 2.0 - 1.0
                 color = np.clip(ct[None, None, :] + (t * 0.35 * contrast)[:, :, None], 0, 255)
-            img += (color - img) * (f * alpha)[:, :, None]
+            cover = f if extra is None else np.maximum(f, extra)
+            img += (color - img) * (cover * alpha)[:, :, None]
             lum = img @ LUMA
             if abs(float(lum[inside].mean()) - float(lum[ring].mean())) >= sty.min_contrast or attempt == 3:
                 break

@@ -16,7 +16,7 @@ def synth_source(path: str, *, label_filter: Any = None, channels: int = 3, **kw
     """An on-the-fly :class:`~strkit.data.synth.dataset.SynthDataset`.
 
     Args:
-        path: a preset name (``clean``, ``mjsynth``, ``hard``) or a synth YAML file.
+        path: a preset name (``clean``, ``mjsynth``, ``hard``, ``realistic``) or a synth YAML file.
         label_filter: the model's label filter; when it is a :class:`strkit.charset.LabelFilter`, labels
             are rendered directly in its charset and no longer than its ``max_length``.
         channels: 1 (gray) or 3 (RGB).

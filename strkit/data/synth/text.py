@@ -117,8 +117,7 @@ class TextSampler:
         if not self.words:
             raise ConfigError(f"lexicon '{cfg.lexicon}': no word of length {cfg.min_len}..{cfg.max_len} can "
                               f"be drawn in charset '{charset.name}' with the available fonts")
-        ranks = np.arange(len(self.words), dtype=np.float64)
-        w = (ranks + 1.0) ** (-cfg.rank_power) if cfg.rank_power else np.ones_like(ranks)
+        w = word_weights(self.words, cfg)
         self._word_cdf = np.cumsum(w) / w.sum()
         self._kinds, self._kind_cdf = _categorical(cfg.kinds, TEXT_KINDS.names(), "text.kinds")
         self._cases, self._case_cdf = _categorical(cfg.case, list(_CASES), "text.case")
@@ -172,6 +171,34 @@ class TextSampler:
         label, dropped = self.charset.normalize(text)
         assert dropped == 0 and len(label) == len(text), (text, label)
         return text, label
+
+
+def word_weights(words: Sequence[str], cfg: TextConfig) -> np.ndarray:
+    """Sampling weight of every lexicon word (see ``TextConfig``: ``rank_power``, ``char_balance``,
+    ``length_balance``), float64, positive.
+
+    ``char_balance`` c: weight × (count of the commonest character / count of the word's rarest
+    character) ** c, counts over the lexicon's characters as drawn (``rank_power`` weighted).
+    ``length_balance`` b: the weights are then rescaled per length so that a word's length follows
+    ``(1 − b) · P(length) + b / (number of lengths present)``.
+    """
+    ranks = np.arange(len(words), dtype=np.float64)
+    w = (ranks + 1.0) ** (-cfg.rank_power) if cfg.rank_power else np.ones_like(ranks)
+    if cfg.char_balance > 0:
+        counts: dict[str, float] = {}
+        for word, wi in zip(words, w, strict=True):
+            for ch in word:
+                counts[ch] = counts.get(ch, 0.0) + wi
+        top = max(counts.values())
+        rarity = np.array([top / min(counts[ch] for ch in word) for word in words])
+        w = w * rarity ** cfg.char_balance
+    if cfg.length_balance > 0:
+        lengths = np.array([len(word) for word in words])
+        present = np.unique(lengths)
+        mass = np.array([w[lengths == n].sum() for n in present]) / w.sum()
+        target = (1.0 - cfg.length_balance) * mass + cfg.length_balance / len(present)
+        w = w * (target / mass)[np.searchsorted(present, lengths)]
+    return w
 
 
 _CASES: dict[str, Callable[[str], str]] = {
