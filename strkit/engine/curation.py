@@ -195,7 +195,7 @@ class AuditReport:
                 f"{len(self.rows):,} disagreements listed, {self.unreadable:,} undecodable images")
 
 
-def _labelled_items(source: str | Path) -> tuple[str, list[tuple[str, Callable[[], bytes | None], str]]]:
+def labelled_items(source: str | Path) -> tuple[str, list[tuple[str, Callable[[], bytes | None], str]]]:
     """``(name, [(item name, bytes loader, label)])`` of a folder/gt file or an LMDB."""
     path = Path(source)
     if path.name == "data.mdb" or (path / "data.mdb").is_file():
@@ -219,7 +219,7 @@ def audit_labels(source: str | Path, teacher: Teacher, charset: Charset, protoco
     Rows are sorted by the teacher's weakest character confidence, highest first: a confident
     disagreement is the likeliest label error.
     """
-    name, items = _labelled_items(source)
+    name, items = labelled_items(source)
     if limit > 0:
         items = items[:limit]
     class_map = ClassMap(teacher.classes, charset)
