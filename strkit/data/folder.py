@@ -105,7 +105,7 @@ def _follow_link_stubs(base: Path, rel_folder: str) -> Path:
             except (OSError, UnicodeDecodeError):
                 target = None
             if target is not None and target.is_dir():
-                log.info("%s is a symbolic link stored as a text file; following it to %s", nxt, target)
+                log.debug("%s is a symbolic link stored as a text file; following it to %s", nxt, target)
                 nxt = target
         cur = nxt
     return cur
