@@ -70,6 +70,17 @@ class SourceConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Replay of synthetic data while fine-tuning, rendered on the fly (nothing to prepare), so that what the
+    model could read before is not forgotten."""
+
+    preset: str = "mjsynth"  # a synth preset name or YAML file
+    ratio: float = 0.0       # share of every training batch (0 = off); the other sources share the rest
+    val_samples: int = 0     # a fixed rendered validation set (val_replay_* metrics, forgetting made visible)
+    seed: int = 777          # of that validation set (training replay draws from other seeds)
+
+
+@dataclass
 class DataConfig:
     """Data sources, image geometry and loading."""
 
@@ -86,6 +97,7 @@ class DataConfig:
     augment_options: dict[str, Any] = field(default_factory=dict)
     workers: int = 2
     benchmark_root: str = "../shared/benchmarks"
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 @dataclass
@@ -155,6 +167,10 @@ class TrainConfig:
     # pre-trained language model. Ignored when resuming.
     init_from: str = ""
     init_prefixes: list[str] = field(default_factory=lambda: [""])
+    # Take the model section and image geometry from ``init_from`` (fine-tuning any model with one config);
+    # ``model.charset`` stays the config's when set ("" = the checkpoint's). ``init_from`` may also name a
+    # bundled model (``default``) or a run folder.
+    init_config: bool = False
     # Parameters kept fixed for the first steps: {name prefix: step}, e.g. {"rectifier.": 1200} trains
     # the rest of the network while an identity-initialised rectifier stays the identity, then lets it learn.
     freeze: dict[str, int] = field(default_factory=dict)

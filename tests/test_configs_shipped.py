@@ -9,6 +9,7 @@ import torch
 
 import strkit.nas.search_space  # noqa: F401  (registers the 'supernet' backbone)
 from strkit.config import load_config
+from strkit.engine.finetune import adopt_init_config
 from strkit.models.recognizer import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_config_loads(path: Path) -> None:
-    cfg = load_config(path)
+    cfg = adopt_init_config(load_config(path))  # a fine-tuning config takes its model from train.init_from
     assert cfg.model.charset and cfg.data.img_h > 0
 
 

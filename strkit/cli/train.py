@@ -8,6 +8,7 @@ Exit status: 0 done, 2 on a user error (bad config, data or checkpoint), printed
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from strkit.cli.common import check_device, fail, resume_path, setup_logging, user_errors
 from strkit.config import Config, load_config
@@ -16,7 +17,8 @@ from strkit.config import Config, load_config
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strkit-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML config (see configs/train/)")
+    p.add_argument("config", help="YAML config (see configs/train/), or the name of a config shipped with "
+                                  "strkit (finetune)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a last.pt (default: train.out_dir/last.pt)")
@@ -39,11 +41,22 @@ def check_config(cfg: Config) -> None:
     build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels)
 
 
+def packaged_config(name: str) -> str:
+    """``name`` itself when it is a file, else a config shipped with the package under that name
+    (``finetune`` -> ``strkit/configs/finetune.yaml``), so the recipes work from an installed wheel."""
+    if Path(name).exists():
+        return name
+    from importlib import resources
+
+    shipped = Path(str(resources.files("strkit") / "configs")) / f"{Path(name).stem}.yaml"
+    return str(shipped) if shipped.is_file() and Path(name).suffix in ("", ".yaml") else name
+
+
 @user_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(packaged_config(args.config), args.overrides)
     check_config(cfg)
     if args.print_config:
         print(cfg.dump(), end="")

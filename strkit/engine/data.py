@@ -14,6 +14,7 @@ changes, whatever the sources say.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from strkit.charset import Charset, LabelFilter
-from strkit.config import Config, ConfigError
+from strkit.config import Config, ConfigError, SourceConfig
 from strkit.data.concat_augment import ConcatAugment
 from strkit.data.lmdb import RecordDataset, record_datasets
 from strkit.data.mixing import build_eval_loader, build_mixed_loader
@@ -50,6 +51,8 @@ class RunData:
     # (source name, the record datasets it reads) of every training and validation source, for
     # counting the corrupt records skipped (across loader workers, see RecordDataset.share_corrupt_counts)
     record_sources: list[tuple[str, list[RecordDataset]]] = field(default_factory=list)
+    # further validation sets scored beside ``val`` (``val_<name>_*`` metrics; best.pt is chosen on ``val``)
+    extra_val: dict[str, DataLoader] = field(default_factory=dict)
 
     def corrupt_counts(self) -> dict[str, int]:
         """Unusable records skipped so far, per source name (validation sources as ``val:<name>``)."""
@@ -113,15 +116,16 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         raise ValueError("data.train is empty: list at least one source, e.g. "
                          "data.train=[{path: my_lmdb, kind: lmdb}]")
     check_geometry_sources(cfg, geometry)
+    sources = with_replay(d.train, d.replay.preset, d.replay.ratio)
     label_filter = LabelFilter(charset, cfg.model.max_length)
     train_sets: list[Dataset] = []
     val_sets: list[Dataset] = []
     names: list[str] = []
-    distilled = (distiller.selected([s.name or f"{s.kind}:{s.path}" for s in d.train], [s.kind for s in d.train])
-                 if distiller is not None else [False] * len(d.train))
+    distilled = (distiller.selected([s.name or f"{s.kind}:{s.path}" for s in sources], [s.kind for s in sources])
+                 if distiller is not None else [False] * len(sources))
     to_fill: list[tuple[str, str, Dataset]] = []
     record_sources: list[tuple[str, list[RecordDataset]]] = []
-    for i, src in enumerate(d.train):
+    for i, src in enumerate(sources):
         ds = build_source(src, label_filter=label_filter, channels=d.channels,
                           benchmark_root=d.benchmark_root, purpose="train", geometry=geometry and src.geometry)
         name = src.name or f"{src.kind}:{src.path}"
@@ -151,10 +155,10 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
 
     train_tf = ImageTransform(d.img_h, d.img_w, channels=d.channels, keep_ratio=d.keep_ratio,
                               augment=d.augment, geometry=geometry, augment_options=d.augment_options)
-    schedules = [s.ratio_schedule for s in d.train]
+    schedules = [s.ratio_schedule for s in sources]
     try:
         train_loader = build_mixed_loader(
-            train_sets, [s.ratio for s in d.train], batch_size=cfg.train.batch_size, transform=train_tf,
+            train_sets, [s.ratio for s in sources], batch_size=cfg.train.batch_size, transform=train_tf,
             num_workers=d.workers, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
             start_step=start_step, names=names, schedules=schedules, teacher=distiller is not None)
     except ValueError as exc:
@@ -166,9 +170,34 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         val_size = len(val_ds)
         val_loader = build_eval_loader(val_ds, eval_transform(cfg), batch_size=max(cfg.train.batch_size, 64),
                                        num_workers=min(d.workers, 1))
-    return RunData(train=train_loader, val=val_loader, train_names=names,
+    extra_val: dict[str, DataLoader] = {}
+    if d.replay.val_samples > 0:
+        from strkit.data.synth.dataset import SynthDataset
+
+        replay_val = SynthDataset(d.replay.preset, seed=d.replay.seed, length=d.replay.val_samples,
+                                  channels=d.channels, label_filter=label_filter, charset=charset)
+        extra_val["replay"] = build_eval_loader(replay_val, eval_transform(cfg),
+                                                batch_size=max(cfg.train.batch_size, 64), num_workers=0)
+    return RunData(train=train_loader, val=val_loader, train_names=names, extra_val=extra_val,
                    train_sizes=[len(s) for s in train_sets], val_size=val_size, label_filter=label_filter,
                    record_sources=[(n, sets) for n, sets in record_sources if sets])
+
+
+def with_replay(sources: list[SourceConfig], preset: str, ratio: float) -> list[SourceConfig]:
+    """``sources`` plus an on-the-fly synthetic source ``replay`` taking ``ratio`` of every batch; the other
+    sources' ratios (and ratio schedules) are scaled to share the rest in their own proportions."""
+    if ratio <= 0:
+        return list(sources)
+    if ratio >= 1:
+        raise ConfigError(f"data.replay.ratio is the replayed share of each batch and must be below 1, got {ratio}")
+    total = sum(s.ratio for s in sources)
+    if total <= 0:
+        raise ConfigError("data.replay needs training sources with a positive ratio to share the batches with")
+    scale = (1.0 - ratio) / total
+    scaled = [dataclasses.replace(s, ratio=s.ratio * scale,
+                                  ratio_schedule=[[step, r * scale] for step, r in s.ratio_schedule])
+              for s in sources]
+    return [*scaled, SourceConfig(path=preset, kind="synth", ratio=ratio, name="replay", val_fraction=0.0)]
 
 
 def _shared_counts(dataset: Dataset) -> list[RecordDataset]:

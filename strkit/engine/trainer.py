@@ -35,7 +35,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from strkit.charset import Charset, CTCCodec
-from strkit.checkpoint import init_from_checkpoint, load_checkpoint, save_checkpoint
+from strkit.checkpoint import load_checkpoint, save_checkpoint
 from strkit.config import Config, ConfigError, from_dict
 from strkit.data.teacher_cache import TeacherTarget
 from strkit.engine.metrics import RecognitionMetrics
@@ -44,6 +44,7 @@ from strkit.models.recognizer import AUX_CTC_PREFIX, GEOMETRY_TARGETS, Recogniti
 from .data import RunData, build_run_data
 from .distill import Distiller
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
+from .finetune import adopt_init_config, init_with_charset_change, resolve_init_source
 from .optim import build_optimizer, build_scheduler, parameters_with_prefix, set_schedule_length
 from .run_dir import prepare_out_dir_on_main
 
@@ -124,6 +125,10 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
+        cfg = adopt_init_config(cfg)
+        if not cfg.model.charset:
+            raise ConfigError("model.charset is empty; an empty charset means 'the init checkpoint's' and needs "
+                              "train.init_from with train.init_config=true")
         self.cfg = cfg
         self.resumed_from = resume
         self.overwrite = overwrite
@@ -138,8 +143,9 @@ class Trainer:
         self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
                                                    cfg.data.channels, charset=charset).to(self.device)
         if cfg.train.init_from and payload is None:
-            names = init_from_checkpoint(self.model, cfg.train.init_from, cfg.train.init_prefixes)
-            log.info("initialised %d tensors from %s", len(names), cfg.train.init_from)
+            source = resolve_init_source(cfg.train.init_from)
+            names = init_with_charset_change(self.model, source, cfg.train.init_prefixes)
+            log.info("initialised %d tensors from %s", len(names), source)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._frozen = frozen_parameters(self.model, cfg.train.freeze)
@@ -347,8 +353,16 @@ class Trainer:
             with autocast_context(self.device, self.cfg.train.precision):
                 preds = self.model.predict(images)
             m.update([p.text for p in preds], labels, [p.confidence for p in preds])
-        return {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence,
-                "val_count": float(m.count)}
+        metrics = {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence,
+                   "val_count": float(m.count)}
+        for name, loader in self.data.extra_val.items():  # e.g. the replay set of a fine-tuning run
+            extra = RecognitionMetrics(name)
+            for images, labels in loader:
+                with autocast_context(self.device, self.cfg.train.precision):
+                    preds = self.model.predict(images.to(self.device))
+                extra.update([p.text for p in preds], labels, [p.confidence for p in preds])
+            metrics.update({f"val_{name}_accuracy": extra.accuracy, f"val_{name}_ned": extra.ned})
+        return metrics
 
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
@@ -438,6 +452,11 @@ class Trainer:
             log.info("training stopped at step %d (%s); %d non-finite steps skipped; %s; %s",
                      self.step, stop_reason, self.skipped_steps, self.data.label_filter.report(),
                      self.data.corrupt_report())
+            if self.best:
+                extra = "".join(f", {k} {v:.1f}" for k, v in self.best.items()
+                                if k.startswith("val_") and k.endswith("_accuracy") and k != "val_accuracy")
+                print(f"best: step {int(self.best['step'])}, val_accuracy {self.best['val_accuracy']:.1f}{extra} "
+                      f"-> {self.out_dir / 'best.pt'}", flush=True)
         shutdown(self.dist)
         return last_val
 
