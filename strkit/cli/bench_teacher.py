@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from strkit.charset import Charset
+from strkit.charset import Charset, protocol_filter
 from strkit.cli.bench import BENCH_COMMANDS, report
 from strkit.cli.common import positive_int
 
@@ -25,6 +25,7 @@ class TeacherCost:
     cache_write_per_s: float
     cache_read_per_s: float
     bytes_per_view: float
+    accuracy: float  # reading (folded into the student charset) == label under protocol 36, in %
 
     @property
     def mb_per_100k(self) -> float:
@@ -34,23 +35,24 @@ class TeacherCost:
         return {**asdict(self), "mb_per_100k_views": self.mb_per_100k}
 
 
-def _crops(source: str, count: int) -> list[Any]:
-    """The first ``count`` crops (RGB uint8) of a folder dataset or an LMDB."""
+def _crops(source: str, count: int) -> tuple[list[Any], list[str]]:
+    """The first ``count`` crops (RGB uint8) of a folder dataset or an LMDB, and their labels."""
     from strkit.data.lmdb import decode_image
     from strkit.engine.curation import labelled_items
 
     _, items = labelled_items(source)
-    images = []
-    for _, load, _ in items:
+    images, labels = [], []
+    for _, load, label in items:
         data = load()
         image = decode_image(data, 3) if data else None
         if image is not None:
             images.append(image)
+            labels.append(label)
         if len(images) >= count:
             break
     if not images:
         raise ValueError(f"{source}: no readable crop")
-    return images
+    return images, labels
 
 
 @BENCH_COMMANDS.register("teacher")
@@ -63,8 +65,8 @@ class TeacherBench:
         parser.add_argument("--teacher-model", default=None,
                             help="rapidocr: recogniser file in rapidocr/models; strkit: a .pt or .onnx (required)")
         parser.add_argument("--source", default="../shared/benchmarks/IIIT5K_train",
-                            help="folder dataset, gt file or LMDB whose crops are read (default: IIIT5K_train; "
-                                 "never a benchmark test set)")
+                            help="folder dataset, gt file or LMDB whose crops are read (default: IIIT5K_train); a "
+                                 "benchmark test set only to report the teacher's accuracy")
         parser.add_argument("--count", type=positive_int, default=256, help="crops to read (default 256)")
         parser.add_argument("--threads", type=positive_int, default=1, help="teacher threads (default 1)")
         parser.add_argument("--batch-size", type=positive_int, default=32, help="crops per teacher call (default 32)")
@@ -85,7 +87,7 @@ class TeacherBench:
         elif args.teacher_model:
             options["model"] = args.teacher_model
         teacher = build_teacher(args.teacher, **options)
-        images = _crops(args.source, args.count)
+        images, labels = _crops(args.source, args.count)
         teacher.predict(images[: min(4, len(images))])  # warm-up (session start, first allocations)
         t0 = time.perf_counter()
         out = teacher.predict(images)
@@ -107,9 +109,11 @@ class TeacherBench:
             size = sum(len(t.encode()) + len(k) for k, t in entries) / len(entries)
             cache.close()
         n = len(images)
-        r = TeacherCost(teacher.name, n, n / t_teacher, n / t_write, n / t_read, size)
-        table = ("| teacher | crops | teacher crops/s | cache write crops/s | cache read crops/s (hash + get) | "
-                 "MB per 100k views |\n|---|---:|---:|---:|---:|---:|\n"
-                 f"| {r.teacher} | {r.crops} | {r.teacher_crops_per_s:.1f} | {r.cache_write_per_s:,.0f} | "
-                 f"{r.cache_read_per_s:,.0f} | {r.mb_per_100k:.0f} |")
+        right = sum(protocol_filter(target.text) == protocol_filter(label)
+                    for (_, target), label in zip(entries, labels, strict=True))
+        r = TeacherCost(teacher.name, n, n / t_teacher, n / t_write, n / t_read, size, 100.0 * right / n)
+        table = ("| teacher | crops | accuracy (36) | teacher crops/s | cache write crops/s | cache read crops/s "
+                 "(hash + get) | MB per 100k views |\n|---|---:|---:|---:|---:|---:|---:|\n"
+                 f"| {r.teacher} | {r.crops} | {r.accuracy:.1f} | {r.teacher_crops_per_s:.1f} | "
+                 f"{r.cache_write_per_s:,.0f} | {r.cache_read_per_s:,.0f} | {r.mb_per_100k:.0f} |")
         return report(args, "teacher", table, [r])
