@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -156,6 +156,26 @@ def spawn_ranks(worker: Callable[..., None], world: int, args: tuple, store: Pat
                     proc.kill()
                 proc.join()
             pytest.fail(f"{world} spawned ranks did not finish within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``STRKIT_CACHE_DIR`` set to a fresh folder for a test module (font audits, fingerprints ...)."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("strkit_cache")
+    mp.setenv("STRKIT_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
+
+
+def mpl_fonts(charset: str):
+    """The fonts of matplotlib's bundled folder only, audited for ``charset`` (a FontSet)."""
+    from strkit.charset import Charset
+    from strkit.data.synth.config import load_synth_config
+    from strkit.data.synth.fonts import discover_fonts
+
+    only_mpl = {"fonts.system": False, "fonts.dirs": ["@matplotlib"]}
+    return discover_fonts(load_synth_config("mjsynth", only_mpl).fonts, Charset.from_spec(charset))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import mpl_fonts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,16 +32,13 @@ FONTS_ONLY_MPL = {"fonts.system": False, "fonts.dirs": ["@matplotlib"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STRKIT_CACHE_DIR", str(tmp_path_factory.mktemp("strkit_cache")))
-    yield
-    mp.undo()
+def _cache_dir(private_cache_dir: Path) -> None:
+    """Font audits and other caches of this module go to a fresh folder (see conftest)."""
 
 
 @pytest.fixture(scope="module")
 def fonts94() -> FontSet:
-    return discover_fonts(load_synth_config("mjsynth", FONTS_ONLY_MPL).fonts, Charset.from_spec("94_full"))
+    return mpl_fonts("94_full")
 
 
 def make(preset: str, fonts: FontSet | None = None, charset: str = "94_full", **over: object) -> Renderer:

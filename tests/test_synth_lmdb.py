@@ -25,11 +25,8 @@ MPL_ARGS = ["--no-system-fonts", "--fonts", "@matplotlib", "--no-progress"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STRKIT_CACHE_DIR", str(tmp_path_factory.mktemp("strkit_cache")))
-    yield
-    mp.undo()
+def _cache_dir(private_cache_dir: Path) -> None:
+    """Font audits and other caches of this module go to a fresh folder (see conftest)."""
 
 
 @pytest.fixture(scope="module")

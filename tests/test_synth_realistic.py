@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import mpl_fonts
 
 from strkit.charset import Charset
 from strkit.cli.synth import main as synth_main
@@ -24,7 +25,7 @@ from strkit.data.benchmarks import BenchmarkLeakError
 from strkit.data.synth import renderer as renderer_module
 from strkit.data.synth.colors import LUMA
 from strkit.data.synth.config import PRESET_NAMES, load_synth_config
-from strkit.data.synth.fonts import FontSet, discover_fonts, lists_dir
+from strkit.data.synth.fonts import FontSet, lists_dir
 from strkit.data.synth.generate import _same_run
 from strkit.data.synth.palette import crop_colors, fit_palette, load_palette, palette_dir, write_palette
 from strkit.data.synth.renderer import Renderer
@@ -41,16 +42,13 @@ PLAIN = {"background.kinds": {"flat": 1.0}, "background.distractor_p": 0.0, "sty
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("STRKIT_CACHE_DIR", str(tmp_path_factory.mktemp("strkit_cache")))
-    yield
-    mp.undo()
+def _cache_dir(private_cache_dir: Path) -> None:
+    """Font audits and other caches of this module go to a fresh folder (see conftest)."""
 
 
 @pytest.fixture(scope="module")
 def fonts94() -> FontSet:
-    return discover_fonts(load_synth_config("mjsynth", FONTS_ONLY_MPL).fonts, Charset.from_spec("94_full"))
+    return mpl_fonts("94_full")
 
 
 def make(preset: str, fonts: FontSet, **over: object) -> Renderer:
