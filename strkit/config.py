@@ -331,18 +331,33 @@ def _glued_key(value: Any) -> str | None:
     return None
 
 
+def _list_index(node: list, part: str, path: list[str], text: str) -> int:
+    """The list position ``part`` names in override ``text`` (an error naming the valid range otherwise)."""
+    where = ".".join(path[:-1])
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"override '{text}': '{where}' is a list of {len(node)} entries; address one by its "
+                          f"position 0..{len(node) - 1}, e.g. {where}.0.KEY=VALUE")
+    return int(part)
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
                     prov: Provenance | None = None) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides to a copy of ``data``."""
     out = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
-        node = out
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
+        node: Any = out
+        for i, p in enumerate(parts[:-1]):
+            if isinstance(node, list):  # a list entry by position: data.train.2.ratio=0.5
+                node = node[_list_index(node, p, parts[:i + 1], text)]
+                continue
+            if not isinstance(node.get(p), dict | list):
                 node[p] = {}
             node = node[p]
-        node[parts[-1]] = value
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], parts, text)] = value
+        else:
+            node[parts[-1]] = value
         if prov is not None:
             prov[".".join(parts)] = "command line"
             _record(prov, value, ".".join(parts), "command line")

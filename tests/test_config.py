@@ -97,3 +97,15 @@ def test_merge_does_not_mutate_inputs():
     b = {"x": {"z": 2}}
     assert merge(a, b) == {"x": {"y": 1, "z": 2}}
     assert a == {"x": {"y": 1}}
+
+
+def test_overrides_address_list_entries_by_position():
+    from strkit.config import ConfigError, load_config
+
+    cfg = load_config("configs/train/default_model.yaml", ["data.train.2.concat_p=0.2", "data.train.-1.ratio=0.5"])
+    assert cfg.data.train[2].concat_p == 0.2 and cfg.data.train[0].concat_p == 0.0
+    assert cfg.data.train[-1].ratio == 0.5 and cfg.data.train[-1].name == "IC15_train"
+    with pytest.raises(ConfigError, match="position 0..4"):
+        load_config("configs/train/default_model.yaml", ["data.train.5.ratio=1"])
+    with pytest.raises(ConfigError, match="position"):
+        load_config("configs/train/default_model.yaml", ["data.train.first.ratio=1"])
