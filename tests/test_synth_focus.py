@@ -57,8 +57,9 @@ def make(fonts: FontSet, preset: str = "clean", **over: object) -> Renderer:
     return Renderer(cfg, charset=EURO, fonts=fonts, words=WORDS)
 
 
-def sampler(charset: Charset = EURO, allowed: set[str] | None = None, **over: object) -> TextSampler:
-    return TextSampler(load_synth_config("mjsynth", over).text, charset, allowed=allowed, words=WORDS)
+def sampler(charset: Charset = EURO, allowed: set[str] | None = None, words: list[str] = WORDS,
+            **over: object) -> TextSampler:
+    return TextSampler(load_synth_config("mjsynth", over).text, charset, allowed=allowed, words=words)
 
 
 def holds_focus(label: str, chars: str = "€£") -> bool:
@@ -118,6 +119,11 @@ def test_focus_placement_by_kind() -> None:
     assert any(t[0] not in "ß§äÄ" and t[-1] not in "ß§äÄ" and "ß" in t for t, _ in texts)
     assert any(t.startswith("§") for t, _ in texts) and any(t.endswith("§") for t, _ in texts)
     assert any("Ä" in t for t, _ in texts)  # capital in an upper-case word, label lowercase
+    # a letter never lands in a bare number: a text without letters gets a word holding it
+    digits = sampler(cs, words=WORDS[:-1], **{"text.focus_chars": "ß", "text.focus_p": 1.0,  # not "x"
+                                              "text.kinds": {"digits": 1.0}})
+    texts = [digits.sample(sample_rng(3, i))[0] for i in range(100)]
+    assert all("ß" in t and any(c.isalpha() and c != "ß" for c in t) for t in texts)
     # cut to max_len and padded to min_len, the focus character kept
     short = sampler(**{"text.focus_chars": "€", "text.focus_p": 1.0, "text.min_len": 3, "text.max_len": 4})
     labels = [short.sample(sample_rng(1, i))[1] for i in range(200)]

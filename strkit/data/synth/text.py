@@ -429,14 +429,23 @@ def _focus_currency(s: TextSampler, rng: np.random.Generator, text: str, ch: str
     value = s.drawable(_amount(s, rng))
     price = (ch + value) if rng.random() < 0.6 else (value + ch)
     if any(c in s.focus_drawn for c in text):
-        return text + s.pick(rng, ("/", "-", "")) + price
+        return text + s.pick(rng, ("/", "-")) + price
     return price
 
 
 @FOCUS_PLACEMENTS.register("letter")
 def _focus_letter(s: TextSampler, rng: np.random.Generator, text: str, ch: str) -> str:
     """Into a word: in place of one of its letters (1 in 2), else inserted; in capitals in an upper-case
-    word when the charset ignores case."""
+    word when the charset ignores case. A text without letters (an amount, a date) gets a lexicon word
+    instead, or beside it when it already holds a focus character (``€12-Straße``)."""
+    if not any(c.isalpha() for c in text):
+        word = _into_word(s, rng, s.word(rng), ch)
+        return text + s.pick(rng, ("-", "/")) + word if any(c in s.focus_drawn for c in text) else word
+    return _into_word(s, rng, text, ch)
+
+
+def _into_word(s: TextSampler, rng: np.random.Generator, text: str, ch: str) -> str:
+    """``ch`` in place of a letter of ``text`` (1 in 2, when it has one) or inserted into it."""
     if s.charset.case_insensitive and text.isupper() and ch.upper() in s.chars:
         ch = ch.upper()
     letters = [i for i, c in enumerate(text) if c.isalpha() and c not in s.focus_drawn]
