@@ -8,6 +8,7 @@ examples:
     tools/synth.py --list-fonts -v
     tools/synth.py --preset mjsynth --bench --count 2000
     tools/synth.py --preset realistic --preview docs/synth_realistic_sheet.png
+    tools/synth.py --charset my_charset.txt --focus-chars "€£" --focus-p 0.5 --count 20000 --out data_lmdb/euro
     tools/synth.py --fit-palette my_palette.json --from shared/benchmarks/IIIT5K_train \
         shared/benchmarks/SVT_train shared/benchmarks/IC15_train      (then --set style.palette=my_palette.json)
 """
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-system-fonts", action="store_true",
                    help="use only --fonts folders (and fonts.dirs), not the standard font folders")
     p.add_argument("--lexicon", help="word list: a file (one word per line) or wordfreq:<lang>:<n>")
+    p.add_argument("--focus-chars", metavar="CHARS",
+                   help="characters to train, e.g. '€£' (text.focus_chars): they must be in the charset "
+                        "(--charset FILE) and drawn by an installed font")
+    p.add_argument("--focus-p", type=float, metavar="P",
+                   help="share of samples holding one or two --focus-chars (text.focus_p), e.g. 0.5")
     p.add_argument("--geometry", action="store_true", help="also store geom-%%09d (text boundary polylines)")
     p.add_argument("--preview", metavar="PNG", help="write a contact sheet of samples instead of an LMDB")
     p.add_argument("--preview-count", type=positive_int, default=64, help="samples in the contact sheet (default 64)")
@@ -92,6 +98,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         sets.append(f"text.lexicon={json.dumps(args.lexicon)}")
     if args.no_system_fonts:
         sets.append("fonts.system=false")
+    if args.focus_chars is not None:
+        sets.append(f"text.focus_chars={json.dumps(args.focus_chars)}")
+    if args.focus_p is not None:
+        sets.append(f"text.focus_p={args.focus_p!r}")
     return sets
 
 
@@ -102,6 +112,10 @@ def _list_fonts(renderer: Any, verbose: bool) -> None:
     print(f"lexicon {renderer.cfg.text.lexicon}: {len(words)} usable words in charset "
           f"'{renderer.charset.name}' "
           f"(length {renderer.cfg.text.min_len}..{renderer.cfg.text.max_len})")
+    for ch in renderer.text.focus:
+        faces = [f for f in renderer.fonts.faces if ch in f.covered]
+        print(f"focus character {ch!r} (U+{ord(ch):04X}): drawn by {len(faces)} of {len(renderer.fonts)} faces "
+              f"in {len({f.family for f in faces})} families (only those render its samples)")
     if verbose:
         print("\nusable faces:")
         for f in renderer.fonts.faces:
@@ -198,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--out needs --count N (the number of samples)")
     try:
         cfg = load_synth_config(args.config or args.preset, _overrides(args))
+        if args.focus_chars and cfg.text.focus_p == 0:
+            return fail("--focus-chars needs --focus-p P (text.focus_p, the share of samples that hold them, "
+                        "e.g. 0.5)")
         renderer = Renderer(cfg, font_dirs=args.fonts, use_cache=not args.no_cache,
                             workers=max(1, args.workers), progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as exc:

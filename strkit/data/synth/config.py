@@ -80,6 +80,11 @@ class TextConfig:
     mixture. ``char_balance``: 0..1, words are weighted by (frequency of the commonest character /
     frequency of their rarest character) ** char_balance, so words with rare letters come more often.
     Both change only which lexicon word is drawn (one draw per word, as without them).
+    ``focus_chars``: characters to train (e.g. ``€£`` added to a charset); with probability
+    ``focus_p`` a sample holds one or two of them, placed as such characters are written: a currency
+    sign before or after an amount, a letter inside a word, another symbol before, after or inside it.
+    Each must be a charset character that some usable font draws (else an error names it); only faces
+    that draw every character of a sample render it.
     """
 
     charset: str = "94_full"
@@ -93,6 +98,8 @@ class TextConfig:
     affix_p: float = 0.05
     length_balance: float = 0.0
     char_balance: float = 0.0
+    focus_chars: str = ""
+    focus_p: float = 0.0
 
 
 @dataclass
@@ -343,6 +350,9 @@ def _check_semantics(cfg: SynthConfig) -> None:
     t = cfg.text
     if not 1 <= t.min_len <= t.max_len:
         raise ConfigError(f"synth config 'text': need 1 <= min_len <= max_len, got {t.min_len}, {t.max_len}")
+    if t.focus_p > 0 and not t.focus_chars:
+        raise ConfigError(f"synth config 'text.focus_p' is {t.focus_p} but 'text.focus_chars' is empty; give the "
+                          f"characters to train (--focus-chars or text.focus_chars) or set text.focus_p=0")
     if cfg.fonts.coverage not in ("charset", "alnum", "letters"):
         raise ConfigError(f"synth config 'fonts.coverage' must be 'charset', 'alnum' or 'letters', got "
                           f"'{cfg.fonts.coverage}'")

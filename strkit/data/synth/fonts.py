@@ -235,7 +235,8 @@ class FontFace:
 
 @dataclass
 class FontReport:
-    """Counts of the discovery: files, faces, usable faces/families and rejections by reason."""
+    """Counts of the discovery: files, faces, usable faces/families and rejections by reason; ``undrawn``:
+    characters ``fonts.coverage`` asks of every face that no otherwise usable face draws."""
 
     dirs: list[str] = field(default_factory=list)
     files: int = 0
@@ -248,6 +249,7 @@ class FontReport:
     rejected: Counter[str] = field(default_factory=Counter)
     adjusted: Counter[str] = field(default_factory=Counter)
     rejected_faces: list[tuple[str, str]] = field(default_factory=list)
+    undrawn: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -484,7 +486,21 @@ def discover_fonts(cfg: FontConfig, charset: Charset, extra_dirs: Sequence[str |
     records = audit_files(files, check, cache, workers=workers, report=report, progress=progress)
     report.faces = len(records)
     faces = select_faces(records, charset, cfg, report)
+    if not faces and report.undrawn:
+        names = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in report.undrawn[:5])
+        raise RuntimeError(f"no usable font: no font found draws {names} of charset '{charset.name}', which "
+                           f"fonts.coverage={cfg.coverage} asks of every face; install a font that has "
+                           f"{'them' if len(report.undrawn) > 1 else 'it'} (see docs/fonts.md) or add its "
+                           f"folder with --fonts (fonts.dirs)")
     return FontSet(faces, sampling=cfg.sampling, report=report, weights=cfg.family_weights)
+
+
+def _needed(charset: Charset, coverage: str) -> list[str]:
+    """What ``fonts.coverage`` asks of every face: ``charset`` (every non-space character), ``alnum``
+    (every letter and digit) or ``letters``."""
+    return {"charset": [c for c in charset.chars if not c.isspace()],
+            "alnum": [c for c in charset.chars if c.isalnum()],
+            "letters": [c for c in charset.chars if c.isalpha()]}[coverage]
 
 
 @dataclass(frozen=True)
@@ -513,13 +529,14 @@ def select_faces(records: Sequence[AuditRecord], charset: Charset, cfg: FontConf
         lists = ReviewLists.load() if cfg.lists else ReviewLists()
     insensitive = charset.case_insensitive
     drawable = {v for c in charset.chars for v in ({c, c.upper()} if insensitive else {c}) if len(v) == 1}
-    needed = {"charset": [c for c in charset.chars if not c.isspace()],
-              "alnum": [c for c in charset.chars if c.isalnum()],
-              "letters": [c for c in charset.chars if c.isalpha()]}[cfg.coverage]
+    needed = _needed(charset, cfg.coverage)
     faces: list[FontFace] = []
     kept_names: set[tuple[str, str]] = set()
+    drawn: set[str] = set()  # by faces that pass every rule but coverage
     for rec in sorted(records, key=lambda r: (r.path, r.index)):
         caps_only = rec.caps_only or (bool(lists.caps) and matches(rec, lists.caps))
+        if rejection(rec, (), insensitive, lists, cfg.min_template_score, caps_only) is None:
+            drawn.update(rec.covered)
         reason = rejection(rec, needed, insensitive, lists, cfg.min_template_score, caps_only)
         if reason is None and (rec.family, rec.style) in kept_names:
             reason = "duplicate of a family/style already kept"
@@ -538,6 +555,7 @@ def select_faces(records: Sequence[AuditRecord], charset: Charset, cfg: FontConf
                               rec.ink_ratio, caps_only))
     report.usable = len(faces)
     report.families = len({f.family for f in faces})
+    report.undrawn = [c for c in needed if not core_ok(drawn, [c], insensitive)]
     return faces
 
 

@@ -8,12 +8,19 @@ between image and label.
 
 Text kinds are registered in :data:`TEXT_KINDS` (``word``, ``digits``, ``alnum``, ``date``, ``price``,
 ``code``, ``punct``); ``text.kinds`` in the config weights them.
+
+Focus characters (``text.focus_chars``, ``text.focus_p``): with probability ``focus_p`` a drawn text
+gets one or two of them, each placed by the rule of its kind (:data:`FOCUS_PLACEMENTS`, chosen by
+:func:`focus_kind`): ``currency`` (Unicode category Sc: ``€ £ ¥ ₹``) an amount with the sign before or
+after it, ``letter`` (letters and digits: ``ä ß é``) into a word, ``symbol`` (the rest: ``§ ° ©``)
+before, after or inside it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import string
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -26,6 +33,8 @@ from strkit.registry import Registry
 
 TextKind = Callable[["TextSampler", np.random.Generator], str]
 TEXT_KINDS: Registry[str] = Registry("synthetic text kind")
+FocusPlacement = Callable[["TextSampler", np.random.Generator, str, str], str]
+FOCUS_PLACEMENTS: Registry[str] = Registry("focus character placement")
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _PUNCT_WRAPS = (("(", ")"), ("[", "]"), ('"', '"'), ("'", "'"), ("<", ">"), ("{", "}"), ("*", "*"))
@@ -85,6 +94,18 @@ def drawable_chars(charset: Charset) -> frozenset[str]:
     return frozenset(c for c in out if not c.isspace())
 
 
+def focus_kind(ch: str) -> str:
+    """How a focus character is placed: ``currency`` (Unicode category Sc), ``letter`` (a letter or
+    digit) or ``symbol`` (anything else); the name of its :data:`FOCUS_PLACEMENTS` entry."""
+    if unicodedata.category(ch) == "Sc":
+        return "currency"
+    return "letter" if ch.isalnum() else "symbol"
+
+
+def _char_name(ch: str) -> str:
+    return f"{ch!r} (U+{ord(ch):04X})"
+
+
 class TextSampler:
     """Draw (text to draw, label) pairs.
 
@@ -95,8 +116,13 @@ class TextSampler:
             charset's drawable characters.
         words: the lexicon (already loaded); ``None`` loads ``cfg.lexicon``.
 
+    Attributes:
+        focus: ``text.focus_chars`` without repeats (checked).
+        focus_drawn: the drawable forms of the focus characters (both cases for a case-insensitive charset).
+
     Raises:
-        ConfigError: no lexicon word survives the charset filter, or unknown text kinds.
+        ConfigError: no lexicon word survives the charset filter, unknown text kinds, or a focus
+            character that is not in the charset or that no font draws (``allowed``).
     """
 
     def __init__(self, cfg: TextConfig, charset: Charset, allowed: Iterable[str] | None = None,
@@ -112,6 +138,9 @@ class TextSampler:
         self.lower = "".join(c for c in string.ascii_lowercase if c in chars)
         self.letters = "".join(sorted(c for c in chars if c.isalpha()))
         self.alnum = "".join(sorted(c for c in chars if c.isalnum()))
+        self.focus = self._focus_chars(cfg.focus_chars, allowed is not None)
+        labels = {charset.normalize(c)[0] for c in self.focus}
+        self.focus_drawn = frozenset(c for c in chars if charset.normalize(c)[0] in labels)
         raw = list(words) if words is not None else load_lexicon(cfg.lexicon)
         self.words = self._filter_words(raw)
         if not self.words:
@@ -121,6 +150,24 @@ class TextSampler:
         self._word_cdf = np.cumsum(w) / w.sum()
         self._kinds, self._kind_cdf = _categorical(cfg.kinds, TEXT_KINDS.names(), "text.kinds")
         self._cases, self._case_cdf = _categorical(cfg.case, list(_CASES), "text.case")
+
+    def _focus_chars(self, spec: str, fonts_known: bool) -> str:
+        """``text.focus_chars`` without repeats, each checked: drawable in the charset, drawn by a font."""
+        focus = "".join(dict.fromkeys(spec))
+        drawable = drawable_chars(self.charset)
+        for ch in focus:
+            if ch.isspace():
+                raise ConfigError(f"text.focus_chars holds the space {_char_name(ch)}; texts are single words, "
+                                  f"give only visible characters")
+            if ch not in drawable:
+                raise ConfigError(f"text.focus_chars: {_char_name(ch)} is not in charset '{self.charset.name}'; "
+                                  f"add it to the charset file (one character per line, --charset FILE) or "
+                                  f"remove it from --focus-chars / text.focus_chars")
+            if fonts_known and ch not in self.chars:
+                raise ConfigError(f"text.focus_chars: no usable font draws {_char_name(ch)}; install a font "
+                                  f"that has it (see docs/fonts.md) or add a folder of such fonts with --fonts "
+                                  f"(fonts.dirs); tools/synth.py --list-fonts -v lists the usable faces")
+        return focus
 
     def _filter_words(self, raw: Sequence[str]) -> list[str]:
         seen: set[str] = set()
@@ -168,9 +215,40 @@ class TextSampler:
                 break
         else:
             text = self.word(rng)
+        if self.focus and self.cfg.focus_p > 0 and rng.random() < self.cfg.focus_p:
+            text = self.with_focus(rng, text)
         label, dropped = self.charset.normalize(text)
         assert dropped == 0 and len(label) == len(text), (text, label)
         return text, label
+
+    def with_focus(self, rng: np.random.Generator, text: str) -> str:
+        """``text`` with one (3 in 4) or two focus characters placed into it (see :data:`FOCUS_PLACEMENTS`),
+        then cut to ``max_len`` (focus characters kept) and padded with digits to ``min_len``."""
+        n = 1 if rng.random() < 0.75 else 2
+        for _ in range(n):
+            ch = self.focus[int(rng.integers(len(self.focus)))]
+            text = FOCUS_PLACEMENTS.get(focus_kind(ch))(self, rng, text, ch)
+        text = _fit(text, self.cfg.max_len, self.focus_drawn)
+        if len(text) < self.cfg.min_len:
+            text += self.chars_from(rng, self.digits or self.alnum or self.focus, self.cfg.min_len - len(text))
+        return text
+
+    def drawable(self, text: str) -> str:
+        """``text`` without the characters that cannot be drawn."""
+        return "".join(c for c in text if c in self.chars)
+
+
+def _fit(text: str, max_len: int, keep: frozenset[str]) -> str:
+    """``text`` cut to ``max_len`` characters: others are removed from the right before ``keep``'s."""
+    if len(text) <= max_len:
+        return text
+    chars = list(text)
+    for i in range(len(chars) - 1, -1, -1):
+        if len(chars) <= max_len:
+            break
+        if chars[i] not in keep:
+            del chars[i]
+    return "".join(chars[:max_len])
 
 
 def word_weights(words: Sequence[str], cfg: TextConfig) -> np.ndarray:
@@ -287,11 +365,16 @@ def _date(s: TextSampler, rng: np.random.Generator) -> str:
     return forms[int(rng.integers(len(forms)))]
 
 
-@TEXT_KINDS.register("price")
-def _price(s: TextSampler, rng: np.random.Generator) -> str:
+def _amount(s: TextSampler, rng: np.random.Generator) -> str:
+    """An amount of money: ``7``, ``129``, ``4.50``, ``1299,99`` (digits not yet filtered)."""
     whole = str(int(10 ** rng.uniform(0, 4)))
     cents = f"{int(rng.integers(0, 100)):02d}"
-    value = whole + (s.pick(rng, (".", ",")) + cents if rng.random() < 0.6 else "")
+    return whole + (s.pick(rng, (".", ",")) + cents if rng.random() < 0.6 else "")
+
+
+@TEXT_KINDS.register("price")
+def _price(s: TextSampler, rng: np.random.Generator) -> str:
+    value = _amount(s, rng)
     r = rng.random()
     if r < 0.55:
         return s.pick(rng, ("$", "$", "#")) + value
@@ -334,3 +417,52 @@ def _punct(s: TextSampler, rng: np.random.Generator) -> str:
     if r < 0.85:
         return s.word(rng) + s.pick(rng, _PUNCT_SUFFIX)
     return s.word(rng) + s.pick(rng, ("-", "&", "/", "+", "'")) + s.word(rng)
+
+
+# ------------------------------------------------------------------------------------------------
+# Focus character placements: (sampler, rng, text, character) -> text holding the character
+# ------------------------------------------------------------------------------------------------
+@FOCUS_PLACEMENTS.register("currency")
+def _focus_currency(s: TextSampler, rng: np.random.Generator, text: str, ch: str) -> str:
+    """An amount with the sign before (``€12.50``, 3 in 5) or after it (``12,50€``); the text is replaced,
+    or, when it already holds a focus character, extended (``€12/£10``)."""
+    value = s.drawable(_amount(s, rng))
+    price = (ch + value) if rng.random() < 0.6 else (value + ch)
+    if any(c in s.focus_drawn for c in text):
+        return text + s.pick(rng, ("/", "-")) + price
+    return price
+
+
+@FOCUS_PLACEMENTS.register("letter")
+def _focus_letter(s: TextSampler, rng: np.random.Generator, text: str, ch: str) -> str:
+    """Into a word: in place of one of its letters (1 in 2), else inserted; in capitals in an upper-case
+    word when the charset ignores case. A text without letters (an amount, a date) gets a lexicon word
+    instead, or beside it when it already holds a focus character (``€12-Straße``)."""
+    if not any(c.isalpha() for c in text):
+        word = _into_word(s, rng, s.word(rng), ch)
+        return text + s.pick(rng, ("-", "/")) + word if any(c in s.focus_drawn for c in text) else word
+    return _into_word(s, rng, text, ch)
+
+
+def _into_word(s: TextSampler, rng: np.random.Generator, text: str, ch: str) -> str:
+    """``ch`` in place of a letter of ``text`` (1 in 2, when it has one) or inserted into it."""
+    if s.charset.case_insensitive and text.isupper() and ch.upper() in s.chars:
+        ch = ch.upper()
+    letters = [i for i, c in enumerate(text) if c.isalpha() and c not in s.focus_drawn]
+    if letters and rng.random() < 0.5:
+        i = letters[int(rng.integers(len(letters)))]
+        return text[:i] + ch + text[i + 1:]
+    i = int(rng.integers(len(text) + 1))
+    return text[:i] + ch + text[i:]
+
+
+@FOCUS_PLACEMENTS.register("symbol")
+def _focus_symbol(s: TextSampler, rng: np.random.Generator, text: str, ch: str) -> str:
+    """After the text (``25°``, 9 in 20), before it (``§12``, 7 in 20) or inside it (``A§B``)."""
+    r = rng.random()
+    if r < 0.45 or len(text) < 2:
+        return text + ch
+    if r < 0.8:
+        return ch + text
+    i = int(rng.integers(1, len(text)))
+    return text[:i] + ch + text[i:]
