@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from strkit.checkpoint import CheckpointError, resolve_checkpoint_path
 
@@ -114,3 +115,41 @@ def resolve_model_arg(arg: str | Path) -> tuple[Path, str, bool]:
     ckpt = resolve_checkpoint_path(path)
     bundled = in_package(ckpt)  # a file inside the installed package: results never go beside it
     return ckpt, ckpt.stem if bundled else ckpt.resolve().parent.name, bundled
+
+
+def describe(model: ZooModel) -> dict[str, Any]:
+    """What ``strkit models`` shows of a zoo model: files and sizes, pipeline, charset, input size,
+    parameters, calibration temperature and the accuracy recorded in the checkpoint's metrics (the
+    validation accuracy at save time and any benchmark results stored with it)."""
+    from strkit.checkpoint import load_checkpoint
+    from strkit.models.pretrained import model_from_payload
+
+    payload = load_checkpoint(model.checkpoint)
+    net, cfg = model_from_payload(payload)
+    count = getattr(net, "num_parameters", None)
+    params = count() if callable(count) else sum(p.numel() for p in net.parameters())
+    metrics = {k: v for k, v in (payload.get("metrics") or {}).items() if isinstance(v, int | float)}
+    return {
+        "name": model.name,
+        "files": {p.name: p.stat().st_size for p in model.files},
+        "size_mb": sum(p.stat().st_size for p in model.files) / 1e6,
+        "pipeline": net.pipeline,
+        "charset": f"{net.charset.name} ({len(net.charset)} characters)",
+        "input": f"{cfg.data.channels}x{cfg.data.img_h}x{cfg.data.img_w}" + (" keep-ratio" if cfg.data.keep_ratio
+                                                                             else ""),
+        "params_m": params / 1e6,
+        "temperature": net.temperature,
+        "metrics": metrics,
+        "benchmarks": recorded_benchmarks(payload),
+    }
+
+
+def recorded_benchmarks(payload: dict[str, Any]) -> dict[str, float]:
+    """Benchmark word accuracies recorded in a checkpoint (``extra.bundle.int8_accuracy``: the fp32 accuracy
+    measured by ``tools/export.py --int8 --bundle``), by benchmark; empty when none were recorded."""
+    rows = (((payload.get("extra") or {}).get("bundle") or {}).get("int8_accuracy") or {}).get("rows") or []
+    out: dict[str, float] = {}
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("fp32"), int | float) and row.get("benchmark"):
+            out[str(row["benchmark"])] = float(row["fp32"])
+    return out
