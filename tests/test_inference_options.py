@@ -203,6 +203,9 @@ def test_lexicon_fixes_misreads(torch_rec, synth_words):
     # the constructor option does the same
     rec = Recognizer.from_pretrained(backend="torch", lexicon=lexicon)
     assert protocol_filter(rec.recognize(synth_words.images[wrong[0]])[0].text) == constrained[wrong[0]]
+    onnx = Recognizer.from_pretrained(backend="onnx", threads=1, lexicon=lexicon)  # decoding from the metadata
+    assert [protocol_filter(r.text) for r in onnx.recognize([synth_words.images[i] for i in wrong])] == \
+        [constrained[i] for i in wrong]
 
 
 def test_lexicon_is_for_ctc_models_only(torch_rec):
@@ -222,3 +225,31 @@ def test_temperature_does_not_change_greedy_readings(torch_rec, synth_words):
     logits = torch_rec.backend.logits(x)
     codec = torch_rec.model.codec
     assert [p.text for p in codec.decode(logits)] == [p.text for p in codec.decode(logits / 3.0)]
+
+
+def test_recognize_tool_reading_options(torch_rec, synth_words, tmp_path, capsys):
+    from strkit.cli.recognize import main
+
+    index = next(i for i, (img, label) in enumerate(zip(synth_words.images, synth_words.labels, strict=True))
+                 if len(label) >= 5 and img.shape[1] > 2 * img.shape[0] and torch_rec.recognize(img)[0].text == label)
+    label = synth_words.labels[index]
+    turned, long = tmp_path / "turned.png", tmp_path / "long.png"
+    cv2.imwrite(str(turned), np.ascontiguousarray(np.rot90(synth_words.images[index], 1))[:, :, ::-1])
+    cv2.imwrite(str(long), _long_word(LONG_WORDS[0]))
+
+    def read(*flags: str) -> list[dict]:
+        assert main(["default", str(turned), str(long), "--backend", "torch", "--format", "json", *flags]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    on = read("--max-width", "512", "--confidence", "min")
+    assert [r["text"] for r in on] == [label, LONG_WORDS[0]] and on[0]["rotation"] == -90
+    assert on[1]["confidence"] == pytest.approx(min(on[1]["char_probs"]), abs=1e-4)
+    off = read("--no-rotate")
+    assert off[0]["text"] != label and off[0]["rotation"] == 0 and off[1]["text"] != LONG_WORDS[0]
+    words = tmp_path / "words.txt"
+    words.write_text(f"{LONG_WORDS[0]}\n{label}\nzebra\n")
+    lex = read("--no-rotate", "--lexicon", str(words))
+    assert all(r["text"] in {LONG_WORDS[0], label, "zebra"} for r in lex)
+    with pytest.raises(SystemExit) as exit_:
+        main(["default", str(long), "--max-width", "0"])
+    assert exit_.value.code == 2 and "--max-width" in capsys.readouterr().err
