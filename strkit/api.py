@@ -277,7 +277,8 @@ class Recognizer:
 
         Args:
             name: the zoo name (``default``); an unknown name raises
-                :class:`strkit.models.zoo.UnknownModelError`, which lists the known ones.
+                :class:`strkit.models.zoo.UnknownModelError`, which lists the known ones. An existing checkpoint,
+                run folder or ``.onnx`` file is loaded as :meth:`from_checkpoint` / :meth:`from_onnx` would.
             backend: ``auto``: ONNX Runtime when installed (on the CPU), else PyTorch; ``onnx``; ``torch``.
             int8: with ONNX Runtime, run the int8-quantised export (bundled only when its accuracy is within
                 0.5 point of the float model on every benchmark). Off by default: on this project's CPU it is
@@ -293,6 +294,11 @@ class Recognizer:
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+        if bundle is None and name not in zoo_models() and Path(name).exists():  # a checkpoint or export path
+            path = Path(name)
+            if path.suffix.lower() == ".onnx":
+                return cls.from_onnx(path, threads=threads, device=device, **options)
+            return cls.from_checkpoint(path, device=device, threads=threads, backend=backend, **options)
         if bundle is not None and name not in zoo_models(bundle):
             raise FileNotFoundError(f"{bundle} holds no {name}.pt; write a bundle with tools/export.py CKPT "
                                     f"--bundle DIR, or use "

@@ -50,6 +50,8 @@ def test_from_pretrained_takes_a_zoo_name(bundled_checkpoint, synth_words, tmp_p
     assert sorted(zoo_models(tmp_path)) == ["default", "small"]
     small = Recognizer.from_pretrained("small", bundle=tmp_path, backend="torch")
     assert small.recognize(synth_words.images[0])[0].text == synth_words.labels[0]
+    by_path = Recognizer.from_pretrained(str(tmp_path / "small.pt"), backend="torch")  # a checkpoint path works too
+    assert by_path.recognize(synth_words.images[0])[0].text == synth_words.labels[0]
     with pytest.raises(FileNotFoundError, match="holds no other.pt"):
         Recognizer.from_pretrained("other", bundle=tmp_path)
     with pytest.raises(UnknownModelError, match=f"bundled models in {tmp_path}: default, small"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from strkit.cli.common import (
     Parser,
@@ -96,7 +97,7 @@ def resolve_model(arg: str) -> tuple[Path, str, bool]:
     return resolve_model_arg(arg)
 
 
-def _fit_temperature(args: argparse.Namespace, model: object, cfg: object, name: str) -> object:
+def _fit_temperature(args: argparse.Namespace, model: Any, cfg: Any, name: str) -> Any:
     """Fit the model's temperature on ``--val-source`` (held-out training crops; benchmarks refused)."""
     import torch
 
@@ -123,7 +124,7 @@ def _fit_temperature(args: argparse.Namespace, model: object, cfg: object, name:
     return result
 
 
-def _calibration_table(name: str, before: object, after: object, temperature: float) -> str:
+def _calibration_table(name: str, before: Any, after: Any, temperature: float) -> str:
     """Markdown: per benchmark, accuracy and ECE at T = 1 and at the fitted T."""
     lines = [f"| {name} | accuracy | ECE (T=1) | ECE (T={temperature:.3f}) | confidence (T=1) | "
              f"confidence (T={temperature:.3f}) |", "|---|---|---|---|---|---|"]
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{name} ({_suffix(args.overrides)})"
         root = args.root or cfg.data.benchmark_root
 
-        def run(speed: bool, tag: str = "", name: str = name, cfg: object = cfg, model: object = model,
-                root: str = root) -> object:
+        def run(speed: bool, tag: str = "", name: str = name, cfg: Any = cfg, model: Any = model,
+                root: str = root) -> Any:
             try:
                 return evaluate_benchmarks(
                     model, cfg, args.benchmarks or cfg.eval.benchmarks, root,

@@ -45,14 +45,13 @@ def config_dirs() -> list[Path]:
 def model_configs() -> list[dict[str, str]]:
     """``{name, path, pipeline}`` of every model config (a config that does not load shows its error)."""
     from strkit.config import ConfigError, load_config
-    from strkit.models.recognizer import _spec
 
     out = []
     for folder in config_dirs():
         for path in sorted(folder.glob("*.yaml")):
             try:
                 m = load_config(path).model
-                pipeline = "-".join(str(_spec(s).get("name", "?"))
+                pipeline = "-".join(s if isinstance(s, str) else str(s.get("name", "?"))
                                     for s in (m.rectifier, m.backbone, m.sequence, m.decoder))
             except (ConfigError, OSError, ValueError) as exc:
                 pipeline = f"(does not load: {exc})"
