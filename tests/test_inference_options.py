@@ -253,3 +253,13 @@ def test_recognize_tool_reading_options(torch_rec, synth_words, tmp_path, capsys
     with pytest.raises(SystemExit) as exit_:
         main(["default", str(long), "--max-width", "0"])
     assert exit_.value.code == 2 and "--max-width" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [0.0, -2.0, 101.0, "1.5"])
+def test_a_bad_stored_temperature_is_refused(value):
+    from strkit.models.pretrained import checkpoint_temperature
+
+    assert checkpoint_temperature({}) == 1.0
+    assert checkpoint_temperature({"calibration": {"temperature": 1.5}}) == 1.5
+    with pytest.raises(ValueError, match=r"temperature .* is not a number in \(0, 100\]"):
+        checkpoint_temperature({"calibration": {"temperature": value}})
