@@ -10,11 +10,20 @@ RGBA H×W×4; uint8 or uint16). A bad item (missing file, undecodable bytes, emp
 more than ``max_pixels`` pixels, refused from its header before decoding) yields a result whose
 ``error`` says what is wrong; the other items of the batch are still recognised. A crop with an extreme
 aspect ratio is read, with a ``warning`` in its result.
+
+Reading options (:class:`strkit.inference.options.InferenceOptions`; given to the constructor, to
+``from_pretrained`` / ``from_checkpoint`` / ``from_onnx``, or per call to :meth:`Recognizer.recognize`):
+``confidence`` (``product`` (default), ``mean``, ``min``, ``geomean`` of the character probabilities),
+``rotate`` (tall crops also read at ±90°, on by default) and ``rotate_ratio``, ``max_width`` (keep the
+aspect ratio of long words up to this width instead of squashing them) and ``lexicon`` (CTC models: read
+the most probable word of a list). A checkpoint or export calibrated with ``tools/eval.py
+--fit-temperature`` decodes ``logits / T`` (calibrated confidences, same readings).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,10 +47,13 @@ from strkit.data.image_limits import (
 )
 from strkit.data.transforms import collate
 from strkit.inference.backend import InferenceBackend
-from strkit.inference.metadata import BUNDLE_CHECKPOINT, BUNDLE_INT8, BUNDLE_ONNX, InputSpec
+from strkit.inference.decoding import DecodeFn, build_lexicon_decode_fn, scale_logits
+from strkit.inference.metadata import InputSpec
+from strkit.inference.options import InferenceOptions, is_tall, prediction_confidence, rotations, wide_width
 from strkit.inference.torch_backend import TorchBackend
 from strkit.models.pretrained import load_model
 from strkit.models.recognizer import RecognitionModel
+from strkit.models.zoo import DEFAULT_MODEL, get_zoo_model, zoo_models
 
 ImageInput = str | Path | np.ndarray | Any  # Any: PIL.Image.Image (PIL is imported lazily)
 
@@ -56,6 +68,7 @@ class RecognitionResult:
     error: str | None = None
     source: str = ""
     warning: str | None = None  # read, but e.g. with an extreme aspect ratio
+    rotation: int = 0  # degrees the crop was turned (counter-clockwise) for the kept reading: 0, 90 or -90
 
     @property
     def ok(self) -> bool:
@@ -137,11 +150,14 @@ class Recognizer:
             of the full training width. Faster on short words; the model then sees less right padding than
             in training, which can change a few readings, so it is off by default. Needs a backend that
             accepts other widths.
+        confidence, rotate, rotate_ratio, max_width, lexicon: reading options, see
+            :class:`strkit.inference.options.InferenceOptions` (each can also be given per
+            :meth:`recognize` call).
     """
 
     def __init__(self, model: RecognitionModel | InferenceBackend, cfg: Config | None = None,
                  device: str | torch.device = "cpu", *, channels_last: bool = False,
-                 trim_padding: bool = False) -> None:
+                 trim_padding: bool = False, **options: Any) -> None:
         self.device = torch.device(device)
         self.cfg = cfg
         if isinstance(model, RecognitionModel):
@@ -158,11 +174,25 @@ class Recognizer:
                              f"only (re-export without --fixed-width)")
         self.trim_padding = bool(trim_padding)
         self.transform = self.backend.input_spec.transform()
+        self.options = self._check_options(InferenceOptions.build(None, **options))
+        self._lexicon_decoder: tuple[tuple[str, ...], DecodeFn] | None = None
+
+    def _check_options(self, options: InferenceOptions) -> InferenceOptions:
+        """``options`` if this backend can honour them (``max_width`` needs any input width)."""
+        spec = self.backend.input_spec
+        if options.max_width is not None:
+            if not self.backend.dynamic_width:
+                raise ValueError(f"max_width needs a model that accepts any input width; this {self.backend.name} "
+                                 f"model was exported for width {spec.img_w} only (re-export without --fixed-width)")
+            if options.max_width < spec.img_w:
+                raise ValueError(f"max_width {options.max_width} is narrower than the model's input width "
+                                 f"{spec.img_w}: give at least {spec.img_w}")
+        return options
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
                         backend: str = "auto", channels_last: bool = False,
-                        trim_padding: bool = False, overrides: Sequence[str] = ()) -> Recognizer:
+                        trim_padding: bool = False, overrides: Sequence[str] = (), **options: Any) -> Recognizer:
         """Load a checkpoint written by ``tools/train.py`` (``best.pt`` or ``last.pt``) or an exported ``.onnx``.
 
         Args:
@@ -179,6 +209,8 @@ class Recognizer:
             overrides: ``model.*`` settings that keep the weights, applied before the model is built, e.g.
                 ``["model.decoder.iterations=1"]`` to read an ``iterative_vl`` model with one refinement
                 round (faster); PyTorch only (``auto`` then means PyTorch).
+            options: reading options (``confidence``, ``rotate``, ``rotate_ratio``, ``max_width``, ``lexicon``),
+                see the class docstring.
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
@@ -192,13 +224,13 @@ class Recognizer:
             if backend == "torch":
                 raise ValueError(f"{path} is an ONNX model: it runs with backend='onnx' (or 'auto'); for "
                                  f"backend='torch' pass the checkpoint it was exported from")
-            return cls.from_onnx(path, threads=threads, device=device, trim_padding=trim_padding)
+            return cls.from_onnx(path, threads=threads, device=device, trim_padding=trim_padding, **options)
         path = resolve_checkpoint_path(path)  # a run folder stands for its best.pt
         if backend == "onnx":
             from strkit.export import cached_onnx_export
 
             return cls.from_onnx(cached_onnx_export(path), threads=threads, device=device,
-                                 trim_padding=trim_padding)
+                                 trim_padding=trim_padding, **options)
         if backend == "auto" and torch.device(device).type == "cpu" and not channels_last \
                 and onnx_runtime_available():
             from strkit.export import ExportError, cached_onnx_export
@@ -208,18 +240,20 @@ class Recognizer:
             except ExportError as exc:
                 log.info("running %s with PyTorch: it does not export to ONNX (%s)", path, exc)
             else:
-                return cls.from_onnx(onnx_path, threads=threads, device=device, trim_padding=trim_padding)
+                return cls.from_onnx(onnx_path, threads=threads, device=device, trim_padding=trim_padding,
+                                     **options)
         if threads:
             torch.set_num_threads(threads)
         model, cfg = load_model(path, device, overrides)
-        return cls(model, cfg, device, channels_last=channels_last, trim_padding=trim_padding)
+        return cls(model, cfg, device, channels_last=channels_last, trim_padding=trim_padding, **options)
 
     @classmethod
     def from_onnx(cls, path: str | Path, threads: int | None = None, device: str | torch.device = "cpu",
-                  trim_padding: bool = False) -> Recognizer:
+                  trim_padding: bool = False, **options: Any) -> Recognizer:
         """Run a model exported by ``tools/export.py`` (``model.onnx`` or ``model.int8.onnx``) with ONNX
         Runtime; ``threads`` intra-op threads (``None`` = ONNX Runtime's default; 1 is often fastest at
-        batch 1 on a small CPU). ``device`` ``cuda`` uses ONNX Runtime's CUDA provider when installed."""
+        batch 1 on a small CPU). ``device`` ``cuda`` uses ONNX Runtime's CUDA provider when installed.
+        ``options``: reading options, see the class docstring."""
         from strkit.inference.onnx_backend import OnnxBackend, import_onnxruntime
 
         dev = torch.device(device)
@@ -232,16 +266,19 @@ class Recognizer:
         elif dev.type != "cpu":
             raise ValueError(f"ONNX models run on 'cpu' or 'cuda', not '{device}'")
         return cls(OnnxBackend(path, threads=threads, providers=providers), device=dev,
-                   trim_padding=trim_padding)
+                   trim_padding=trim_padding, **options)
 
     @classmethod
-    def from_pretrained(cls, device: str | torch.device = "cpu", threads: int | None = None,
-                        backend: str = "auto", int8: bool = False,
-                        bundle: str | Path | None = None) -> Recognizer:
-        """The default model bundled with the package (``strkit/assets``; docs/model_card.md): no
-        training, no download.
+    def from_pretrained(cls, name: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
+                        threads: int | None = None, backend: str = "auto", int8: bool = False,
+                        bundle: str | Path | None = None, **options: Any) -> Recognizer:
+        """A model bundled with the package (``strkit/assets``; docs/model_card.md): no training, no
+        download. ``strkit models`` lists the names (:mod:`strkit.models.zoo`).
 
         Args:
+            name: the zoo name (``default``); an unknown name raises
+                :class:`strkit.models.zoo.UnknownModelError`, which lists the known ones. An existing checkpoint,
+                run folder or ``.onnx`` file is loaded as :meth:`from_checkpoint` / :meth:`from_onnx` would.
             backend: ``auto``: ONNX Runtime when installed (on the CPU), else PyTorch; ``onnx``; ``torch``.
             int8: with ONNX Runtime, run the int8-quantised export (bundled only when its accuracy is within
                 0.5 point of the float model on every benchmark). Off by default: on this project's CPU it is
@@ -250,34 +287,39 @@ class Recognizer:
             bundle: a folder written by ``tools/export.py CKPT --bundle DIR`` to load instead of the
                 package's own (``default.pt``, ``default.onnx``, optionally ``default.int8.onnx``).
             threads, device: as :meth:`from_checkpoint`.
+            options: reading options (``confidence``, ``rotate``, ``rotate_ratio``, ``max_width``, ``lexicon``),
+                see the class docstring.
         """
         from importlib import resources
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}'; use one of: {', '.join(BACKENDS)}")
-        assets = Path(bundle) if bundle is not None else resources.files("strkit") / "assets"
-        checkpoint = assets / BUNDLE_CHECKPOINT
-        if not checkpoint.is_file():
-            where = f"{bundle} holds no {BUNDLE_CHECKPOINT}" if bundle is not None else \
-                "this strkit build ships no bundled default model"
-            raise FileNotFoundError(f"{where}; write a bundle with tools/export.py CKPT --bundle DIR, or use "
+        if bundle is None and name not in zoo_models() and Path(name).exists():  # a checkpoint or export path
+            path = Path(name)
+            if path.suffix.lower() == ".onnx":
+                return cls.from_onnx(path, threads=threads, device=device, **options)
+            return cls.from_checkpoint(path, device=device, threads=threads, backend=backend, **options)
+        if bundle is not None and name not in zoo_models(bundle):
+            raise FileNotFoundError(f"{bundle} holds no {name}.pt; write a bundle with tools/export.py CKPT "
+                                    f"--bundle DIR, or use "
                                     f"Recognizer.from_checkpoint(PATH)")
+        entry = get_zoo_model(name, bundle)
         use_onnx = backend == "onnx" or (backend == "auto" and torch.device(device).type == "cpu"
                                          and onnx_runtime_available())
         if int8 and not use_onnx:
             raise ValueError("int8=True runs the int8 ONNX export: it needs backend 'onnx' or 'auto' with "
                              "onnxruntime installed (pip install onnxruntime onnx)")
         if use_onnx:
-            ref = assets / (BUNDLE_INT8 if int8 else BUNDLE_ONNX)
-            if ref.is_file():
+            ref = entry.int8 if int8 else entry.onnx
+            if ref is not None:
                 with resources.as_file(ref) as path:
-                    return cls.from_onnx(path, threads=threads, device=device)
+                    return cls.from_onnx(path, threads=threads, device=device, **options)
             if int8:
-                raise FileNotFoundError(f"this bundle has no int8 default model ({BUNDLE_INT8}): its accuracy "
+                raise FileNotFoundError(f"this bundle has no int8 {name} model ({name}.int8.onnx): its accuracy "
                                         f"was not within 0.5 point of the float model; use int8=False")
-        with resources.as_file(checkpoint) as path:
+        with resources.as_file(entry.checkpoint) as path:
             return cls.from_checkpoint(path, device=device, threads=threads,
-                                       backend="torch" if backend == "auto" else backend)
+                                       backend="torch" if backend == "auto" else backend, **options)
 
     @property
     def model(self) -> RecognitionModel | None:
@@ -288,36 +330,77 @@ class Recognizer:
     def charset(self) -> Charset:
         return self.backend.charset
 
-    def _batches(self, prepared: list[tuple[int, np.ndarray]], batch_size: int
+    def _prepare(self, img: np.ndarray, options: InferenceOptions,
+                 wide: dict[int, Any]) -> np.ndarray:
+        """One crop -> ``uint8 H×w×C`` model input (``max_width``: the keep-ratio width, :func:`wide_width`);
+        ``wide`` caches the transforms by width for the call."""
+        spec = self.backend.input_spec
+        if options.max_width is None:
+            return self.transform.prepare(img)
+        width = wide_width(img.shape[0], img.shape[1], spec.img_h, spec.img_w, options.max_width, spec.keep_ratio)
+        if width == spec.img_w and not spec.keep_ratio:
+            return self.transform.prepare(img)  # a short word: exactly as in training
+        if width not in wide:
+            wide[width] = InputSpec(spec.img_h, width, spec.channels, False, spec.pad_value).transform()
+        return wide[width].prepare(img)
+
+    def _batches(self, prepared: list[tuple[int, np.ndarray]], batch_size: int, wide: bool = False
                  ) -> Iterable[tuple[list[int], torch.Tensor]]:
-        """(input indices, B×C×H×W batch) from ``(index, uint8 H×w×C image)`` pairs."""
+        """(view indices, B×C×H×W batch) from ``(index, uint8 H×w×C image)`` pairs. ``wide``: images may be
+        wider than the model's width (``max_width``); for a model trained without ``keep_ratio`` a batch then
+        holds images of one width only (no padding the model never saw)."""
         spec = self.backend.input_spec
         trim = self.trim_padding and spec.keep_ratio
-        if trim:
+        groups = [prepared]
+        if trim or wide:
             prepared = sorted(prepared, key=lambda p: p[1].shape[1])
-        for chunk in _chunks(prepared, batch_size):
-            width = spec.img_w
-            if trim:
+            groups = [prepared]
+            if wide and not spec.keep_ratio:
+                groups = [list(g) for _, g in itertools.groupby(prepared, key=lambda p: p[1].shape[1])]
+        for group in groups:
+            for chunk in _chunks(group, batch_size):
                 widest = max(img.shape[1] for _, img in chunk)
-                width = min(spec.img_w, max(spec.img_h, (widest + 3) // 4 * 4))
-            batch, _ = collate([(img, "") for _, img in chunk], width=width, pad_value=spec.pad_value)
-            yield [i for i, _ in chunk], batch
+                width = spec.img_w
+                if trim:
+                    width = max(spec.img_h, (widest + 3) // 4 * 4)
+                    width = width if wide else min(spec.img_w, width)
+                elif wide:
+                    width = max(spec.img_w, widest)
+                batch, _ = collate([(img, "") for _, img in chunk], width=width, pad_value=spec.pad_value)
+                yield [i for i, _ in chunk], batch
+
+    def _decode_fn(self, lexicon: tuple[str, ...] | None) -> DecodeFn | None:
+        """The lexicon-constrained decoding of ``lexicon`` (cached for the last lexicon), or ``None``."""
+        if lexicon is None:
+            return None
+        if self._lexicon_decoder is None or self._lexicon_decoder[0] != lexicon:
+            meta = getattr(self.backend, "metadata", None)
+            if meta is None:
+                raise ValueError(f"a lexicon needs a backend that describes its decoder; {self.backend.name} does not")
+            self._lexicon_decoder = (lexicon, build_lexicon_decode_fn(meta, lexicon))
+        return self._lexicon_decoder[1]
 
     def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
-                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[RecognitionResult]:
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS, **options: Any) -> list[RecognitionResult]:
         """Recognise one image or a sequence of images; returns one result per input, in order.
 
         Args:
             max_pixels: an image of more pixels (width × height, read from the file header before
                 decoding) gets an ``error`` result instead of being decoded; ``None``: no limit of strkit's
                 own (PIL's decompression-bomb limit still applies). See :mod:`strkit.data.image_limits`.
+            options: reading options for this call (``confidence``, ``rotate``, ``rotate_ratio``, ``max_width``,
+                ``lexicon``; ``None`` keeps the recogniser's own), see the class docstring.
         """
+        opts = self._check_options(InferenceOptions.build(self.options, **options)) if options else self.options
+        decode = self._decode_fn(opts.lexicon)
         if isinstance(images, str | Path | np.ndarray) or hasattr(images, "mode"):
             images = [images]
         items = list(images)
         results: list[RecognitionResult | None] = [None] * len(items)
         warnings: dict[int, str] = {}
-        prepared: list[tuple[int, np.ndarray]] = []
+        views: list[tuple[int, int]] = []  # (item index, rotation in degrees) of every prepared view
+        prepared: list[tuple[int, np.ndarray]] = []  # (view index, prepared image)
+        wide: dict[int, Any] = {}
         for i, item in enumerate(items):
             src = str(item) if isinstance(item, str | Path) else type(item).__name__
             try:
@@ -325,15 +408,31 @@ class Recognizer:
                 note = aspect_warning(img.shape[0], img.shape[1])
                 if note is not None:
                     warnings[i] = note
-                prepared.append((i, self.transform.prepare(img)))
+                candidates = [(0, img)]
+                if opts.rotate and is_tall(img.shape[0], img.shape[1], opts.rotate_ratio):
+                    candidates += list(zip((90, -90), rotations(img), strict=True))
+                ready = [(angle, self._prepare(view, opts, wide)) for angle, view in candidates]
             except (ImageLoadError, ImageTooLargeError, ValueError, cv2.error) as exc:
                 results[i] = RecognitionResult("", 0.0, [], error=str(exc), source=src)
-        for indices, batch in self._batches(prepared, batch_size):
-            preds = self.backend.predict(batch)
-            for i, p in zip(indices, preds, strict=True):
-                src = str(items[i]) if isinstance(items[i], str | Path) else type(items[i]).__name__
-                results[i] = RecognitionResult(p.text, float(p.confidence), list(p.char_probs), source=src,
-                                               warning=warnings.get(i))
+                continue
+            for angle, x in ready:
+                prepared.append((len(views), x))
+                views.append((i, angle))
+        best: dict[int, tuple[float, int, Any]] = {}  # item -> (confidence, rotation, prediction)
+        for indices, batch in self._batches(prepared, batch_size, wide=opts.max_width is not None):
+            if decode is None:
+                preds = self.backend.predict(batch)
+            else:
+                preds = decode(scale_logits(self.backend.logits(batch), getattr(self.backend, "temperature", 1.0)))
+            for v, p in zip(indices, preds, strict=True):
+                i, angle = views[v]
+                conf = prediction_confidence(p, opts.confidence)
+                if i not in best or conf > best[i][0] or (conf == best[i][0] and angle == 0):
+                    best[i] = (conf, angle, p)
+        for i, (conf, angle, p) in best.items():
+            src = str(items[i]) if isinstance(items[i], str | Path) else type(items[i]).__name__
+            results[i] = RecognitionResult(p.text, conf, list(p.char_probs), source=src, warning=warnings.get(i),
+                                           rotation=angle)
         return [r for r in results if r is not None]
 
 

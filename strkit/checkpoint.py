@@ -4,7 +4,8 @@ A checkpoint is one ``torch.save`` file holding everything needed to rebuild and
 resolved config, the charset, the architecture of a searched backbone (``arch``) and of a searched
 rectifier (``rectifier_arch``, absent in older files), the weights and the metrics
 at save time; a ``last`` checkpoint also holds the full training state (optimiser, scheduler, step,
-RNG states, sampler position) for an exact resume.
+RNG states, sampler position) for an exact resume. A calibrated checkpoint also holds ``calibration``
+(``{"temperature": T, ...}``: decoding uses ``logits / T``; see :mod:`strkit.engine.calibration`).
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict: dict[str, torch.Tensor],
                     metrics: dict | None = None, step: int = 0, arch: dict | None = None,
                     train_state: dict | None = None, extra: dict | None = None,
-                    rectifier_arch: dict | None = None) -> Path:
-    """Write a checkpoint atomically. See the module docstring for what it holds."""
+                    rectifier_arch: dict | None = None, calibration: dict | None = None) -> Path:
+    """Write a checkpoint atomically. See the module docstring for what it holds; ``calibration``: the
+    confidence calibration (``{"temperature": T, ...}``, :mod:`strkit.engine.calibration`), stored under the
+    key ``calibration`` when given."""
     from strkit import __version__
 
     payload = {
@@ -125,6 +128,8 @@ def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict
         "train_state": train_state,
         "extra": extra or {},
     }
+    if calibration is not None:
+        payload["calibration"] = calibration
     return atomic_torch_save(payload, path)
 
 

@@ -789,7 +789,8 @@ def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | P
     written = {"checkpoint": save_checkpoint(out / BUNDLE_CHECKPOINT, config=config,
                                              charset=payload["charset"], state_dict=state,
                                              metrics=payload.get("metrics"), step=payload.get("step", 0),
-                                             arch=payload.get("arch"), extra=extra)}
+                                             arch=payload.get("arch"), extra=extra,
+                                             calibration=payload.get("calibration"))}
     for key, src, name in (("onnx", onnx_path, BUNDLE_ONNX), ("int8", int8_path, BUNDLE_INT8)):
         target = out / name
         if src is None:

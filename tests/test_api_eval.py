@@ -134,7 +134,7 @@ def test_eval_and_recognize_tools(checkpoint, shared_benchmarks, tmp_path, capsy
                          "--format", "json"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
-    assert set(line) == {"image", "text", "confidence", "char_probs", "error", "warning"}
+    assert set(line) == {"image", "text", "confidence", "char_probs", "error", "warning", "rotation"}
 
 
 def test_eval_and_recognize_tools_on_generated_crops(bundled_checkpoint, tiny_benchmarks, tmp_path, capsys):
@@ -166,7 +166,7 @@ def test_eval_and_recognize_tools_on_generated_crops(bundled_checkpoint, tiny_be
     checkpoint = shutil.copy(bundled_checkpoint, tmp_path / "default.pt")  # its ONNX cache goes beside it
     assert recognize_main([str(checkpoint), str(image), "--format", "json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
-    assert set(line) == {"image", "text", "confidence", "char_probs", "error", "warning"}
+    assert set(line) == {"image", "text", "confidence", "char_probs", "error", "warning", "rotation"}
     assert line["text"] == labels["images/000000.png"]
 
 

@@ -107,6 +107,19 @@ def _int_at_least(lowest: int, meaning: str) -> Callable[[str], int]:
     return parse
 
 
+def positive_float(text: str) -> float:
+    """``type=`` for a number that must be positive (a ratio, a temperature...)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+positive_float.__name__ = "number"
+
 #: ``type=`` for ``--threads``: 0 = the library's default, else that many threads.
 threads_arg = _int_at_least(0, "threads; 0 = the default")
 #: ``type=`` for ``--batch-size`` and other counts that must be positive.

@@ -1,16 +1,24 @@
 """strkit-eval CHECKPOINT [CHECKPOINT ...] [--benchmarks ...]: benchmark tables (markdown, CSV, JSON).
 
 A CHECKPOINT is a best.pt / last.pt, a run folder (its best.pt) or the name of a model bundled with
-strkit ('default'). Each benchmark's word accuracy is printed as soon as it is scored, then the table.
-Results go to --out; without it, beside a checkpoint (RUN/eval) or, for a bundled model, to
+strkit ('default'; 'strkit models' lists them). Each benchmark's word accuracy is printed as soon as it is
+scored, then the table (word accuracy, 1-NED, and the expected calibration error (ECE) of the word
+confidence). Results go to --out; without it, beside a checkpoint (RUN/eval) or, for a bundled model, to
 ./eval_NAME in the current directory.
+
+Calibration: --fit-temperature --val-source run|PATH fits a temperature on held-out training crops (the
+checkpoint's own validation split, or a folder dataset or LMDB; never a benchmark), evaluates the
+benchmarks before (T=1) and after it and prints the ECE of both (also in calibration.md/.json);
+--save-calibrated OUT.pt writes a copy of the checkpoint that carries the temperature.
 Exit status: 0 done, 2 on a user error (checkpoint, benchmark, argument), printed as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from strkit.cli.common import (
     Parser,
@@ -30,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="strkit-eval", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+",
-                   help="checkpoints (best.pt / last.pt), run folders, or 'default' (the bundled model)")
+                   help="checkpoints (best.pt / last.pt), run folders, or bundled model names ('default'; "
+                        "see: strkit models)")
     p.add_argument("--benchmarks", nargs="+", default=None,
                    help="benchmark names or groups (default: the checkpoint's eval.benchmarks); "
                         "groups: benchmark_7248, benchmark_7672, available")
@@ -51,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a bundled model)")
     p.add_argument("--name", default=None,
                    help="model name in the table (default: the run folder name, or the bundled model's name)")
+    p.add_argument("--confidence", choices=["product", "mean", "min", "geomean"], default="product",
+                   help="word confidence from the character probabilities: product (default), mean, min, geomean")
+    p.add_argument("--fit-temperature", action="store_true",
+                   help="fit a calibration temperature on --val-source and report the ECE before and after it")
+    p.add_argument("--val-source", default=None,
+                   help="held-out training crops for --fit-temperature: 'run' (the checkpoint's own validation "
+                        "split: what training held out of its sources, rebuilt from its config), or a folder "
+                        "dataset (labels.tsv) or an LMDB the model did not train on; benchmark test sets are refused")
+    p.add_argument("--val-count", type=non_negative_int, default=0,
+                   help="crops of --val-source used for the fit (default 0 = all)")
+    p.add_argument("--calibration-objective", choices=["nll", "ece"], default="nll",
+                   help="what the temperature minimises on --val-source: nll (default) or ece")
+    p.add_argument("--save-calibrated", default=None, metavar="OUT.pt",
+                   help="with --fit-temperature: write a copy of the checkpoint carrying the temperature (one "
+                        "checkpoint only; loading it, and its ONNX export, apply the temperature)")
     add_model_overrides(p, "; the name and the default output folder get the settings appended")
     add_progress_flag(p)
     return p
@@ -61,19 +85,54 @@ def _suffix(overrides: list[str]) -> str:
     return ",".join(o.removeprefix("model.") for o in overrides)
 
 
+#: ``--val-source run``: the checkpoint's own validation data (what training held out of its sources).
+RUN_VALIDATION = "run"
+
+
 def resolve_model(arg: str) -> tuple[Path, str, bool]:
     """(checkpoint file, default name, whether it is bundled with the package) of a command-line argument:
-    a bundled model's name, a run folder (its best.pt) or a checkpoint file."""
-    from strkit.checkpoint import resolve_checkpoint_path
-    from strkit.models.pretrained import bundled_models, in_package
+    a zoo model's name (:mod:`strkit.models.zoo`), a run folder (its best.pt) or a checkpoint file."""
+    from strkit.models.zoo import resolve_model_arg
 
-    bundled = bundled_models()
-    if arg in bundled and not Path(arg).exists():
-        return bundled[arg], arg, True
-    path = resolve_checkpoint_path(arg)
-    if in_package(path):
-        return path, path.stem, True
-    return path, path.resolve().parent.name, False
+    return resolve_model_arg(arg)
+
+
+def _fit_temperature(args: argparse.Namespace, model: Any, cfg: Any, name: str) -> Any:
+    """Fit the model's temperature on ``--val-source`` (held-out training crops; benchmarks refused)."""
+    import torch
+
+    from strkit.config import SourceConfig
+    from strkit.data.mixing import build_eval_loader
+    from strkit.data.sources import build_source
+    from strkit.engine.calibration import fit_model_temperature, run_validation_split
+    from strkit.engine.data import eval_transform
+
+    if args.val_source == RUN_VALIDATION:
+        ds, names = run_validation_split(cfg, model.charset, args.root)
+        where = f"the run's validation split ({', '.join(names)})"
+    else:
+        path = Path(args.val_source)
+        kind = "folder" if (path / "labels.tsv").is_file() else "lmdb"
+        ds = build_source(SourceConfig(path=str(path), kind=kind, name=path.name), None, cfg.data.channels,
+                          args.root or cfg.data.benchmark_root, purpose="val")
+        where = str(path)
+    loader = build_eval_loader(ds, eval_transform(cfg), batch_size=args.batch_size, num_workers=args.workers)
+    result = fit_model_temperature(model, loader, protocol=args.protocol or cfg.eval.protocol,
+                                   device=torch.device(args.device), objective=args.calibration_objective,
+                                   confidence=args.confidence, limit=args.val_count or None, source=where)
+    print(f"{name}: {result.summary()}", flush=True)
+    return result
+
+
+def _calibration_table(name: str, before: Any, after: Any, temperature: float) -> str:
+    """Markdown: per benchmark, accuracy and ECE at T = 1 and at the fitted T."""
+    lines = [f"| {name} | accuracy | ECE (T=1) | ECE (T={temperature:.3f}) | confidence (T=1) | "
+             f"confidence (T={temperature:.3f}) |", "|---|---|---|---|---|---|"]
+    for b, a in zip([*before.results, before.total], [*after.results, after.total], strict=True):
+        lines.append(f"| {b.name} | {b.accuracy:.2f} | {b.ece:.2f} | {a.ece:.2f} | {b.mean_confidence:.3f} | "
+                     f"{a.mean_confidence:.3f} |")
+    return "\n".join(lines) + ("\n\nExpected calibration error (%, 15 bins) of the word confidence before and "
+                              "after the temperature.\n")
 
 
 @user_errors
@@ -81,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     check_device(args.device)
+    if (args.val_source or args.save_calibrated) and not args.fit_temperature:
+        raise ValueError("--val-source and --save-calibrated go with --fit-temperature")
+    if args.fit_temperature and not args.val_source:
+        raise ValueError("--fit-temperature needs --val-source PATH (held-out training crops; never a benchmark)")
+    if args.val_source and args.val_source != RUN_VALIDATION and not Path(args.val_source).exists():
+        raise FileNotFoundError(f"--val-source {args.val_source}: no such folder or LMDB")
+    if args.save_calibrated and len(args.checkpoints) > 1:
+        raise ValueError("--save-calibrated writes one checkpoint: give one CHECKPOINT")
+    if args.save_calibrated and Path(args.save_calibrated).exists():
+        raise FileExistsError(f"--save-calibrated {args.save_calibrated} exists; remove it or give a new file")
     models = [resolve_model(arg) for arg in args.checkpoints]  # every path checked before any work
     import torch
 
@@ -100,17 +169,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.overrides and not args.name:
             name = f"{name} ({_suffix(args.overrides)})"
         root = args.root or cfg.data.benchmark_root
-        try:
-            report = evaluate_benchmarks(
-                model, cfg, args.benchmarks or cfg.eval.benchmarks, root,
-                protocol=args.protocol or cfg.eval.protocol, batch_size=args.batch_size, workers=args.workers,
-                device=torch.device(args.device), precision=args.precision, keep_wrong=args.wrong,
-                speed=not args.no_speed, model_name=name, progress=progress,
-                on_result=lambda m, name=name: print(f"{name}: {m.name} {m.accuracy:.2f}% word accuracy, "
-                                          f"{m.count} images", flush=True))
-        except BenchmarkNotFoundError as exc:
-            hint = "; give the folder holding the benchmarks with --root" if f"under {root}" in str(exc) else ""
-            raise BenchmarkNotFoundError(f"{str(exc).rstrip('.')}{hint}") from None
+
+        def run(speed: bool, tag: str = "", name: str = name, cfg: Any = cfg, model: Any = model,
+                root: str = root) -> Any:
+            try:
+                return evaluate_benchmarks(
+                    model, cfg, args.benchmarks or cfg.eval.benchmarks, root,
+                    protocol=args.protocol or cfg.eval.protocol, batch_size=args.batch_size, workers=args.workers,
+                    device=torch.device(args.device), precision=args.precision, keep_wrong=args.wrong,
+                    speed=speed, model_name=name, progress=progress, confidence=args.confidence,
+                    on_result=lambda m: print(f"{name}{tag}: {m.name} {m.accuracy:.2f}% word accuracy, "
+                                              f"ECE {m.ece:.2f}%, {m.count} images", flush=True))
+            except BenchmarkNotFoundError as exc:
+                hint = "; give the folder holding the benchmarks with --root" if f"under {root}" in str(exc) else ""
+                raise BenchmarkNotFoundError(f"{str(exc).rstrip('.')}{hint}") from None
+
+        calibration = before = None
+        if args.fit_temperature:
+            calibration = _fit_temperature(args, model, cfg, name)
+            model.temperature = 1.0
+            before = run(speed=False, tag=" (T=1)")
+            model.temperature = calibration.temperature
+            report = run(speed=not args.no_speed, tag=f" (T={calibration.temperature:.3f})")
+        else:
+            report = run(speed=not args.no_speed)
         suffix = f"_{_suffix(args.overrides)}" if args.overrides else ""
         if args.out:
             out = Path(args.out) / name if len(models) > 1 else Path(args.out)
@@ -121,4 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         report.write(out)
         print(report.to_markdown())
         print(f"written: {out}/results.md, results.csv, results.json")
+        if calibration is not None:
+            table = _calibration_table(name, before, report, calibration.temperature)
+            (out / "calibration.md").write_text(table)
+            (out / "calibration.json").write_text(json.dumps(
+                {"fit": calibration.to_dict(), "before": before.to_dict(), "after": report.to_dict()}, indent=2))
+            print(table)
+            print(f"written: {out}/calibration.md, calibration.json")
+            if args.save_calibrated:
+                from strkit.engine.calibration import save_calibrated
+
+                written = save_calibrated(ckpt, args.save_calibrated, calibration)
+                print(f"written: {written} (the checkpoint with temperature {calibration.temperature:.3f})")
     return 0

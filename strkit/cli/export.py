@@ -4,7 +4,8 @@ Writes model.onnx (--onnx, the default), model.int8.onnx (--int8) and model.ts (
 --out (and with --bundle DIR the files of a model bundle for Recognizer.from_pretrained), checks each
 against PyTorch on real crops of a benchmark (same text on every image, max probability and logit
 differences), and for int8 compares word accuracy with the fp32 ONNX model on the benchmarks. Everything
-printed is also written to export_report.json. CHECKPOINT may be a run folder (its best.pt).
+printed is also written to export_report.json. CHECKPOINT may be a run folder (its best.pt) or a bundled
+model's name ('default'; 'strkit models' lists them).
 Exit status: 0, 1 if an fp32 export reads any parity image differently from PyTorch, 2 on a user error.
 """
 
@@ -30,7 +31,8 @@ INT8_ACCURACY_TOLERANCE = 0.5  # points of word accuracy, per benchmark
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="strkit-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint written by tools/train.py (best.pt / last.pt)")
+    p.add_argument("checkpoint", help="a checkpoint written by tools/train.py (best.pt / last.pt), a run folder, or "
+                                      "a bundled model's name ('default'; see: strkit models)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--onnx", action="store_true", help="write model.onnx (the default when nothing is chosen)")
     p.add_argument("--torchscript", action="store_true", help="write model.ts (traced TorchScript)")
@@ -191,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     import torch
 
-    from strkit.checkpoint import resolve_checkpoint_path
     from strkit.data.benchmarks import BenchmarkError
     from strkit.export import (
         ExportError,
@@ -204,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from strkit.inference.metadata import InputSpec
     from strkit.models.pretrained import load_model
+    from strkit.models.zoo import resolve_model_arg
 
     if args.threads:
         torch.set_num_threads(args.threads)
     want_onnx = args.onnx or args.int8 or args.bundle or not args.torchscript
-    args.checkpoint = str(resolve_checkpoint_path(args.checkpoint))  # a run folder stands for its best.pt
+    args.checkpoint = str(resolve_model_arg(args.checkpoint)[0])  # a zoo name, or a run folder's best.pt
     model, cfg = load_model(args.checkpoint)
     root = args.benchmark_root or cfg.data.benchmark_root
     spec = InputSpec.from_data_config(cfg.data)

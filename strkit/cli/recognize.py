@@ -1,9 +1,15 @@
 """strkit-recognize CHECKPOINT IMAGES...: read the text of image files, folders or globs.
 
-CHECKPOINT is a best.pt / last.pt, a run folder (its best.pt), an exported .onnx file or 'default' (the
-model bundled with strkit). One line per image is printed as soon as its batch is read (tab-separated
-'path, text, confidence', or JSON lines with --format json); images that cannot be read get an 'error: ...'
-line instead. A checkpoint run with ONNX Runtime is exported once to CHECKPOINT.onnx (announced on stderr).
+CHECKPOINT is a best.pt / last.pt, a run folder (its best.pt), an exported .onnx file or the name of a
+model bundled with strkit ('default'; 'strkit models' lists them). One line per image is printed as soon
+as its batch is read (tab-separated 'path, text, confidence', or JSON lines with --format json); images
+that cannot be read get an 'error: ...' line instead. A checkpoint run with ONNX Runtime is exported once
+to CHECKPOINT.onnx (announced on stderr).
+
+Reading options: --confidence (how character probabilities make the word confidence), --no-rotate (tall
+crops are otherwise also read at +-90 degrees, the more confident reading kept), --max-width (keep the
+aspect ratio of long words up to this width instead of squashing them), --lexicon FILE (CTC models: read
+the most probable word of the list).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from strkit.cli.common import (
     add_progress_flag,
     check_device,
     fail,
+    positive_float,
     positive_int,
     progress_enabled,
     setup_logging,
@@ -30,6 +37,7 @@ from strkit.cli.common import (
     user_errors,
 )
 
+DEFAULT_ROTATE_RATIO = 1.5  # strkit.inference.options.DEFAULT_ROTATE_RATIO (not imported: it imports torch)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm"}
 EXIT_STATUS = """exit status:
   0  every image was read
@@ -55,7 +63,8 @@ def expand_inputs(items: list[str]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="strkit-recognize", description=__doc__, epilog=EXIT_STATUS,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint, a run folder, an .onnx file, or 'default' for the bundled model")
+    p.add_argument("checkpoint", help="a checkpoint, a run folder, an .onnx file, or a bundled model's name "
+                                      "('default'; see: strkit models)")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--format", choices=["tsv", "json"], default="tsv",
                    help="tsv: path, text, confidence per line (default); json: one JSON object per line")
@@ -67,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default) = ONNX Runtime when installed, else PyTorch")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first image that cannot be read, with exit status 2")
+    p.add_argument("--confidence", choices=["product", "mean", "min", "geomean"], default="product",
+                   help="word confidence from the character probabilities: product (default), mean, min, geomean")
+    p.add_argument("--no-rotate", dest="rotate", action="store_false",
+                   help="do not also read tall crops (height > --rotate-ratio x width) rotated by +-90 degrees")
+    p.add_argument("--rotate-ratio", type=positive_float, default=DEFAULT_ROTATE_RATIO, metavar="R",
+                   help=f"height/width ratio above which a crop is also read rotated (default {DEFAULT_ROTATE_RATIO})")
+    p.add_argument("--max-width", type=positive_int, default=None, metavar="W",
+                   help="keep the aspect ratio of long words up to W pixels wide instead of squashing them into "
+                        "the model's width (needs a model that accepts any width)")
+    p.add_argument("--lexicon", default=None, metavar="FILE",
+                   help="CTC models: read the most probable word of FILE (UTF-8, one word per line)")
     add_max_pixels(p)
     add_model_overrides(p, "; runs with PyTorch")
     add_progress_flag(p)
@@ -75,14 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(args: argparse.Namespace) -> Any:
     from strkit.api import Recognizer
+    from strkit.models.zoo import looks_like_path, zoo_models
 
-    if args.checkpoint == "default" and not Path("default").exists():
+    options: dict[str, Any] = {"confidence": args.confidence, "rotate": args.rotate,
+                               "rotate_ratio": args.rotate_ratio, "max_width": args.max_width}
+    if args.lexicon:
+        from strkit.models.decoders.ctc import read_lexicon
+
+        options["lexicon"] = read_lexicon(args.lexicon)
+    name = args.checkpoint
+    if not Path(name).exists() and (name in zoo_models() or not looks_like_path(name)):
         if args.overrides:
-            raise ValueError("--set changes the model of a checkpoint: pass a checkpoint instead of 'default'")
-        return Recognizer.from_pretrained(device=args.device, threads=args.threads or None, backend=args.backend)
+            raise ValueError(f"--set changes the model of a checkpoint: pass a checkpoint instead of '{name}'")
+        return Recognizer.from_pretrained(name, device=args.device, threads=args.threads or None,
+                                          backend=args.backend, **options)
     try:
         return Recognizer.from_checkpoint(args.checkpoint, device=args.device, threads=args.threads or None,
-                                          backend=args.backend, overrides=args.overrides)
+                                          backend=args.backend, overrides=args.overrides, **options)
     except ValueError as exc:  # a bad --set; a CheckpointError names the file already
         raise ValueError(str(exc) if args.checkpoint in str(exc) else f"{args.checkpoint}: {exc}") from None
 
@@ -115,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "json":
             print(json.dumps({"image": path, "text": r.text, "confidence": round(r.confidence, 5),
                               "char_probs": [round(c, 5) for c in r.char_probs], "error": r.error,
-                              "warning": r.warning}), flush=True)
+                              "warning": r.warning, "rotation": r.rotation}), flush=True)
         elif r.ok:
             warning = f"\twarning: {r.warning}" if r.warning else ""
             print(f"{path}\t{r.text}\t{r.confidence:.4f}{warning}", flush=True)

@@ -22,7 +22,8 @@ from strkit.charset import protocol_filter
 from strkit.config import Config
 from strkit.data.benchmarks import expand_benchmarks, load_benchmark
 from strkit.data.mixing import build_eval_loader
-from strkit.engine.metrics import RecognitionMetrics, combine
+from strkit.engine.metrics import ECE_BINS, RecognitionMetrics, combine
+from strkit.inference.options import DEFAULT_CONFIDENCE, prediction_confidence
 from strkit.models.recognizer import RecognitionModel
 
 from .data import eval_transform
@@ -73,9 +74,12 @@ class EvalReport:
             extra = [f"{s.ms_per_image:.2f}", f"{s.images_per_s:.0f}", f"{s.params_m:.2f}", f"{s.flops_g:.2f}"]
             acc += extra
             ned += [""] * len(extra)
+        ece = [f"{self.model_name} ECE", *[f"{r.ece:.1f}" for r in self.results], f"{self.total.ece:.1f}"]
+        ece += [""] * (len(head) - len(ece))
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-                 "| " + " | ".join(acc) + " |", "| " + " | ".join(ned) + " |"]
-        return "\n".join(lines) + f"\n\nWord accuracy (%) and 1-NED (%), protocol {self.protocol}.\n"
+                 "| " + " | ".join(acc) + " |", "| " + " | ".join(ned) + " |", "| " + " | ".join(ece) + " |"]
+        return "\n".join(lines) + (f"\n\nWord accuracy (%), 1-NED (%) and expected calibration error of the "
+                                   f"word confidence (%, {ECE_BINS} bins), protocol {self.protocol}.\n")
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``results.md``, ``results.csv``, ``results.json`` (and ``wrong_<set>.tsv``)."""
@@ -86,10 +90,10 @@ class EvalReport:
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
         with paths["csv"].open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["model", "benchmark", "count", "accuracy", "ned", "confidence"])
+            w.writerow(["model", "benchmark", "count", "accuracy", "ned", "confidence", "ece"])
             for r in [*self.results, self.total]:
                 w.writerow([self.model_name, r.name, r.count, f"{r.accuracy:.4f}", f"{r.ned:.4f}",
-                            f"{r.mean_confidence:.4f}"])
+                            f"{r.mean_confidence:.4f}", f"{r.ece:.4f}"])
         for name, rows in self.wrong.items():
             p = out / f"wrong_{name}.tsv"
             with p.open("w", newline="") as fh:
@@ -105,9 +109,11 @@ class EvalReport:
 @torch.inference_mode()
 def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, name: str,
                     device: torch.device, precision: str = "fp32",
-                    keep_wrong: bool = False, progress: bool = False) -> RecognitionMetrics:
+                    keep_wrong: bool = False, progress: bool = False,
+                    confidence: str = DEFAULT_CONFIDENCE) -> RecognitionMetrics:
     """Score ``model`` on every batch of ``loader`` (images B×C×H×W, raw labels); ``progress``: a progress
-    bar (images) on stderr."""
+    bar (images) on stderr; ``confidence``: the word confidence mode
+    (:data:`strkit.inference.options.CONFIDENCE_MODES`; ``product`` = the decoder's own)."""
     from tqdm import tqdm
 
     model.eval()
@@ -121,7 +127,8 @@ def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, 
             preds = model.predict(images.to(device))
         texts = [protocol_filter(p.text, protocol) for p in preds]
         gts = [protocol_filter(t, protocol) for t in labels]
-        metrics.update(texts, gts, [p.confidence for p in preds], start_index=index, keep_wrong=keep_wrong)
+        metrics.update(texts, gts, [prediction_confidence(p, confidence) for p in preds], start_index=index,
+                       keep_wrong=keep_wrong)
         index += len(labels)
         bar.update(len(labels))
     bar.close()
@@ -175,11 +182,12 @@ def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], 
                         device: torch.device | None = None, precision: str = "fp32",
                         keep_wrong: bool = False, speed: bool = True,
                         model_name: str = "model", progress: bool = False,
-                        on_result: Callable[[RecognitionMetrics], None] | None = None) -> EvalReport:
+                        on_result: Callable[[RecognitionMetrics], None] | None = None,
+                        confidence: str = DEFAULT_CONFIDENCE) -> EvalReport:
     """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded).
 
     ``progress``: a progress bar per benchmark on stderr; ``on_result``: called with each benchmark's
-    metrics as soon as it is scored (to stream results)."""
+    metrics as soon as it is scored (to stream results); ``confidence``: the word confidence mode."""
     device = device or next(model.parameters()).device
     transform = eval_transform(cfg)
     results: list[RecognitionMetrics] = []
@@ -187,7 +195,7 @@ def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], 
     for name in expand_benchmarks(names):
         ds = load_benchmark(name, root, channels=cfg.data.channels)
         loader = build_eval_loader(ds, transform, batch_size=batch_size, num_workers=workers)
-        m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong, progress)
+        m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong, progress, confidence)
         results.append(m)
         if on_result is not None:
             on_result(m)

@@ -19,12 +19,14 @@ class InferenceBackend(Protocol):
         charset: the characters the model reads.
         input_spec: the image geometry and preprocessing the model expects.
         dynamic_width: whether batches narrower than ``input_spec.img_w`` may be fed.
+        temperature: the calibration temperature ``T``: :meth:`predict` decodes ``logits / T`` (1 = none).
     """
 
     name: str
     charset: Charset
     input_spec: InputSpec
     dynamic_width: bool
+    temperature: float
 
     def predict(self, images: Tensor) -> list[Prediction]:
         """B×C×H×W float32 images (normalised to [-1, 1]) -> B predictions."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 from torch import Tensor
@@ -16,13 +17,38 @@ log = logging.getLogger("strkit")
 DecodeFn = Callable[[Tensor], list[Prediction]]
 
 
-def build_decode_fn(meta: ExportMetadata) -> DecodeFn:
+def scale_logits(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature`` in float32 (the logits themselves when ``temperature`` is 1)."""
+    return logits if temperature == 1.0 else logits.float() / float(temperature)
+
+
+def build_lexicon_decode_fn(meta: ExportMetadata, words: Sequence[str]) -> DecodeFn:
+    """``B×L×K logits -> B predictions`` constrained to ``words``: the word of highest CTC probability, by
+    the ``ctc`` decoder's own lexicon decoding (its other options, e.g. ``lexicon_candidates``, kept).
+
+    Raises:
+        ValueError: the model is not a CTC model.
+    """
+    if meta.codec_kind != "ctc":
+        raise ValueError(f"a lexicon constrains CTC models only; this model's decoder is "
+                         f"'{meta.decoder.get('name', meta.codec_kind)}' ({meta.codec_kind})")
+    decoder = {**meta.decoder, "name": "ctc", "lexicon": list(words)}
+    decoder = {k: v for k, v in decoder.items() if k in LEXICON_DECODER_KEYS}
+    return build_decode_fn(replace(meta, decoder=decoder), strict=True)
+
+
+#: Options of the ``ctc`` decoder that a lexicon-constrained decoding keeps from the model's decoder.
+LEXICON_DECODER_KEYS = ("name", "beam_width", "lexicon", "lexicon_candidates")
+
+
+def build_decode_fn(meta: ExportMetadata, strict: bool = False) -> DecodeFn:
     """``B×L×K logits -> B predictions``, decoding as the exported model's decoder is configured.
 
     The decoder's ``decode(logits, codec)`` is used, so CTC beam search and lexicon decoding carry over.
     The decoder is rebuilt from the stored config on PyTorch's ``meta`` device (no memory, no weights:
     decoding never touches them) and tried once on dummy logits. A decoder this strkit does not know,
-    or whose ``decode`` needs its weights, falls back to the codec's greedy decoding, with a warning.
+    or whose ``decode`` needs its weights, falls back to the codec's greedy decoding, with a warning
+    (``strict``: raises ``ValueError`` instead).
     """
     import torch
 
@@ -42,6 +68,8 @@ def build_decode_fn(meta: ExportMetadata) -> DecodeFn:
         decode(torch.zeros(1, meta.max_length + 1, meta.num_classes))
     except (RegistryError, TypeError, ValueError, KeyError, FileNotFoundError, RuntimeError,
             NotImplementedError) as exc:
+        if strict:
+            raise ValueError(f"decoder {name!r} cannot be built for decoding ({type(exc).__name__}: {exc})") from None
         log.warning("decoder %r of the exported model cannot be rebuilt for decoding here (%s: %s); decoding "
                     "greedily with the %s codec", name, type(exc).__name__, exc, meta.codec_kind)
         return codec.decode

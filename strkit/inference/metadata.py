@@ -17,6 +17,8 @@ version :data:`VERSION`) holds:
   ``x · scale + offset`` (``x / 127.5 − 1``, so ``[-1, 1]``). ``dynamic_batch`` / ``dynamic_width``
   say which axes may vary.
 - ``output``: ``logits`` ``B×L×K`` (L = time steps for CTC, ``max_length + 1`` for attention).
+- ``temperature``: the calibration temperature ``T`` (a number in ``(0, 100]``; absent = 1): decode
+  ``logits / T`` (softmax of ``logits / T``) so that confidences are calibrated; readings do not change.
 
 An exported file may come from anyone, so the metadata is checked against a schema before it is used
 (:func:`validate_metadata`): every field has its type and size limits, the decoder's options are plain
@@ -76,6 +78,7 @@ MAX_LABEL_LENGTH = 4096  # codec.max_length
 MAX_IMAGE_SIDE = 16384  # input.img_h / img_w
 MAX_OPTION_VALUE = 1e9  # |a numeric decoder option|
 MAX_OPTION_ITEMS = 64  # items of a list-valued decoder option
+MAX_TEMPERATURE = 100.0  # the calibration temperature lies in (0, MAX_TEMPERATURE]
 CHANNELS = (1, 3)
 
 
@@ -127,6 +130,14 @@ def _number(value: Any, name: str, where: str, low: float, high: float) -> float
     if not (math.isfinite(value) and low <= value <= high):
         raise _fail(where, name, f"is {value}, outside {low:g}..{high:g}")
     return float(value)
+
+
+def _temperature(value: Any, name: str, where: str) -> float:
+    """A calibration temperature: a number in ``(0, MAX_TEMPERATURE]``."""
+    t = _number(value, name, where, 0.0, MAX_TEMPERATURE)
+    if t <= 0.0:
+        raise _fail(where, name, f"is {value}, outside (0, {MAX_TEMPERATURE:g}]")
+    return t
 
 
 def _boolean(value: Any, name: str, where: str) -> bool:
@@ -246,6 +257,8 @@ def validate_metadata(d: dict[str, Any], where: str = "model") -> None:
     _validate_charset_codec(d, where)
     _validate_decoder(d.get("decoder"), where)
     _validate_input(d, where)
+    if "temperature" in d:
+        _temperature(d["temperature"], "temperature", where)
     for key in ("output", "extra"):
         if d.get(key) is not None:
             _object(d[key], key, where)
@@ -310,6 +323,7 @@ class ExportMetadata:
         pipeline: ``rectifier-backbone-sequence-decoder`` names.
         extra: free-form notes (quantisation settings, why a width is fixed ...).
         strkit_version: the strkit that exported the model.
+        temperature: calibration temperature ``T``: decoding uses ``logits / T`` (1 = none).
     """
 
     charset: dict[str, Any]
@@ -324,6 +338,7 @@ class ExportMetadata:
     pipeline: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     strkit_version: str = ""
+    temperature: float = 1.0
 
     # -- construction ---------------------------------------------------------------------------
     @classmethod
@@ -344,7 +359,8 @@ class ExportMetadata:
         return cls(charset=model.charset.to_dict(), codec_kind=kind, num_classes=int(codec.num_classes),
                    max_length=int(model.cfg.max_length), special_ids=special, decoder=decoder,
                    input=input_spec, dynamic_batch=dynamic_batch, dynamic_width=dynamic_width,
-                   pipeline=model.pipeline, strkit_version=__version__)
+                   pipeline=model.pipeline, strkit_version=__version__,
+                   temperature=float(getattr(model, "temperature", 1.0)))
 
     def with_extra(self, **notes: Any) -> ExportMetadata:
         """A copy with ``notes`` merged into :attr:`extra`."""
@@ -376,6 +392,7 @@ class ExportMetadata:
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", "steps", self.num_classes],
                        "kind": "logits (softmax over the last axis gives probabilities)"},
             "extra": self.extra,
+            "temperature": self.temperature,
         }
 
     def to_json(self) -> str:
@@ -400,7 +417,8 @@ class ExportMetadata:
                        decoder=dict(d.get("decoder") or {"name": codec["kind"]}),
                        input=InputSpec.from_dict(inp), dynamic_batch=bool(inp.get("dynamic_batch", True)),
                        dynamic_width=bool(inp.get("dynamic_width", False)), pipeline=str(d.get("pipeline", "")),
-                       extra=dict(d.get("extra") or {}), strkit_version=str(d.get("strkit_version", "")))
+                       extra=dict(d.get("extra") or {}), strkit_version=str(d.get("strkit_version", "")),
+                       temperature=float(d.get("temperature", 1.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise MetadataError(f"{where}: strkit metadata is incomplete ({type(exc).__name__}: {exc}); "
                                 f"re-export the model with tools/export.py") from None

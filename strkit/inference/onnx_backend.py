@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from strkit.charset import Charset, Prediction
-from strkit.inference.decoding import build_decode_fn
+from strkit.inference.decoding import build_decode_fn, scale_logits
 from strkit.inference.metadata import (
     INPUT_NAME,
     METADATA_KEY,
@@ -108,6 +108,7 @@ class OnnxBackend:
         self.dynamic_width = self.metadata.dynamic_width
         self.charset: Charset = self.metadata.build_charset()
         self.codec = self.metadata.build_codec()
+        self.temperature = self.metadata.temperature
         self._decode = build_decode_fn(self.metadata)
 
     def __repr__(self) -> str:
@@ -137,8 +138,9 @@ class OnnxBackend:
         return torch.from_numpy(self.run(arr))
 
     def predict(self, images: Tensor | np.ndarray) -> list[Prediction]:
-        """B×C×H×W images -> B predictions (decoded as the exported decoder is configured)."""
-        return self._decode(self.logits(images))
+        """B×C×H×W images -> B predictions (decoded as the exported decoder is configured, from
+        ``logits / temperature``)."""
+        return self._decode(scale_logits(self.logits(images), self.temperature))
 
     def eval(self) -> OnnxBackend:
         """No-op, so that code written for ``RecognitionModel`` (``model.eval(); model.predict(x)``) runs."""

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor
 
 from strkit.charset import Charset, Prediction
-from strkit.inference.metadata import InputSpec
+from strkit.inference.decoding import scale_logits
+from strkit.inference.metadata import ExportMetadata, InputSpec
 from strkit.models.recognizer import RecognitionModel
 
 
@@ -49,6 +50,17 @@ class TorchBackend:
             return self.model(x).logits
 
     def predict(self, images: Tensor) -> list[Prediction]:
-        """B×C×H×W images -> B predictions, decoded as configured on the model's decoder."""
+        """B×C×H×W images -> B predictions, decoded as configured on the model's decoder (from
+        ``logits / temperature``)."""
         with torch.inference_mode():
-            return self.model.decoder.decode(self.logits(images), self.model.codec)
+            return self.model.decoder.decode(scale_logits(self.logits(images), self.temperature), self.model.codec)
+
+    @property
+    def temperature(self) -> float:
+        """The model's calibration temperature (1 = none)."""
+        return float(getattr(self.model, "temperature", 1.0))
+
+    @property
+    def metadata(self) -> ExportMetadata:
+        """The model's decoding metadata, as an export would carry it (charset, codec, decoder config)."""
+        return ExportMetadata.from_model(self.model, self.input_spec, dynamic_width=True)

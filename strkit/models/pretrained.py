@@ -46,8 +46,28 @@ def model_from_payload(payload: dict, overrides: Sequence[str] = ()) -> tuple[Re
         raise ValueError(f"the overrides {list(overrides)} change the model's weights, so the trained ones do not "
                          f"fit; only settings that keep every weight (e.g. model.decoder.iterations) can change "
                          f"when a trained model is loaded ({str(exc).splitlines()[0]})") from exc
+    model.temperature = checkpoint_temperature(payload)
     model.eval()
     return model, cfg
+
+
+#: The checkpoint key of the calibration (``{"temperature": T, ...}``), written by
+#: :func:`strkit.engine.calibration.save_calibrated`; absent = not calibrated (T = 1).
+CALIBRATION_KEY = "calibration"
+#: Allowed calibration temperatures: ``0 < T <= MAX_TEMPERATURE`` (the ONNX metadata schema's range too).
+MAX_TEMPERATURE = 100.0
+
+
+def checkpoint_temperature(payload: dict) -> float:
+    """The calibration temperature stored in a checkpoint payload (1.0 when there is none).
+
+    Raises:
+        ValueError: a stored temperature that is not a number in (0, 100].
+    """
+    value = (payload.get(CALIBRATION_KEY) or {}).get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < float(value) <= MAX_TEMPERATURE:
+        raise ValueError(f"checkpoint calibration temperature {value!r} is not a number in (0, {MAX_TEMPERATURE:g}]")
+    return float(value)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = ()
@@ -59,11 +79,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
 
 
 def bundled_models() -> dict[str, Path]:
-    """The models shipped inside the package (``strkit/assets/<name>.pt``), by name (``default``...)."""
-    from importlib import resources
+    """The models shipped inside the package (``strkit/assets/<name>.pt``), by name (``default``...);
+    see :mod:`strkit.models.zoo`."""
+    from strkit.models.zoo import zoo_models
 
-    assets = Path(str(resources.files("strkit") / "assets"))
-    return {p.stem: p for p in sorted(assets.glob("*.pt"))} if assets.is_dir() else {}
+    return {name: m.checkpoint for name, m in zoo_models().items()}
 
 
 def in_package(path: str | Path) -> bool:

@@ -66,6 +66,9 @@ class RecognitionModel(nn.Module):
     Attributes:
         charset, codec: the label alphabet and the codec matching the decoder (``ctc`` / ``attention``).
         rectifier, backbone, sequence, decoder: the stage modules.
+        temperature: the calibration temperature ``T`` (1 = none): :meth:`predict` decodes ``logits / T``,
+            which changes confidences, not greedy readings. Set from a checkpoint's ``calibration`` entry
+            (:func:`strkit.engine.calibration.fit_temperature`); not a weight, not in the state dict.
     """
 
     def __init__(self, cfg: ModelConfig, img_h: int, img_w: int, channels: int,
@@ -101,6 +104,7 @@ class RecognitionModel(nn.Module):
                 self.aux_codec = build_codec("ctc", self.charset, cfg.max_length)
             aux_classes = (self.aux_codec or self.codec).num_classes
             self.aux_head = nn.Linear(self.backbone.out_channels, aux_classes)
+        self.temperature = 1.0
         self.geometry_loss = float(cfg.geometry_loss)
         if self.geometry_loss < 0:
             raise ConfigError(f"model.geometry_loss: must be >= 0, got {self.geometry_loss}")
@@ -203,13 +207,16 @@ class RecognitionModel(nn.Module):
     @torch.inference_mode()
     def predict(self, images: Tensor) -> list[Prediction]:
         """Recognise a batch: eval-mode forward, then decoding as configured on the decoder (greedy;
-        for CTC also ``beam_width`` / ``lexicon``). The previous train/eval mode is restored."""
+        for CTC also ``beam_width`` / ``lexicon``) of ``logits / temperature``. The previous train/eval mode is
+        restored."""
         was_training = self.training
         self.eval()
         try:
             logits = self.forward(images).logits
         finally:
             self.train(was_training)
+        if self.temperature != 1.0:
+            logits = logits.float() / self.temperature
         return self.decoder.decode(logits, self.codec)
 
 
