@@ -4,6 +4,7 @@ end (pruning, resume from SQLite, report, fidelity), the trainer's validation ob
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -148,13 +149,14 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
     assert main([*args, "--trials", "3"]) == 0  # nothing left to do
     assert len(_states(out)) == 3
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["0", "1", "2"]
+    study = tuning.load_study(tuning.default_storage(out))
+    assert study.trials[2].params != study.trials[0].params  # the continued sampler does not repeat trial 0
     for name in ("best.yaml", "trials.csv", "report.md", "history.png"):
         assert (out / name).is_file(), name
     assert (out / "history.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Parameter importances" in (out / "report.md").read_text()
 
     # best.yaml round-trips through tools/train.py --protocol: the best trial's config minus the proxy/run settings
-    study = tuning.load_study(tuning.default_storage(out))
     best = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
     capsys.readouterr()
     assert train_main([str(MODEL), data_override(word_folder), "--protocol", str(out / "best.yaml"),
@@ -204,6 +206,9 @@ def test_study_of_another_space_is_refused(tmp_path, word_folder):
     other = tuning.load_space(TINY, [*job.extra_overrides, "train.seed=3"])
     with pytest.raises(tuning.TuneError, match="another search space"):
         tuning.create_study(job, other)
+    with pytest.raises(tuning.TuneError, match="runs trials of 1 steps on subset 1, not 0.5 min"):
+        tuning.create_study(dataclasses.replace(job, budget=tuning.Budget(minutes=0.5)),
+                            tuning.load_space(TINY, job.extra_overrides))
 
 
 # -- small parts ---------------------------------------------------------------------------------------------

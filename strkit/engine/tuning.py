@@ -46,6 +46,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ import os
 import random
 import time
 import typing
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -541,10 +543,16 @@ def open_storage(url: str) -> Any:
     killed process are failed when another process finds them stale and retried once."""
     optuna = import_optuna()
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    storages = optuna.storages
+    if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:  # Optuna >= 4.9
+        retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    else:
+        retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
     try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=240,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        with warnings.catch_warnings():  # heartbeats are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=240,
+                                       **retry)
     except (ImportError, ModuleNotFoundError) as exc:
         raise TuneError(f"storage {url}: a database driver is missing ({exc}); e.g. pip install psycopg2-binary "
                         f"for postgresql://") from None
@@ -687,10 +695,12 @@ def create_study(job: StudyJob, space: SearchSpace, worker: int = 0) -> Any:
     from a different search space, or a new study over the trial folders of an old one."""
     optuna = import_optuna()
     o = job.options
-    sampler = SAMPLERS.get(o.sampler)(optuna, dataclasses.replace(o, seed=o.seed + worker))
-    pruner = PRUNERS.get(o.pruner)(optuna, o)
+    sampler = SAMPLERS.get(o.sampler)(optuna, o)  # (checks that the sampler is usable before the study is made)
     study = optuna.create_study(storage=open_storage(job.storage), study_name=job.study_name, sampler=sampler,
-                                pruner=pruner, direction="maximize", load_if_exists=True)
+                                pruner=PRUNERS.get(o.pruner)(optuna, o), direction="maximize", load_if_exists=True)
+    # A seed of its own per worker and per (re)start, so that a continued study does not repeat its first trials.
+    seed = o.seed + 100_003 * worker + len(study.get_trials(deepcopy=False))
+    study.sampler = SAMPLERS.get(o.sampler)(optuna, dataclasses.replace(o, seed=seed))
     attrs = study.user_attrs
     if "space_fingerprint" not in attrs:
         trials_dir = Path(job.out) / "trials"
@@ -703,6 +713,10 @@ def create_study(job: StudyJob, space: SearchSpace, worker: int = 0) -> Any:
     elif attrs["space_fingerprint"] != space.fingerprint:
         raise TuneError(f"study '{job.study_name}' in {job.storage} was made with another search space or other "
                         f"overrides ({attrs.get('space')}): use another --out / --study-name")
+    elif attrs.get("budget") != dataclasses.asdict(job.budget) or attrs.get("subset") != job.subset:
+        raise TuneError(f"study '{job.study_name}' in {job.storage} runs trials of "
+                        f"{Budget(**attrs['budget']).describe()} on subset {attrs.get('subset'):g}, not "
+                        f"{job.budget.describe()} on {job.subset:g}: rerun with its budget, or use another --out")
     return study
 
 
@@ -839,7 +853,9 @@ def param_importances(study: Any) -> dict[str, float]:
     if len(complete) < 2:
         return {}
     try:
-        return dict(optuna.importance.get_param_importances(study))
+        with warnings.catch_warnings():  # "few trials" notes: the report says how many trials there are
+            warnings.simplefilter("ignore", UserWarning)
+            return dict(optuna.importance.get_param_importances(study))
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         log.warning("parameter importances not computed: %s", exc)
         return {}
