@@ -544,13 +544,13 @@ def open_storage(url: str) -> Any:
     optuna = import_optuna()
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     storages = optuna.storages
-    if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:  # Optuna >= 4.9
-        retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
-    else:
-        retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
     try:
         with warnings.catch_warnings():  # heartbeats are marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if "heartbeat_stale_trial_callback" in inspect.signature(storages.RDBStorage).parameters:  # >= 4.9
+                retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+            else:
+                retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
             return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=240,
                                        **retry)
     except (ImportError, ModuleNotFoundError) as exc:
@@ -866,6 +866,7 @@ def plot_history(study: Any, path: Path) -> None:
     best so far."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     _, rows = trial_rows(study)
     fig = Figure(figsize=(7, 4), dpi=100)
@@ -885,6 +886,7 @@ def plot_history(study: Any, path: Path) -> None:
             ys.append(best)
     if xs:
         ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(f"study {study.study_name}")
