@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ TINY = REPO / "configs" / "tune" / "tiny.yaml"
 MODEL = REPO / "configs" / "models" / "mbv2-ctc.yaml"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+#: studies need Optuna (installed with the test extra: pip install -e '.[test]'); search-space checks do not
+needs_optuna = pytest.mark.skipif(importlib.util.find_spec("optuna") is None, reason="optuna is not installed")
 
 
 def data_override(folder: Path) -> str:
@@ -134,6 +137,7 @@ def _states(out: Path) -> list[str]:
         return [r["state"] for r in csv.DictReader(fh)]
 
 
+@needs_optuna
 def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, capsys):
     from strkit.cli.train import main as train_main
     from strkit.cli.tune import main
@@ -198,6 +202,7 @@ def test_pruned_trials_stop_early(tmp_path, word_folder):
     assert "best.yaml" not in files and _states(tmp_path) == ["PRUNED", "PRUNED"]
 
 
+@needs_optuna
 def test_study_of_another_space_is_refused(tmp_path, word_folder):
     job = tuning.StudyJob(space=str(TINY), extra_overrides=(data_override(word_folder),), out=str(tmp_path),
                           storage=tuning.default_storage(tmp_path), study_name="s", budget=tuning.Budget(steps=1),
