@@ -261,12 +261,12 @@ def test_train_subset_keeps_a_seeded_fraction():
     assert len(sub) == 30 and list(sub) == sorted(sub) and list(sub) == list(take_subset(data, 0.3, seed=1))
 
 
-def test_missing_optuna_is_one_line(monkeypatch, tmp_path, capsys):
+def test_missing_optuna_is_one_line(monkeypatch, tmp_path, capsys, word_folder):
     from strkit.cli.tune import main
 
     monkeypatch.setitem(sys.modules, "optuna", None)
     with pytest.raises(tuning.TuneError, match=r"pip install 'strkit\[tune\]'"):
         tuning.import_optuna()
     assert main(["report", str(tmp_path)]) == 2
-    assert main(["run", str(TINY), "--out", str(tmp_path), "--steps", "1"]) == 2
+    assert main(["run", str(TINY), data_override(word_folder), "--out", str(tmp_path), "--steps", "1"]) == 2
     assert "pip install 'strkit[tune]'" in capsys.readouterr().err

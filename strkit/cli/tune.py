@@ -123,8 +123,8 @@ def _cpu_count() -> int:
 def _run(args: argparse.Namespace) -> int:
     from strkit.engine import tuning
 
-    tuning.import_optuna()  # before any work: the one-line install hint
     space = tuning.load_space(args.space, args.overrides)  # every check before any work
+    tuning.import_optuna()  # the one-line install hint
     tuning.SAMPLERS.get(args.sampler)(tuning.import_optuna(), tuning.SearchOptions(sampler=args.sampler))
     threads = max(1, (args.threads or _cpu_count()) // args.jobs)
     job = tuning.StudyJob(
