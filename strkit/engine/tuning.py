@@ -539,8 +539,8 @@ def default_storage(out: str | Path) -> str:
 
 
 def open_storage(url: str) -> Any:
-    """An Optuna RDB storage for ``url`` (SQLite, PostgreSQL, MySQL...) with heartbeats: the trials of a
-    killed process are failed when another process finds them stale and retried once."""
+    """An Optuna RDB storage for ``url`` (SQLite, PostgreSQL, MySQL...) with heartbeats (every 30 s): a trial
+    whose heartbeat is 90 s old (its process was killed) is failed by the next trial to start, and retried once."""
     optuna = import_optuna()
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     storages = optuna.storages
@@ -551,7 +551,7 @@ def open_storage(url: str) -> Any:
                 retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
             else:
                 retry = {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
-            return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=240,
+            return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=90,
                                        **retry)
     except (ImportError, ModuleNotFoundError) as exc:
         raise TuneError(f"storage {url}: a database driver is missing ({exc}); e.g. pip install psycopg2-binary "
