@@ -802,17 +802,6 @@ def run_study(job: StudyJob, jobs: int = 1) -> Any:
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
-            out.update(_flat(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def protocol_yaml(study: Any, trial: Any, out: Path, note: str) -> str:
     """A ready-to-run protocol file of ``trial``: ``_base_`` (the base config, relative to ``out``) and the
     protocol, so that both ``tools/train.py BASE --protocol FILE`` and ``tools/train.py FILE`` run it."""
