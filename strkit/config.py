@@ -88,6 +88,9 @@ class DataConfig:
     val: list[SourceConfig] = field(default_factory=list)
     # Fraction of the training sources held out for validation when ``val`` is empty.
     val_fraction: float = 0.0
+    # Fraction of each training source (lmdb / folder) trained on, a seeded subset of what validation leaves;
+    # 1 = all. Proxy trials of protocol search (tools/tune.py --subset) train on less data this way.
+    train_subset: float = 1.0
     img_h: int = 32
     img_w: int = 100
     channels: int = 1  # 1 = gray, 3 = RGB
@@ -482,12 +485,32 @@ def from_dict(data: Mapping[str, Any], prov: Provenance | None = None) -> Config
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_protocol(path: str | Path, prov: Provenance | None = None) -> dict[str, Any]:
+    """The settings of a protocol file (e.g. the ``best.yaml`` of ``tools/tune.py``): its own mapping, without
+    its ``_base_`` (which makes the file runnable as a config of its own), recording where each key came from."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"protocol file not found: {path}{relative_note(path)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a protocol file must hold a mapping, got {type(data).__name__}")
+    data.pop("_base_", None)
+    if prov is not None:
+        _record(prov, data, "", str(path))
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                protocol: str | Path | None = None) -> Config:
     """Load a YAML config (with ``_base_`` files) and apply command-line overrides.
 
     Args:
         path: the YAML file; ``None`` starts from the schema defaults.
         overrides: ``key.sub=value`` strings, applied in order.
+        protocol: a protocol file (:func:`load_protocol`) merged over the config before the overrides.
 
     Raises:
         ConfigError: naming the bad key and the file that set it.
@@ -496,5 +519,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     data = Config().to_dict()  # defaults first, so that `model.decoder.beam_width=5` extends the default spec
     if path is not None:
         data = merge(data, load_yaml_tree(path, prov))
+    if protocol is not None:
+        data = merge(data, load_protocol(protocol, prov))
     data = apply_overrides(data, overrides, prov)
     return from_dict(data, prov)

@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 TOOLS = {"train": "strkit-train", "eval": "strkit-eval", "recognize": "strkit-recognize",
          "create_lmdb": "strkit-create-lmdb", "synth": "strkit-synth", "search": "strkit-search",
          "export": "strkit-export", "bench": "strkit-bench", "rectify": "strkit-rectify",
-         "curate": "strkit-curate", "models": "strkit-models"}
+         "curate": "strkit-curate", "models": "strkit-models", "tune": "strkit-tune"}
 RST = re.compile(r"``|:(?:func|class|mod|data|meth|attr):`|::\s*$", re.M)
 
 

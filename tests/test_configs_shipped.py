@@ -13,7 +13,8 @@ from strkit.engine.finetune import adopt_init_config
 from strkit.models.recognizer import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "synth")
+# (search spaces of configs/tune/ are checked by tests/test_tune.py)
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in {"synth", "tune"})
 # recogniser configs that build as they are (nas_table.yaml needs model.backbone.arch=PATH)
 MODELS = sorted(p for p in CONFIGS if p.parent.name in {"models", "ablation"} and p.name != "base.yaml")
 

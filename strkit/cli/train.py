@@ -2,6 +2,8 @@
 
 CONFIG is a YAML file (see configs/train/); key.sub=value overrides follow it, e.g. train.steps=1000
 or "data.train=[{path: lmdb/words, kind: lmdb}]" (YAML values: a space after each ':').
+--protocol FILE merges a protocol (e.g. the best.yaml of strkit-tune: settings found by protocol search)
+over CONFIG before the overrides; its _base_, if any, is ignored there (run the file as CONFIG to use it).
 Exit status: 0 done, 2 on a user error (bad config, data or checkpoint), printed as one line.
 """
 
@@ -20,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/train/), or the name of a config shipped with "
                                   "strkit (finetune)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
+    p.add_argument("--protocol", metavar="FILE", default=None,
+                   help="YAML mapping of settings merged over CONFIG before the overrides, e.g. the best.yaml "
+                        "written by strkit-tune (its _base_ is ignored)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from a last.pt (default: train.out_dir/last.pt)")
     p.add_argument("--overwrite", action="store_true",
@@ -56,7 +61,7 @@ def packaged_config(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(packaged_config(args.config), args.overrides)
+    cfg = load_config(packaged_config(args.config), args.overrides, protocol=args.protocol)
     check_config(cfg)
     if args.print_config:
         print(cfg.dump(), end="")

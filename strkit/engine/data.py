@@ -77,6 +77,14 @@ def split_holdout(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset
     return Subset(dataset, np.sort(perm[n_val:])), Subset(dataset, np.sort(perm[:n_val]))
 
 
+def take_subset(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """A seeded ``fraction`` of ``dataset`` (at least one sample), in its original order."""
+    n = len(dataset)
+    keep = max(1, int(round(n * fraction)))
+    perm = np.random.Generator(np.random.PCG64(seed + 7919)).permutation(n)
+    return Subset(dataset, np.sort(perm[:keep]))
+
+
 def eval_transform(cfg: Config) -> ImageTransform:
     """The deterministic resize/normalise transform used at validation, evaluation and inference."""
     d = cfg.data
@@ -112,6 +120,9 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
             ``(images, labels, geometries, teacher targets)``.
     """
     d = cfg.data
+    if not 0.0 < d.train_subset <= 1.0:
+        raise ConfigError(f"data.train_subset={d.train_subset:g}: the fraction of each training source to train "
+                          f"on must be in (0, 1]")
     if not d.train:
         raise ValueError("data.train is empty: list at least one source, e.g. "
                          "data.train=[{path: my_lmdb, kind: lmdb}]")
@@ -137,6 +148,8 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         if fraction > 0 and not d.val and src.kind != "synth":
             ds, held = split_holdout(ds, fraction, cfg.train.seed + i)
             val_sets.append(held)
+        if d.train_subset < 1.0 and src.kind != "synth":
+            ds = take_subset(ds, d.train_subset, cfg.train.seed + i)
         if distilled[i]:
             to_fill.append((name, src.path, ds))
         if src.concat_p > 0:

@@ -12,6 +12,11 @@ from ``last.pt`` ends with the same weights as an uninterrupted run (with determ
 sample's augmentation is seeded from ``(seed, rank, step, position)``, so loader workers and random
 augmentation keep it exact).
 
+Observers: ``Trainer(cfg, on_validation=fn)`` calls ``fn(step, metrics)`` on rank 0 after each validation
+(the metrics of :meth:`Trainer.validate`); ``fn`` may raise :class:`StopTraining` to end the run there, like
+a spent budget (``last.pt`` is written and :meth:`Trainer.fit` returns). Protocol search uses it to report
+intermediate accuracies to its pruner (:mod:`strkit.engine.tuning`).
+
 Word geometry: with ``model.geometry_loss > 0`` the training batches carry each sample's word geometry
 (``(images, labels, geometries)``, see :mod:`strkit.engine.data`); :meth:`Trainer.train_step` turns it
 into the ScRN rectifier's targets and the model adds the weighted geometry loss. Its unweighted value
@@ -26,7 +31,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +119,14 @@ def setup_run(cfg: Config) -> tuple[torch.device, DistInfo]:
     return device, dist
 
 
+class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by an ``on_validation`` observer to end the run after this validation; the message says why."""
+
+
+#: ``on_validation(step, metrics)``: called on rank 0 after each validation; may raise :class:`StopTraining`.
+ValidationObserver = Callable[[int, dict[str, float]], None]
+
+
 class Trainer:
     """Trains one model from a resolved :class:`Config`.
 
@@ -122,14 +135,17 @@ class Trainer:
         resume: path of a ``last.pt`` to resume from (its config's model/data sections must match).
         overwrite: replace the outputs of an earlier run in ``train.out_dir``; without it (or
             ``resume``) :meth:`fit` refuses a folder that holds one (see :mod:`strkit.engine.run_dir`).
+        on_validation: an observer of each validation (see the module docstring), or None.
     """
 
-    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
+    def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
+                 on_validation: ValidationObserver | None = None) -> None:
         cfg = adopt_init_config(cfg)
         if not cfg.model.charset:
             raise ConfigError("model.charset is empty; an empty charset means 'the init checkpoint's' and needs "
                               "train.init_from with train.init_config=true")
         self.cfg = cfg
+        self.on_validation = on_validation
         self.resumed_from = resume
         self.overwrite = overwrite
         self.device, self.dist = setup_run(cfg)
@@ -437,12 +453,16 @@ class Trainer:
                 elif self.step >= self._last_step() and self.schedule_steps < cfg.steps:
                     stop_reason = "schedule fitted to train.max_minutes"
                 do_val = self.step % cfg.val_every == 0 or self.step >= self._last_step() or out_of_time
+                stopped = ""
                 if do_val:
                     last_val = self._validate_and_save_best(logger)
+                    stopped = self._observe_validation(last_val)
+                    if stopped:
+                        stop_reason = stopped
                 if do_val or self.step % cfg.save_every == 0:
                     self.save("last.pt", last_val, full_state=True)
                     barrier(self.dist)
-                if out_of_time:
+                if out_of_time or stopped:
                     break
         finally:
             if bar is not None:
@@ -459,6 +479,17 @@ class Trainer:
                       f"-> {self.out_dir / 'best.pt'}", flush=True)
         shutdown(self.dist)
         return last_val
+
+    def _observe_validation(self, metrics: dict[str, float]) -> str:
+        """Call ``on_validation`` (rank 0, when there were metrics); the reason it gave to stop (every rank
+        gets rank 0's answer), or ``""`` to go on."""
+        reason = ""
+        if self.on_validation is not None and self.dist.is_main and metrics:
+            try:
+                self.on_validation(self.step, dict(metrics))
+            except StopTraining as stop:
+                reason = f"stopped after validation: {stop}" if str(stop) else "stopped after validation"
+        return str(broadcast_object(reason, self.dist)) if self.on_validation is not None else reason
 
     def _validate_and_save_best(self, logger: RunLogger) -> dict[str, float]:
         metrics: dict[str, float] = {}
