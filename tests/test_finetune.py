@@ -117,3 +117,11 @@ def test_empty_charset_needs_init_config(word_folder, tmp_path):
 
     with pytest.raises(ConfigError, match="init_config"):
         Trainer(load_config(small_model_config(), tiny_overrides(word_folder, tmp_path / "r") + ["model.charset="]))
+
+
+def test_finetune_config_from_the_command_line(word_folder, capsys):
+    from strkit.cli.train import main
+
+    rc = main(["finetune", f"data.train=[{{path: {word_folder}, kind: folder}}]", "--print-config"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "charset: 36_lowercase" in out and "name: searched" in out

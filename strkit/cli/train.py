@@ -61,7 +61,9 @@ def packaged_config(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(packaged_config(args.config), args.overrides, protocol=args.protocol)
+    from strkit.engine.finetune import adopt_init_config
+
+    cfg = adopt_init_config(load_config(packaged_config(args.config), args.overrides, protocol=args.protocol))
     check_config(cfg)
     if args.print_config:
         print(cfg.dump(), end="")
