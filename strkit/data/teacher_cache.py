@@ -114,7 +114,10 @@ class TeacherCache:
         # py-lmdb allows one Environment per folder and process: cache objects of one folder share it,
         # and a forked DataLoader worker opens its own.
         # A handle opened read-only is reopened writable when a writer needs it.
-        key = (os.getpid(), str(self.path.resolve()))
+        pid = os.getpid()
+        for stale in [k for k in _OPEN_ENVS if k[0] != pid]:  # inherited through fork (a DataLoader worker):
+            _OPEN_ENVS.pop(stale)[0].close()  # py-lmdb would refuse to open the folder again in this process
+        key = (pid, str(self.path.resolve()))
         entry = _OPEN_ENVS.get(key)
         if entry is not None and entry[1] and not self.readonly:
             entry[0].close()
