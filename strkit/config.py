@@ -271,6 +271,20 @@ def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML ``what`` file (config, protocol) holds, with one clear error for a missing file,
+    invalid YAML or another top-level type."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}{relative_note(path)}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_yaml_tree(path: str | Path, prov: Provenance | None = None,
                    _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Load ``path`` with its ``_base_`` files merged in, recording where each key came from."""
@@ -278,14 +292,7 @@ def load_yaml_tree(path: str | Path, prov: Provenance | None = None,
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
         raise ConfigError(f"_base_ cycle: {chain}")
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}{relative_note(path)}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "config")
     prov = {} if prov is None else prov
     bases = data.pop("_base_", [])
     if isinstance(bases, str):
@@ -489,14 +496,7 @@ def load_protocol(path: str | Path, prov: Provenance | None = None) -> dict[str,
     """The settings of a protocol file (e.g. the ``best.yaml`` of ``tools/tune.py``): its own mapping, without
     its ``_base_`` (which makes the file runnable as a config of its own), recording where each key came from."""
     path = Path(path).resolve()
-    if not path.is_file():
-        raise ConfigError(f"protocol file not found: {path}{relative_note(path)}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a protocol file must hold a mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "protocol")
     data.pop("_base_", None)
     if prov is not None:
         _record(prov, data, "", str(path))

@@ -81,12 +81,7 @@ class TeacherBench:
 
         if args.teacher == "strkit" and not args.teacher_model:
             raise ValueError("--teacher strkit needs --teacher-model PATH")
-        options: dict[str, Any] = {"threads": args.threads, "batch_size": args.batch_size}
-        if args.teacher == "strkit":
-            options["path"] = args.teacher_model
-        elif args.teacher_model:
-            options["model"] = args.teacher_model
-        teacher = build_teacher(args.teacher, **options)
+        teacher = build_teacher(args.teacher, args.teacher_model, threads=args.threads, batch_size=args.batch_size)
         images, labels = _crops(args.source, args.count)
         teacher.predict(images[: min(4, len(images))])  # warm-up (session start, first allocations)
         t0 = time.perf_counter()

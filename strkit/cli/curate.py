@@ -96,12 +96,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 
 def _teacher(args: argparse.Namespace) -> curation.Teacher:
-    if args.teacher == "strkit":
-        return build_teacher("strkit", path=args.teacher_model, threads=args.threads, batch_size=args.batch_size)
-    options = {"threads": args.threads, "batch_size": args.batch_size}
-    if args.teacher_model:
-        options["model"] = args.teacher_model
-    return build_teacher(args.teacher, **options)
+    return build_teacher(args.teacher, args.teacher_model, threads=args.threads, batch_size=args.batch_size)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ import argparse
 import os
 from pathlib import Path
 
-from strkit.cli.common import Parser, non_negative_int, positive_int, setup_logging, user_errors
+from strkit.cli.common import Parser, non_negative_int, positive_float, positive_int, setup_logging, user_errors
 
 
 def _fraction(text: str) -> float:
@@ -36,17 +36,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
-    return value
-
-
-_positive_float.__name__ = _fraction.__name__ = "number"
+_fraction.__name__ = "number"
 
 
 def _storage_args(sp: argparse.ArgumentParser) -> None:
@@ -72,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=positive_int, default=30,
                      help="finished (complete or pruned) trials to reach; a rerun continues up to it (default 30)")
     budget = run.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--minutes", type=_positive_float, help="wall-clock budget of each trial (train.max_minutes)")
+    budget.add_argument("--minutes", type=positive_float, help="wall-clock budget of each trial (train.max_minutes)")
     budget.add_argument("--steps", type=positive_int, help="optimiser steps of each trial (train.steps)")
     run.add_argument("--subset", type=_fraction, default=1.0,
                      help="fraction of each training source a trial trains on (default 1 = all; validation "
@@ -102,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fid = sub.add_parser("fidelity", help="proxy fidelity: retrain chosen protocols at a longer budget")
     fid.add_argument("out", help="study folder (run --out)")
-    fid.add_argument("--factor", type=_positive_float, default=4.0, help="budget multiple of the long runs (default 4)")
+    fid.add_argument("--factor", type=positive_float, default=4.0, help="budget multiple of the long runs (default 4)")
     fid.add_argument("--top", type=non_negative_int, default=5, help="best protocols retrained (default 5)")
     fid.add_argument("--random", type=non_negative_int, default=2,
                      help="random other complete protocols retrained (default 2)")

@@ -162,12 +162,7 @@ class Distiller:
     def teacher(self) -> Teacher:
         """The teacher, built on first use (only rank 0 needs it, and only when the cache lacks crops)."""
         if self._teacher is None:
-            options: dict[str, Any] = {"threads": self.cfg.threads}
-            if self.cfg.teacher == "strkit":
-                options["path"] = self.cfg.teacher_model
-            elif self.cfg.teacher_model:
-                options["model"] = self.cfg.teacher_model
-            self._teacher = build_teacher(self.cfg.teacher, **options)
+            self._teacher = build_teacher(self.cfg.teacher, self.cfg.teacher_model, threads=self.cfg.threads)
         return self._teacher
 
     def cache_name(self) -> str:

@@ -79,8 +79,13 @@ class Teacher(Protocol):
 TEACHERS: Registry[Teacher] = Registry("teacher")
 
 
-def build_teacher(name: str, **options: Any) -> Teacher:
-    """Build the teacher registered as ``name`` (``rapidocr``, ``strkit``) with its options."""
+def build_teacher(name: str, model: str | Path | None = None, **options: Any) -> Teacher:
+    """Build the teacher registered as ``name`` (``rapidocr``, ``strkit``) with its options. ``model`` is the
+    teacher's model as the user names it (``--teacher-model``, ``distill.teacher_model``): the checkpoint or
+    export of a ``strkit`` teacher (its ``path``), the recogniser file of a ``rapidocr`` one (its ``model``);
+    empty or ``None``: the teacher's default."""
+    if model:
+        options["path" if name == "strkit" else "model"] = model
     return TEACHERS.get(name)(**options)
 
 
