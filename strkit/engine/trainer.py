@@ -353,14 +353,24 @@ class Trainer:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Word accuracy / 1-NED / confidence on the validation loader (labels already normalised)."""
+        """Word accuracy / 1-NED / confidence on the validation loader (labels already normalised), plus
+        accuracy / 1-NED of every further validation set (``val_<name>_*``)."""
         assert self.data is not None
         if self.data.val is None:
             return {}
-        m = RecognitionMetrics("val")
         self.model.eval()
-        max_batches = self.cfg.train.val_batches
-        for i, (images, labels) in enumerate(self.data.val):
+        m = self._score(self.data.val, "val", self.cfg.train.val_batches)
+        metrics = {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence,
+                   "val_count": float(m.count)}
+        for name, loader in self.data.extra_val.items():  # e.g. the replay set of a fine-tuning run
+            extra = self._score(loader, name)
+            metrics.update({f"val_{name}_accuracy": extra.accuracy, f"val_{name}_ned": extra.ned})
+        return metrics
+
+    def _score(self, loader: Any, name: str, max_batches: int = 0) -> RecognitionMetrics:
+        """Read the batches of ``loader`` (the first ``max_batches``; 0 = all) with the model in eval mode."""
+        m = RecognitionMetrics(name)
+        for i, (images, labels) in enumerate(loader):
             if max_batches and i >= max_batches:
                 break
             images = images.to(self.device)
@@ -369,16 +379,7 @@ class Trainer:
             with autocast_context(self.device, self.cfg.train.precision):
                 preds = self.model.predict(images)
             m.update([p.text for p in preds], labels, [p.confidence for p in preds])
-        metrics = {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence,
-                   "val_count": float(m.count)}
-        for name, loader in self.data.extra_val.items():  # e.g. the replay set of a fine-tuning run
-            extra = RecognitionMetrics(name)
-            for images, labels in loader:
-                with autocast_context(self.device, self.cfg.train.precision):
-                    preds = self.model.predict(images.to(self.device))
-                extra.update([p.text for p in preds], labels, [p.confidence for p in preds])
-            metrics.update({f"val_{name}_accuracy": extra.accuracy, f"val_{name}_ned": extra.ned})
-        return metrics
+        return m
 
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps``; returns the last validation metrics (empty without validation)."""
