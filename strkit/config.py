@@ -156,6 +156,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False
+    # torch.compile the training forward pass: off | default | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs (strkit.engine.compilation; eager fallback with one warning).
+    compile: str = "off"
     threads: int = 0  # 0 = leave torch's default
     val_every: int = 500
     val_batches: int = 0  # 0 = the whole validation set

@@ -16,6 +16,10 @@ from pathlib import Path
 from strkit.cli.bench import BENCH_COMMANDS, report
 from strkit.cli.common import fail
 
+#: ``train.compile`` values (the same as :data:`strkit.engine.compilation.COMPILE_MODES`, not imported
+#: here: it imports torch).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def _on_off(value: str) -> bool:
     if value not in ("on", "off"):
@@ -88,6 +92,10 @@ class TrainBench:
                                  "dataset (default when given without a value: "
                                  "../shared/benchmarks/IIIT5K_train) and report the time spent waiting")
         parser.add_argument("--workers", type=int, default=2, help="loader workers with --with-data (default 2)")
+        parser.add_argument("--compile", nargs="+", default=["off"], metavar="MODE",
+                            help="train.compile settings to measure: off or a torch.compile mode "
+                                 "(default, max-autotune-no-cudagraphs, ...); the warm-up steps include "
+                                 "the compilation (default: off)")
         parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                             help="further config overrides for every case, e.g. train.grad_clip=0")
 
@@ -99,6 +107,9 @@ class TrainBench:
         error = check_common_arguments(args)
         if error is None and min(args.batch_size, args.steps) < 1:
             error = "--batch-size and --steps must be >= 1"
+        bad = [m for m in args.compile if m not in COMPILE_MODES]
+        if error is None and bad:
+            error = f"--compile {bad[0]!r}: use one of {', '.join(COMPILE_MODES)}"
         data_kind = "folder"
         if error is None and args.with_data is not None:
             data_kind, error = _data_kind(Path(args.with_data))
@@ -108,15 +119,17 @@ class TrainBench:
                                  batch_size=args.batch_size, img_h=args.img_h, img_w=args.img_w,
                                  channels=args.channels, threads=args.threads, steps=args.steps,
                                  warmup=args.warmup, windows=args.windows, data=args.with_data,
-                                 data_kind=data_kind, workers=args.workers, overrides=tuple(args.override))
-                 for m, p, cl, lb in itertools.product(args.models, args.precision, args.channels_last,
-                                                       args.lstm_bf16)
+                                 data_kind=data_kind, workers=args.workers, compile=cm,
+                                 overrides=tuple(args.override))
+                 for m, p, cl, lb, cm in itertools.product(args.models, args.precision, args.channels_last,
+                                                           args.lstm_bf16, args.compile)
                  if not (lb and p == "fp32")]
         gate = speed.LoadGate(args.max_busy, args.retries, args.wait_s)
         results = []
         for case in cases:
             print(f"train: {case.model} {case.precision}{' + bf16 LSTM' if case.lstm_autocast else ''} "
-                  f"channels-last={'on' if case.channels_last else 'off'} batch {case.batch_size}, "
+                  f"channels-last={'on' if case.channels_last else 'off'} compile={case.compile} "
+                  f"batch {case.batch_size}, "
                   f"{case.steps} steps ...", flush=True)
             try:
                 result = speed.run_case(speed.measure_train, case, gate, isolate=not args.in_process)

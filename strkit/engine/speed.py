@@ -70,6 +70,8 @@ class TrainCase:
         data: a training source (LMDB or folder dataset) to load batches from; ``None`` = synthetic.
         data_kind: ``lmdb`` or ``folder`` (the source kind of ``data``).
         workers: loader worker processes (``data.workers``) when ``data`` is set.
+        compile: ``train.compile`` (``off`` or a ``torch.compile`` mode); the warm-up steps include the
+            compilation.
         overrides: further ``key=value`` config overrides (applied last).
     """
 
@@ -89,6 +91,7 @@ class TrainCase:
     data: str | None = None
     data_kind: str = "folder"
     workers: int = 2
+    compile: str = "off"
     overrides: tuple[str, ...] = ()
 
 
@@ -321,6 +324,7 @@ def train_config(case: TrainCase) -> Config:
         f"data.img_h={case.img_h}", f"data.img_w={case.img_w}", f"data.channels={case.channels}",
         f"data.workers={case.workers}",
         f"train.precision={case.precision}", f"train.channels_last={str(case.channels_last).lower()}",
+        f"train.compile={case.compile}",
         f"train.batch_size={case.batch_size}", f"train.threads={case.threads}", "train.device=cpu",
         f"train.seed={case.seed}", f"train.steps={case.warmup + case.steps + 1}",
         "train.tensorboard=false", "train.progress=false",
@@ -550,7 +554,7 @@ def _fmt_busy(busy: float | None) -> str:
 def train_table(results: Sequence[TrainResult]) -> str:
     """A markdown table of training results, one row per case."""
     with_data = any(r.data_wait_fraction is not None for r in results)
-    head = ["model", "pipeline", "params", "precision", "channels-last", "batch", "threads",
+    head = ["model", "pipeline", "params", "precision", "channels-last", "compile", "batch", "threads",
             "images/s (median)", "windows min–max", "ms/step", "peak RSS (GiB)"]
     if with_data:
         head.append("data wait")
@@ -560,7 +564,7 @@ def train_table(results: Sequence[TrainResult]) -> str:
         c = r.case
         precision = f"{c.precision} + bf16 LSTM" if c.lstm_autocast and c.precision == "bf16" else c.precision
         row = [c.model, r.pipeline, _fmt_params(r.params), precision, "on" if c.channels_last else "off",
-               str(c.batch_size), str(r.threads), f"{r.images_per_s:.1f}",
+               c.compile, str(c.batch_size), str(r.threads), f"{r.images_per_s:.1f}",
                f"{min(r.window_images_per_s):.1f}–{max(r.window_images_per_s):.1f}", f"{r.step_ms:.0f}",
                f"{r.peak_rss_mib / 1024:.2f}"]
         if with_data:

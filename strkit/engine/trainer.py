@@ -46,6 +46,7 @@ from strkit.data.teacher_cache import TeacherTarget
 from strkit.engine.metrics import RecognitionMetrics
 from strkit.models.recognizer import AUX_CTC_PREFIX, GEOMETRY_TARGETS, RecognitionModel, build_model
 
+from .compilation import maybe_compile
 from .data import RunData, build_run_data
 from .distill import Distiller
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
@@ -182,6 +183,7 @@ class Trainer:
         if self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = maybe_compile(self.net, cfg.train.compile)
         self.data: RunData | None = None
         self.distiller = (Distiller(cfg.distill, self.model.charset, self.dist.is_main)
                           if cfg.distill.teacher else None)
