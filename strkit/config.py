@@ -157,8 +157,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False
     # torch.compile the training forward pass: off | default | reduce-overhead | max-autotune |
-    # max-autotune-no-cudagraphs (strkit.engine.compilation; eager fallback with one warning).
-    compile: str = "off"
+    # max-autotune-no-cudagraphs, or false / true (= off / default; YAML reads a bare `off` as false)
+    # (strkit.engine.compilation; eager fallback with one warning).
+    compile: str | bool = "off"
     threads: int = 0  # 0 = leave torch's default
     val_every: int = 500
     val_batches: int = 0  # 0 = the whole validation set

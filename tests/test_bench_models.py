@@ -33,7 +33,7 @@ def test_train_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
                  "--batch-size", "4", "--steps", "2", "--warmup", "1", "--windows", "2", "--threads", "1",
                  "--json", str(out), *NO_WAIT]) == 0
     printed = capsys.readouterr().out
-    assert "| mbv2-ctc | none-mobilenetv2-bilstm-ctc | 4,574,437 | fp32 | off | 4 |" in printed
+    assert "| mbv2-ctc | none-mobilenetv2-bilstm-ctc | 4,574,437 | fp32 | off | off | 4 |" in printed
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "train" and "tools/bench.py train" in payload["command"]
     (result,) = payload["results"]

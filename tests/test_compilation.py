@@ -34,7 +34,9 @@ def test_unknown_compile_mode_is_a_config_error(word_folder, tmp_path):
 def test_off_returns_the_module_itself():
     net = torch.nn.Linear(3, 2)
     assert maybe_compile(net, "off") is net
+    assert maybe_compile(net, False) is net  # YAML reads a bare `off` as false
     assert isinstance(maybe_compile(net, "default"), CompiledModule)
+    assert isinstance(maybe_compile(net, True), CompiledModule)
 
 
 def test_wrapper_adds_no_parameters():
@@ -52,7 +54,7 @@ def test_compiled_steps_match_eager_steps(word_folder, tmp_path):
     images, labels = _batch(eager)
     first = (eager.train_step(images, labels), compiled.train_step(images, labels))
     assert first[1] == pytest.approx(first[0], rel=1e-5)
-    for (name, pa), pb in zip(eager.model.named_parameters(), compiled.model.parameters()):
+    for (name, pa), pb in zip(eager.model.named_parameters(), compiled.model.parameters(), strict=True):
         assert (pa.grad is None) == (pb.grad is None), name
         if pa.grad is not None:  # the first step's gradients (Adam's updates would amplify rounding)
             assert torch.allclose(pa.grad, pb.grad, rtol=1e-3, atol=1e-5), name

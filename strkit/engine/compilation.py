@@ -28,10 +28,13 @@ COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-auto
                                   "max-autotune-no-cudagraphs")
 
 
-def check_compile_mode(mode: str) -> None:
-    """Raise :class:`ConfigError` unless ``mode`` is one of :data:`COMPILE_MODES`."""
+def compile_mode(setting: str | bool) -> str:
+    """The :data:`COMPILE_MODES` entry a ``train.compile`` setting means (``False`` = ``off``, ``True`` =
+    ``default``); :class:`ConfigError` for anything else."""
+    mode = ("default" if setting else "off") if isinstance(setting, bool) else setting
     if mode not in COMPILE_MODES:
-        raise ConfigError(f"train.compile={mode!r}: use one of {', '.join(COMPILE_MODES)}")
+        raise ConfigError(f"train.compile={setting!r}: use one of {', '.join(COMPILE_MODES)}")
+    return mode
 
 
 def _compile_errors() -> tuple[type[BaseException], ...]:
@@ -67,8 +70,7 @@ class CompiledModule(torch.nn.Module):
 
     def __init__(self, module: torch.nn.Module, mode: str = "default", backend: Any = "inductor") -> None:
         super().__init__()
-        check_compile_mode(mode)
-        if mode == "off":
+        if compile_mode(mode) == "off":
             raise ValueError("CompiledModule needs a compile mode other than 'off'")
         self.module = module
         compiled = torch.compile(module, mode=None if mode == "default" else mode, backend=backend)
@@ -87,7 +89,8 @@ class CompiledModule(torch.nn.Module):
         return self.module(*args, **kwargs)
 
 
-def maybe_compile(module: torch.nn.Module, mode: str) -> torch.nn.Module:
-    """``module`` itself for ``mode == "off"``, else a :class:`CompiledModule` around it."""
-    check_compile_mode(mode)
+def maybe_compile(module: torch.nn.Module, setting: str | bool) -> torch.nn.Module:
+    """``module`` itself when ``setting`` means ``off`` (see :func:`compile_mode`), else a
+    :class:`CompiledModule` around it."""
+    mode = compile_mode(setting)
     return module if mode == "off" else CompiledModule(module, mode)
