@@ -624,7 +624,7 @@ class PruningReporter:
         self.pruned_at: int | None = None
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        from strkit.engine.trainer import StopTraining
+        from strkit.engine.loop import StopTraining
 
         resource = int(time.perf_counter() - self.t0) if self.by_time else step
         resource = max(resource, self.last_resource + 1)
