@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,7 @@ class RunLoop:
         overwrite: replace an earlier run's outputs in ``train.out_dir`` (see :mod:`strkit.engine.run_dir`).
         hooks: hooks called in this order.
         ranks: the collective operations (default: ``torch.distributed`` of this process's group).
+        clock: the time budget's clock (seconds; a test passes its own).
     """
 
     #: progress bar label ("" = no bar).
@@ -131,7 +133,8 @@ class RunLoop:
     scaler: torch.amp.GradScaler
 
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
-                 hooks: Sequence[Hook] = (), ranks: Ranks | None = None) -> None:
+                 hooks: Sequence[Hook] = (), ranks: Ranks | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.cfg = cfg
         self.resumed_from = resume
         self.overwrite = overwrite
@@ -147,7 +150,8 @@ class RunLoop:
         self.step = 0
         self.first_step = 0  # where this process's loop started
         self.skipped_steps = 0
-        self.budget = TimeBudget(cfg.train.max_minutes)
+        self.clock = clock
+        self.budget = TimeBudget(cfg.train.max_minutes, clock=clock)
         self.logger: RunLogger | None = None
         self.last_val: dict[str, float] = {}  # the last validation's metrics (empty on ranks other than 0)
 
@@ -176,7 +180,7 @@ class RunLoop:
             self.scaler.load_state_dict(ts["scaler"])
         self.step = int(payload["step"])
         self.skipped_steps = int(ts.get("skipped_steps", 0))
-        self.budget = TimeBudget(self.cfg.train.max_minutes, float(ts.get("elapsed_s", 0.0)))
+        self.budget = TimeBudget(self.cfg.train.max_minutes, float(ts.get("elapsed_s", 0.0)), self.clock)
         self.load_extras(payload)
         rng = ts.get("rng", {}).get(str(self.dist.rank)) or ts.get("rng", {}).get("0")
         if rng is not None:
@@ -285,7 +289,7 @@ class RunLoop:
     # -- the run --------------------------------------------------------------------------------
     def fit(self) -> Any:
         """Prepare the output folder, :meth:`setup`, run the loop, :meth:`finish`; returns what finish returns."""
-        prepare_out_dir_on_main(self.dist, self.out_dir, resume_step=self.step if self.resumed_from else None,
+        prepare_out_dir_on_main(self.ranks, self.out_dir, resume_step=self.step if self.resumed_from else None,
                                 overwrite=self.overwrite, resumed_from=self.resumed_from)
         if self.ranks.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)

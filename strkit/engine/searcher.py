@@ -1,4 +1,5 @@
-"""The architecture search loop: ProxylessNAS over a recogniser with a ``supernet`` backbone.
+"""Architecture search: ProxylessNAS over a recogniser whose backbone is a search space (e.g. ``supernet``),
+as steps and hooks on the run loop (:mod:`strkit.engine.loop`).
 
 One :class:`Searcher` runs one config (``model.backbone.name: supernet`` plus a ``search`` section,
 see :mod:`strkit.nas.config`). ``fit()``:
@@ -24,7 +25,9 @@ searched, arch: arch.json}``.
 
 Under ``torchrun`` every rank samples the same paths (the gate generator is seeded identically),
 gradients of the weights and of α are averaged across ranks, and α is broadcast from rank 0 after
-every architecture step, so α stays identical on all ranks; rank 0 logs, saves and reports.
+every architecture step, so α stays identical on all ranks; rank 0 logs, saves and reports. The time
+budget (``train.max_minutes``) is the run loop's: summed over resumes, rank 0's clock decides, and every
+rank stops at the same step.
 """
 
 from __future__ import annotations
@@ -265,7 +268,7 @@ class Searcher(RunLoop):
         self.arch_batches = int(ss["arch_batches"])
         self.timing.update(ss.get("timing") or {})
         if "elapsed_s" not in payload["train_state"]:  # a checkpoint that kept the wall time in its timing only
-            self.budget = TimeBudget(self.cfg.train.max_minutes, float(self.timing["elapsed_s"]))
+            self.budget = TimeBudget(self.cfg.train.max_minutes, float(self.timing["elapsed_s"]), self.clock)
         if ss.get("lut"):
             self.lut = LatencyTable.from_dict(ss["lut"], "checkpoint latency table")
 
