@@ -267,7 +267,7 @@ class Searcher(RunLoop):
         self.arch_steps = int(ss["arch_steps"])
         self.arch_batches = int(ss["arch_batches"])
         self.timing.update(ss.get("timing") or {})
-        if "elapsed_s" not in payload["train_state"]:  # a checkpoint that kept the wall time in its timing only
+        if "elapsed_s" not in payload["train_state"]:  # a search checkpoint with its wall time in the timing only
             self.budget = TimeBudget(self.cfg.train.max_minutes, float(self.timing["elapsed_s"]), self.clock)
         if ss.get("lut"):
             self.lut = LatencyTable.from_dict(ss["lut"], "checkpoint latency table")
