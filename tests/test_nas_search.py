@@ -97,8 +97,10 @@ def test_resume_matches_an_uninterrupted_search(word_folder, tmp_path):
     Searcher(load_config(TINY, overrides(word_folder, full, 6, *extra))).fit()
     part = tmp_path / "part"
     Searcher(load_config(TINY, overrides(word_folder, part, 3, *extra))).fit()
+    spent = load_checkpoint(part / "last.pt")["train_state"]["elapsed_s"]
     resumed = Searcher(load_config(TINY, overrides(word_folder, part, 6, *extra)), resume=part / "last.pt")
     assert resumed.step == 3 and resumed.arch_steps == 1
+    assert spent > 0 and resumed.elapsed_before == spent  # the budget counts the first part's time
     resumed.fit()
     a, b = _flat(full / "last.pt"), _flat(part / "last.pt")
     assert a.keys() == b.keys()

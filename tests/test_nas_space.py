@@ -232,3 +232,44 @@ def test_shared_supernet_trains_one_superkernel_from_every_path_and_keeps_costs(
     GateController(shared).argmax()  # the derived architecture names the same ops
     assert arch_ops(derive_arch(shared)) == arch_ops(derive_arch(plain))
     assert shared(torch.randn(1, 1, 32, 64)).shape == plain(torch.randn(1, 1, 32, 64)).shape
+
+
+def test_search_spaces_are_known_by_their_base_class_not_their_name(tmp_path):
+    """A new space is one class: a registered SearchSpace subclass is searchable, found in a model by
+    ``searched_parts``, derives its architecture section and says what it retrains as."""
+    from torch import nn
+
+    from strkit.engine.searcher import write_retrain_config
+    from strkit.models.rectifiers.tps import LOC_BODIES
+    from strkit.models.registry import BACKBONES
+    from strkit.nas.arch import searched_parts
+    from strkit.nas.proxyless import MixedEdge
+    from strkit.nas.space import SearchSpace, is_search_space, search_space_names, space_class
+    from strkit.registry import Registry
+
+    assert "supernet" in search_space_names(BACKBONES) and "mobilenetv2" not in search_space_names(BACKBONES)
+    assert is_search_space(LOC_BODIES, {"name": "supernet"}) and not is_search_space(LOC_BODIES, {"name": "cnn"})
+    assert space_class(BACKBONES, {"name": "supernet"}) is SuperNet and space_class(BACKBONES, "supernet") is None
+
+    spaces: Registry = Registry("toy stage")
+
+    @spaces.register("toy")
+    class ToySpace(SearchSpace):
+        def __init__(self) -> None:
+            super().__init__()
+            ops = {"a": nn.Identity(), "b": nn.Identity()}
+            infos = [{"op": "a"}, {"op": "b"}]
+            self.cell = MixedEdge(ops, infos, {"part": "backbone", "index": 0})
+
+        def arch_section(self, choices):
+            return {"cells": [{"op": self.cell.candidates[j]} for j in choices]}
+
+    assert search_space_names(spaces) == ["toy"]
+    holder = nn.Sequential(nn.Identity(), ToySpace())
+    parts = searched_parts(holder)
+    assert list(parts) == ["backbone"] and parts["backbone"].edges() == [holder[1].cell]
+    assert parts["backbone"].arch_section([1]) == {"cells": [{"op": "b"}]}
+    cfg = load_config(TINY)
+    path = write_retrain_config(cfg, tmp_path / "arch.json", tmp_path / "retrain.yaml", tmp_path / "run")
+    retrain = load_config(path)
+    assert retrain.model.backbone == SuperNet.retrain_spec(str((tmp_path / "arch.json").resolve()))

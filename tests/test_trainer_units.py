@@ -9,7 +9,8 @@ import torch
 
 from strkit.config import OptimizerConfig, SchedulerConfig, load_config
 from strkit.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
-from strkit.engine.trainer import Trainer, autocast_context, rng_state, set_rng_state
+from strkit.engine.runtime import autocast_context, rng_state, set_rng_state
+from strkit.engine.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

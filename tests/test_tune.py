@@ -112,7 +112,8 @@ def test_no_validation_data_is_refused(tmp_path, word_folder):
 
 # -- the trainer's observer --------------------------------------------------------------------------
 def test_on_validation_observer_can_stop_training(tmp_path, word_folder):
-    from strkit.engine.trainer import StopTraining, Trainer
+    from strkit.engine.loop import StopTraining
+    from strkit.engine.trainer import Trainer
 
     seen = []
 

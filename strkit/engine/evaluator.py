@@ -27,7 +27,7 @@ from strkit.inference.options import DEFAULT_CONFIDENCE, prediction_confidence
 from strkit.models.recognizer import RecognitionModel
 
 from .data import eval_transform
-from .trainer import autocast_context
+from .runtime import autocast_context
 
 
 @dataclass

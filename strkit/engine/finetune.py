@@ -9,12 +9,15 @@
   charset differs, the class rows of the output layers (blank + one row per character) are matched by
   character: rows of characters both charsets hold are copied bit for bit, rows of new characters keep
   their fresh initialisation, rows of dropped characters are left out.
+- :class:`FreezeParameters`: the run-loop hook of ``train.freeze`` (parameters kept fixed for the first
+  steps, e.g. an identity-initialised rectifier).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +26,9 @@ import torch
 from strkit.charset import Charset, CTCCodec
 from strkit.checkpoint import init_from_checkpoint, load_checkpoint
 from strkit.config import Config, ConfigError, from_dict
+
+from .loop import Hook, RunLoop
+from .optim import parameters_with_prefix
 
 log = logging.getLogger("strkit")
 
@@ -115,3 +121,34 @@ def init_with_charset_change(model: torch.nn.Module, path: str | Path, prefixes:
              "%d characters dropped", old.name, len(old), new.name, len(new), len(new_ids) - 1,
              k_new - len(new_ids), k_old - len(old_ids))
     return sorted(merged)
+
+
+def frozen_parameters(model: torch.nn.Module, freeze: Mapping[str, int]) -> list[tuple[int, list[torch.nn.Parameter]]]:
+    """``train.freeze`` ({parameter-name prefix: step}) -> [(step, parameters)], checked: every prefix
+    must name parameters of the model and every step must be a non-negative integer."""
+    out: list[tuple[int, list[torch.nn.Parameter]]] = []
+    for prefix, until in (freeze or {}).items():
+        if not isinstance(until, int) or isinstance(until, bool) or until < 0:
+            raise ConfigError(f"train.freeze.{prefix}: the step until which it stays fixed must be an integer "
+                              f">= 0, got {until!r}")
+        out.append((until, parameters_with_prefix(list(model.named_parameters()), prefix, "train.freeze")))
+    return out
+
+
+class FreezeParameters(Hook):
+    """``train.freeze``: the parameters of each prefix get no gradient before their step, so neither an update
+    nor weight decay moves them (gradients are still computed, which keeps DDP's reduction uniform).
+
+    Args:
+        model: the model the prefixes name parameters of.
+        freeze: ``{parameter-name prefix: step}`` (checked by :func:`frozen_parameters`).
+    """
+
+    def __init__(self, model: torch.nn.Module, freeze: Mapping[str, int]) -> None:
+        self.frozen = frozen_parameters(model, freeze)
+
+    def after_backward(self, loop: RunLoop) -> None:
+        for until, params in self.frozen:
+            if loop.step < until:
+                for p in params:
+                    p.grad = None

@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from strkit.charset import AttentionCodec, Charset, LabelFilter
-from strkit.checkpoint import save_checkpoint
 from strkit.config import Config, SourceConfig
 from strkit.models.recognizer import RecognitionModel, build_model
 
-from .distributed import resolve_device
+from .loop import MeanWindow, RunLoop
 from .optim import build_optimizer, build_scheduler
-from .run_dir import prepare_out_dir
-from .trainer import RunLogger, seed_everything
+from .runtime import optimiser_step
 
 log = logging.getLogger("strkit")
 
@@ -94,13 +91,20 @@ def _language_decoder(model: nn.Module) -> nn.Module:
     return decoder
 
 
+def word_batch(words: Sequence[str], codec: AttentionCodec, batch_size: int, generator: torch.Generator,
+               device: torch.device) -> torch.Tensor:
+    """``batch_size`` words drawn with replacement by ``generator``, encoded: ``B×(L+2)`` tokens on ``device``."""
+    idx = torch.randint(len(words), (batch_size,), generator=generator).tolist()
+    return codec.encode([words[i] for i in idx])["tokens"].to(device)
+
+
 def pretrain_language_model(decoder: nn.Module, words: Sequence[str], codec: AttentionCodec, steps: int,
                             batch_size: int = 64, optimizer: torch.optim.Optimizer | None = None,
                             scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                             noise: float = 0.1, seed: int = 0, grad_clip: float = 5.0,
-                            device: torch.device | str | None = None,
-                            on_step: Callable[[int, float], bool | None] | None = None) -> list[float]:
-    """Train ``decoder.language`` (an ``iterative_vl`` decoder's BCN) on random batches of ``words``.
+                            device: torch.device | str | None = None) -> list[float]:
+    """Train ``decoder.language`` (an ``iterative_vl`` decoder's BCN) on random batches of ``words``, outside
+    a run (no output folder, log or checkpoint; :func:`run_lm_pretraining` is the run).
 
     Args:
         decoder: the decoder (its ``language_model_loss`` is used; only its language model is trained).
@@ -113,38 +117,26 @@ def pretrain_language_model(decoder: nn.Module, words: Sequence[str], codec: Att
         seed: seeds the batch sampling and the noise (independent of the global RNG).
         grad_clip: gradient-norm clip (0 = off).
         device: where the tokens go (default: the decoder's device).
-        on_step: called as ``on_step(step, loss)`` after every step (1-based step); returning True stops
-            the training there.
 
     Returns:
-        the loss of every step.
+        the loss of every step (a non-finite one skipped its update).
     """
     decoder = _language_decoder(decoder)
     if not words:
         raise ValueError("pretrain_language_model: the word list is empty")
-    lm = decoder.language
-    params = [p for p in lm.parameters() if p.requires_grad]
+    params = [p for p in decoder.language.parameters() if p.requires_grad]
     opt = optimizer or torch.optim.AdamW(params, lr=1e-3)
-    device = torch.device(device) if device is not None else next(lm.parameters()).device
+    device = torch.device(device) if device is not None else next(decoder.language.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     was_training = decoder.training
     decoder.train()
     losses: list[float] = []
     try:
-        for step in range(1, steps + 1):
-            idx = torch.randint(len(words), (batch_size,), generator=gen).tolist()
-            tokens = codec.encode([words[i] for i in idx])["tokens"].to(device)
-            loss = decoder.language_model_loss(tokens, noise=noise, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            if scheduler is not None:
-                scheduler.step()
+        for _ in range(steps):
+            loss = decoder.language_model_loss(word_batch(words, codec, batch_size, gen, device), noise=noise,
+                                               generator=gen)
+            optimiser_step(loss, opt, scheduler, clip=params, max_norm=grad_clip)
             losses.append(float(loss.detach()))
-            if on_step is not None and on_step(step, losses[-1]):
-                break
     finally:
         decoder.train(was_training)
     return losses
@@ -186,10 +178,91 @@ def _split_words(words: list[str], fraction: float, seed: int) -> tuple[list[str
     return [words[i] for i in sorted(perm[n_val:])], [words[i] for i in sorted(perm[:n_val])]
 
 
-def _save(model: RecognitionModel, cfg: Config, path: Path, step: int, metrics: dict[str, float]) -> None:
-    save_checkpoint(path, config=cfg.to_dict(), charset=model.charset.to_dict(),
-                    state_dict=model.state_dict(), metrics=metrics, step=step, arch=model.arch,
-                    extra={"stage": "lm_pretrain"})
+class LanguageModelPretraining(RunLoop):
+    """The run of :func:`run_lm_pretraining` on the run loop (one process; not resumable: ``last.pt`` holds the
+    weights, no training state).
+
+    Args:
+        cfg: a text-only config (see the module docstring).
+        noise: probability of replacing each input character by a random one.
+        overwrite: replace an earlier run's outputs in ``train.out_dir``.
+    """
+
+    progress_desc = ""
+    resumable = False
+    run_kind = "language-model pre-training"
+
+    def __init__(self, cfg: Config, noise: float = 0.1, overwrite: bool = False) -> None:
+        super().__init__(cfg, None, overwrite)
+        t = cfg.train
+        self.noise = noise
+        self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
+                                                   cfg.data.channels).to(self.device)
+        self.decoder = _language_decoder(self.model)
+        codec = self.model.codec
+        assert isinstance(codec, AttentionCodec)
+        self.codec = codec
+        words, _ = load_words(text_sources(cfg), self.model.charset, cfg.model.max_length)
+        self.train_words, self.val_words = _split_words(words, cfg.data.val_fraction, t.seed)
+        self.optimizer = build_optimizer(self.decoder.language, t.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, t.scheduler, t.steps)
+        self.scaler = torch.amp.GradScaler(enabled=False)
+        self.params = [p for p in self.decoder.language.parameters() if p.requires_grad]
+        self.generator = torch.Generator().manual_seed(t.seed)  # batches and noise, apart from the global RNG
+        self.window = MeanWindow()
+        self.losses: list[float] = []
+        self.metrics: dict[str, float] = {}
+
+    def setup(self) -> None:
+        t = self.cfg.train
+        log.info("language-model pre-training on %d words (%d held out), %d steps of %d words",
+                 len(self.train_words), len(self.val_words), t.steps, t.batch_size)
+        self.decoder.train()
+
+    def batches(self) -> Iterator[torch.Tensor]:
+        while True:
+            yield word_batch(self.train_words, self.codec, self.cfg.train.batch_size, self.generator, self.device)
+
+    def forward_loss(self, *inputs: Any) -> torch.Tensor:
+        """The language model's denoising loss on a batch of tokens."""
+        return self.decoder.language_model_loss(inputs[0], noise=self.noise, generator=self.generator)
+
+    def run_step(self, batch: torch.Tensor) -> None:
+        loss = self.forward_loss(batch)
+        self.optimise(loss, clip=self.params)
+        self.losses.append(float(loss.detach()))
+        self.window.add("lm_loss", self.losses[-1])
+
+    def log_row(self) -> dict[str, float]:
+        self.metrics["lm_loss"] = self.window.mean("lm_loss")
+        self.window.clear()
+        lr = self.scheduler.get_last_lr()[0]
+        log.info("lm step %d/%d loss %.4f lr %.2e (%.1f s)", self.step, self.cfg.train.steps, self.metrics["lm_loss"],
+                 lr, self.budget.session_s)
+        return {"lm_loss": self.metrics["lm_loss"], "lr": lr}
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_words:
+            return {}
+        acc = cloze_accuracy(self.decoder, self.val_words, self.codec)
+        self.metrics["lm_val_cloze_accuracy"] = acc
+        log.info("lm step %d cloze accuracy on %d held-out words: %.4f", self.step, len(self.val_words), acc)
+        return {"lm_val_cloze_accuracy": acc}
+
+    def checkpoint_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return dict(self.metrics)
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"stage": "lm_pretrain"}
+
+    def finish(self, reason: str) -> dict[str, float]:
+        if reason == "time":
+            log.info("lm pre-training stopped at step %d: train.max_minutes=%g reached", self.step,
+                     self.cfg.train.max_minutes)
+        if not self.losses or not all(math.isfinite(x) for x in self.losses[-10:]):
+            log.warning("language-model pre-training ended with non-finite losses")
+        log.info("language model saved in %s", self.out_dir / "last.pt")
+        return self.metrics
 
 
 def run_lm_pretraining(cfg: Config, noise: float = 0.1, overwrite: bool = False) -> dict[str, float]:
@@ -201,58 +274,4 @@ def run_lm_pretraining(cfg: Config, noise: float = 0.1, overwrite: bool = False)
     ``lm_val_cloze_accuracy``. A ``train.out_dir`` that holds an earlier run is refused unless
     ``overwrite`` (see :mod:`strkit.engine.run_dir`).
     """
-    t = cfg.train
-    if t.threads > 0:
-        torch.set_num_threads(t.threads)
-    seed_everything(t.seed)
-    device = resolve_device(t.device)
-    model = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels).to(device)
-    decoder = _language_decoder(model)
-    codec = model.codec
-    assert isinstance(codec, AttentionCodec)
-    words, _ = load_words(text_sources(cfg), model.charset, cfg.model.max_length)
-    train_words, val_words = _split_words(words, cfg.data.val_fraction, t.seed)
-    out_dir = Path(t.out_dir)
-    prepare_out_dir(out_dir, overwrite=overwrite)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg.dump(out_dir / "config.yaml")
-    log.info("language-model pre-training on %d words (%d held out), %d steps of %d words",
-             len(train_words), len(val_words), t.steps, t.batch_size)
-    optimizer = build_optimizer(decoder.language, t.optimizer)
-    scheduler = build_scheduler(optimizer, t.scheduler, t.steps)
-    metrics: dict[str, float] = {}
-    window: list[float] = []
-    logger = RunLogger(out_dir, enabled=True, tensorboard=t.tensorboard)
-    t0 = time.perf_counter()
-
-    def on_step(step: int, loss: float) -> bool:
-        window.append(loss)
-        out_of_time = t.max_minutes > 0 and (time.perf_counter() - t0) / 60 >= t.max_minutes
-        last = step == t.steps or out_of_time
-        if step % t.log_every == 0 or last:
-            metrics["lm_loss"] = float(np.mean(window))
-            window.clear()
-            logger.log({"step": step, "lm_loss": metrics["lm_loss"], "lr": scheduler.get_last_lr()[0]})
-            log.info("lm step %d/%d loss %.4f lr %.2e (%.1f s)", step, t.steps, metrics["lm_loss"],
-                     scheduler.get_last_lr()[0], time.perf_counter() - t0)
-        if val_words and (step % t.val_every == 0 or last):
-            metrics["lm_val_cloze_accuracy"] = cloze_accuracy(decoder, val_words, codec)
-            logger.log({"step": step, "lm_val_cloze_accuracy": metrics["lm_val_cloze_accuracy"]})
-            log.info("lm step %d cloze accuracy on %d held-out words: %.4f", step, len(val_words),
-                     metrics["lm_val_cloze_accuracy"])
-        if step % t.save_every == 0 or last:
-            _save(model, cfg, out_dir / "last.pt", step, dict(metrics))
-        if out_of_time:
-            log.info("lm pre-training stopped at step %d: train.max_minutes=%g reached", step, t.max_minutes)
-        return out_of_time
-
-    try:
-        losses = pretrain_language_model(decoder, train_words, codec, t.steps, t.batch_size, optimizer,
-                                         scheduler, noise=noise, seed=t.seed, grad_clip=t.grad_clip,
-                                         device=device, on_step=on_step)
-    finally:
-        logger.close()
-    if not losses or not all(math.isfinite(x) for x in losses[-10:]):
-        log.warning("language-model pre-training ended with non-finite losses")
-    log.info("language model saved in %s", out_dir / "last.pt")
-    return metrics
+    return LanguageModelPretraining(cfg, noise, overwrite).fit()

@@ -18,10 +18,9 @@ import csv
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 from strkit.checkpoint import remove_stale_temporaries
-
-from .distributed import DistInfo, broadcast_object
 
 log = logging.getLogger("strkit")
 
@@ -105,14 +104,23 @@ def prepare_out_dir(out_dir: str | Path, *, resume_step: int | None = None, over
                  f" ({dropped} metrics.csv rows after that step dropped)" if dropped else "")
 
 
-def prepare_out_dir_on_main(dist: DistInfo, out_dir: str | Path, **kwargs: object) -> None:
+class _Ranks(Protocol):
+    """What :func:`prepare_out_dir_on_main` needs of the run's ranks (:class:`strkit.engine.runtime.Ranks`)."""
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def broadcast(self, obj: object) -> object: ...
+
+
+def prepare_out_dir_on_main(ranks: _Ranks, out_dir: str | Path, **kwargs: object) -> None:
     """:func:`prepare_out_dir` on rank 0; its refusal is raised on every rank."""
     error = None
-    if dist.is_main:
+    if ranks.is_main:
         try:
             prepare_out_dir(out_dir, **kwargs)  # type: ignore[arg-type]
         except RunDirError as exc:
             error = str(exc)
-    error = broadcast_object(error, dist)
+    error = ranks.broadcast(error)
     if error:
-        raise RunDirError(error)
+        raise RunDirError(str(error))

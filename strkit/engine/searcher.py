@@ -1,4 +1,5 @@
-"""The architecture search loop: ProxylessNAS over a recogniser with a ``supernet`` backbone.
+"""Architecture search: ProxylessNAS over a recogniser whose backbone is a search space (e.g. ``supernet``),
+as steps and hooks on the run loop (:mod:`strkit.engine.loop`).
 
 One :class:`Searcher` runs one config (``model.backbone.name: supernet`` plus a ``search`` section,
 see :mod:`strkit.nas.config`). ``fit()``:
@@ -24,7 +25,9 @@ searched, arch: arch.json}``.
 
 Under ``torchrun`` every rank samples the same paths (the gate generator is seeded identically),
 gradients of the weights and of α are averaged across ranks, and α is broadcast from rank 0 after
-every architecture step, so α stays identical on all ranks; rank 0 logs, saves and reports.
+every architecture step, so α stays identical on all ranks; rank 0 logs, saves and reports. The time
+budget (``train.max_minutes``) is the run loop's: summed over resumes, rank 0's clock decides, and every
+rank stops at the same step.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +47,11 @@ import yaml
 from torch.utils.data import DataLoader
 
 from strkit.charset import Charset
-from strkit.checkpoint import load_checkpoint, save_checkpoint
-from strkit.config import Config, from_dict
+from strkit.config import Config
 from strkit.models.recognizer import RecognitionModel, build_model
-from strkit.nas import search_space  # noqa: F401  (registers the 'supernet' backbone)
+from strkit.models.rectifiers.tps import LOC_BODIES
+from strkit.models.registry import BACKBONES
+from strkit.nas import search_space  # noqa: F401  (registers the 'supernet' search space)
 from strkit.nas.arch import build_searched, derive_arch, find_supernet, save_arch, searched_edges, section_arch
 from strkit.nas.config import SearchConfig, search_config
 from strkit.nas.latency import (
@@ -68,13 +72,14 @@ from strkit.nas.proxyless import (
     weight_parameters,
 )
 from strkit.nas.report import ProbabilityHistory, cell_descriptions, write_report
+from strkit.nas.space import SearchSpace, is_search_space, search_space_names, space_class
 
 from .data import RunData, build_run_data
-from .distributed import DistInfo, barrier, broadcast_object, shutdown
+from .distributed import DistInfo, broadcast_object
 from .evaluator import evaluate_loader
+from .loop import Hook, MeanWindow, RunLoop
 from .optim import build_scheduler, optimizer_for
-from .run_dir import prepare_out_dir_on_main
-from .trainer import RunLogger, autocast_context, rng_state, seed_everything, set_rng_state, setup_run
+from .runtime import TimeBudget, autocast_context
 
 log = logging.getLogger("strkit")
 
@@ -137,22 +142,25 @@ def _mean_entropy(model: torch.nn.Module) -> float:
 
 
 def _searched_rectifier(rectifier: Any, arch_path: str) -> Any:
-    """The rectifier spec of a retrain config: a ``supernet`` localisation body becomes ``searched`` from
-    ``arch_path`` (its ``rectifier`` section); any other rectifier is kept as it is."""
-    if not isinstance(rectifier, dict) or not isinstance(rectifier.get("loc"), dict):
+    """The rectifier spec of a retrain config: a searched localisation body (a search space of
+    ``LOC_BODIES``) becomes what its space retrains as, from ``arch_path`` (its ``rectifier`` section); any
+    other rectifier is kept as it is."""
+    if not isinstance(rectifier, dict):
         return rectifier
-    if rectifier["loc"].get("name") != "supernet":
+    space = space_class(LOC_BODIES, rectifier.get("loc"))
+    if space is None:
         return rectifier
-    return {**rectifier, "loc": {"name": "searched", "arch": arch_path}}
+    return {**rectifier, "loc": space.retrain_spec(arch_path)}
 
 
 def write_retrain_config(cfg: Config, arch_path: Path, path: Path, out_dir: Path) -> Path:
-    """Write ``path``: the search config ``cfg`` with ``model.backbone: {name: searched, arch: arch_path}``
-    (and a searched rectifier's ``model.rectifier.loc`` likewise), no ``search`` section and
-    ``train.out_dir = out_dir``, ready for ``tools/train.py``."""
+    """Write ``path``: the search config ``cfg`` with ``model.backbone`` replaced by the spec its search space
+    retrains as (``{name: searched, arch: arch_path}``), a searched rectifier's ``model.rectifier.loc``
+    likewise, no ``search`` section and ``train.out_dir = out_dir``, ready for ``tools/train.py``."""
     retrain = cfg.to_dict()
     arch_file = str(Path(arch_path).resolve())
-    retrain["model"]["backbone"] = {"name": "searched", "arch": arch_file}
+    space = space_class(BACKBONES, retrain["model"]["backbone"]) or SearchSpace
+    retrain["model"]["backbone"] = space.retrain_spec(arch_file)
     retrain["model"]["rectifier"] = _searched_rectifier(retrain["model"]["rectifier"], arch_file)
     retrain["search"] = {}
     retrain["train"]["out_dir"] = str(out_dir)
@@ -162,37 +170,65 @@ def write_retrain_config(cfg: Config, arch_path: Path, path: Path, out_dir: Path
     return path
 
 
-class Searcher:
-    """Runs one architecture search from a resolved :class:`Config`.
+class _SearchGradients(Hook):
+    """After backward of a weight step: drop α's gradients (the full (DARTS) mode also reaches α there: α
+    moves only in α steps) and average the weights' gradients across ranks."""
+
+    def after_backward(self, loop: RunLoop) -> None:
+        assert isinstance(loop, Searcher)
+        for a in loop.alphas:
+            a.grad = None
+        _average_grads(loop.weights, loop.dist)
+
+
+class _ArchitectureSteps(Hook):
+    """After each weight step: an α step every ``search.arch_every`` steps after the warm-up, the probability
+    history every ``search.history_every`` steps, and the wall time for the report."""
+
+    def after_step(self, loop: RunLoop) -> None:
+        assert isinstance(loop, Searcher)
+        s, step = loop.scfg, loop.step
+        if step > s.warmup_steps and (step - s.warmup_steps) % s.arch_every == 0:
+            images, labels = next(loop.arch_iter)
+            t_step = time.perf_counter()
+            loop.arch_row = loop.arch_step(images, labels)
+            loop._count("arch", t_step)
+        if step % s.history_every == 0 or step == loop.cfg.train.steps:
+            loop.history.record(step, loop.model)
+        loop.timing["elapsed_s"] = loop.elapsed_s
+
+
+class Searcher(RunLoop):
+    """Runs one architecture search from a resolved :class:`Config` (a :class:`~strkit.engine.loop.RunLoop`).
 
     Args:
-        cfg: the run's config (``model.backbone.name`` must be ``supernet``).
+        cfg: the run's config (``model.backbone`` must name a search space, e.g. ``supernet``).
         resume: a ``last.pt`` written by a search to continue from (same model/data/search config).
         overwrite: replace the outputs of an earlier run in ``train.out_dir`` (see
             :mod:`strkit.engine.run_dir`); without it (or ``resume``) :meth:`fit` refuses such a folder.
     """
 
+    progress_desc = "search"
+    resume_sections = ("model", "data", "search")
+    resume_state_key = "search_state"
+    run_kind = "search"
+
     def __init__(self, cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> None:
-        self.cfg = cfg
-        self.resumed_from = resume
-        self.overwrite = overwrite
         self.scfg: SearchConfig = search_config(cfg.search)
-        self.device, self.dist = setup_run(cfg)
-        self.out_dir = Path(cfg.train.out_dir)
-        payload = load_checkpoint(resume) if resume else None
-        if payload is not None:
-            self._check_resume_config(payload, resume)
-        seed_everything(cfg.train.seed + self.dist.rank)
-        if str(dict(cfg.model.backbone).get("name")) != "supernet":
-            raise ValueError(f"model.backbone.name is {dict(cfg.model.backbone).get('name')!r}: a search needs "
-                             "the 'supernet' backbone (see configs/search/)")
+        super().__init__(cfg, resume, overwrite, hooks=[_SearchGradients(), _ArchitectureSteps()])
+        if not is_search_space(BACKBONES, cfg.model.backbone):
+            raise ValueError(f"model.backbone.name is {dict(cfg.model.backbone).get('name')!r}: a search needs a "
+                             f"search-space backbone ({', '.join(search_space_names(BACKBONES))}; see "
+                             "configs/search/)")
         if cfg.model.geometry_loss > 0:
             raise ValueError("model.geometry_loss: the search does not feed word geometry to the rectifier; "
                              "search with model.geometry_loss=0 and use it when retraining (tools/train.py)")
+        payload = self.resume_payload
         charset = Charset.from_dict(payload["charset"]) if payload else None
         self.model: RecognitionModel = build_model(cfg.model, cfg.data.img_h, cfg.data.img_w,
                                                    cfg.data.channels, charset=charset).to(self.device)
-        self.supernet = find_supernet(self.model)
+        self.net = self.model
+        self.space = find_supernet(self.model)
         s = self.scfg
         # the same seed on every rank: every rank trains the same sampled sub-network
         self.gates = GateController(self.model, method=s.method, paths=s.paths, seed=cfg.train.seed)
@@ -203,66 +239,40 @@ class Searcher:
         self.arch_optimizer = build_alpha_optimizer(self.model, s.arch_lr, s.arch_betas, s.arch_eps,
                                                     s.arch_weight_decay)
         self.scaler = torch.amp.GradScaler(enabled=cfg.train.precision == "fp16")
-        self.step = 0
         self.arch_steps = 0
         self.arch_batches = 0
-        self.skipped_steps = 0
         self.history = ProbabilityHistory()
         self.lut: LatencyTable | None = None
         # wall time of the search loop and compute time of its steps (excluding data loading), kept
         # across resumes: the search-cost figures of the report
         self.timing = {"elapsed_s": 0.0, "weight_s": 0.0, "weight_n": 0, "arch_s": 0.0, "arch_n": 0}
-        if payload is not None:
-            self._load_state(payload)
+        self.resume_state()
         _broadcast_model(self.model, self.dist)  # every rank starts from rank 0's weights and α
         self.cost: CostModel | None = None
         self.data: RunData | None = None
+        self.window = MeanWindow()
+        self.arch_row: dict[str, float] = {}  # the last α step's figures (logged until the next one)
+        self.arch_iter: Iterator[Sequence[Any]] = iter(())
 
     # -- configuration and state ---------------------------------------------------------------
     @property
     def lut_threads(self) -> int:
         return self.scfg.lut_threads or self.cfg.train.threads or torch.get_num_threads()
 
-    def _check_resume_config(self, payload: dict, path: str | Path | None) -> None:
-        saved = from_dict(payload["config"])
-        for section in ("model", "data", "search"):
-            if getattr(saved, section) != getattr(self.cfg, section):
-                raise ValueError(f"cannot resume from {path}: its '{section}' config differs from this run's. "
-                                 "Resume with the saved config (config.yaml in the run folder).")
-        if not (payload.get("extra") or {}).get("search_state"):
-            raise ValueError(f"cannot resume from {path}: it is not a search checkpoint (no search state); "
-                             "pass the last.pt of a 'tools/search.py run'")
-
-    def _load_state(self, payload: dict) -> None:
-        self.model.load_state_dict(payload["state_dict"])
-        ts, ss = payload["train_state"], payload["extra"]["search_state"]
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.scheduler.load_state_dict(ts["scheduler"])
-        if ts.get("scaler"):
-            self.scaler.load_state_dict(ts["scaler"])
-        self.step = int(payload["step"])
-        self.skipped_steps = int(ts.get("skipped_steps", 0))
-        rng = ts.get("rng", {}).get("0")
-        if rng is not None:
-            set_rng_state(rng)
+    def load_extras(self, payload: dict[str, Any]) -> None:
+        ss = payload["extra"]["search_state"]
         self.arch_optimizer.load_state_dict(ss["arch_optimizer"])
         self.gates.load_state_dict(ss["gates"])
         self.history = ProbabilityHistory.from_dict(ss["history"])
         self.arch_steps = int(ss["arch_steps"])
         self.arch_batches = int(ss["arch_batches"])
         self.timing.update(ss.get("timing") or {})
+        if "elapsed_s" not in payload["train_state"]:  # a search checkpoint with its wall time in the timing only
+            self.budget = TimeBudget(self.cfg.train.max_minutes, float(self.timing["elapsed_s"]), self.clock)
         if ss.get("lut"):
             self.lut = LatencyTable.from_dict(ss["lut"], "checkpoint latency table")
 
-    def save(self, name: str = "last.pt", metrics: dict[str, float] | None = None) -> Path | None:
-        """Atomically write ``out_dir/name`` with the full search state (rank 0 only)."""
-        if not self.dist.is_main:
-            return None
-        train_state = {
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": {"0": rng_state()}, "skipped_steps": self.skipped_steps, "sampler": {"step": self.step},
-        }
+    def checkpoint_extra(self) -> dict[str, Any]:
         search_state = {
             "arch_optimizer": self.arch_optimizer.state_dict(), "gates": self.gates.state_dict(),
             "history": self.history.to_dict(), "arch_steps": self.arch_steps,
@@ -271,10 +281,7 @@ class Searcher:
             "probabilities": self.history.probs[-1] if self.history.probs else None,
             "arch": derive_arch(self.model),  # the current argmax architecture
         }
-        return save_checkpoint(self.out_dir / name, config=self.cfg.to_dict(),
-                               charset=self.model.charset.to_dict(), state_dict=self.model.state_dict(),
-                               metrics=metrics or {}, step=self.step, train_state=train_state,
-                               extra={"search_state": search_state})
+        return {"search_state": search_state}
 
     # -- latency table ------------------------------------------------------------------------
     def _prepare_cost(self) -> None:
@@ -315,35 +322,20 @@ class Searcher:
     def _targets(self, labels: list[str]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in self.model.encode(labels).items()}
 
-    def _images(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+    def run_step(self, batch: Sequence[Any]) -> None:
+        t_step = time.perf_counter()
+        loss = self.weight_step(batch[0], batch[1])
+        self._count("weight", t_step)
+        self.window.add("loss", loss)
 
     def weight_step(self, images: torch.Tensor, labels: list[str]) -> float | None:
         """One weight step on a sampled sub-network. Returns the loss (None when not finite)."""
-        cfg = self.cfg.train
         self.gates.weight_step(uniform=self.step < self.scfg.warmup_steps)
         self.model.train()
-        with autocast_context(self.device, cfg.precision):
-            loss = self.model(self._images(images), self._targets(labels)).loss
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss.detach()):
-            self.skipped_steps += 1
-            log.warning("non-finite loss at step %d: weight step skipped", self.step)
-            self.scheduler.step()
+        with autocast_context(self.device, self.cfg.train.precision):
+            loss = self.forward_loss(self.images_to_device(images), self._targets(labels)).loss
+        if not self.optimise(loss, clip=self.weights, what="weight step"):
             return None
-        self.scaler.scale(loss).backward()
-        for a in self.alphas:  # the full (DARTS) mode also reaches α here: α moves only in α steps
-            a.grad = None
-        _average_grads(self.weights, self.dist)
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in self.weights if p.grad is not None], cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
         return float(loss.detach())
 
     def arch_step(self, images: torch.Tensor, labels: list[str]) -> dict[str, float]:
@@ -353,7 +345,7 @@ class Searcher:
         self.model.train()
         self.arch_optimizer.zero_grad(set_to_none=True)
         with _frozen(self.weights), autocast_context(self.device, self.cfg.train.precision):
-            task = self.model(self._images(images), self._targets(labels)).loss
+            task = self.forward_loss(self.images_to_device(images), self._targets(labels)).loss
         row: dict[str, float] = {"arch_task_loss": float(task.detach())}
         loss = task.float()
         if self.cost is not None:
@@ -435,11 +427,6 @@ class Searcher:
                 self.arch_batches += 1
                 yield batch
 
-    def _train_batches(self) -> Iterator[tuple[torch.Tensor, list[str]]]:
-        assert self.data is not None
-        while True:
-            yield from self.data.train
-
     def validate(self) -> dict[str, float]:
         """Accuracy of the current argmax architecture on the held-out split."""
         if self.data is None or self.data.val is None:
@@ -453,92 +440,45 @@ class Searcher:
                             self.cfg.train.precision)
         return {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence}
 
-    # -- the loop -------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
-        """Search until ``train.steps`` (or ``train.max_minutes``); returns the final figures."""
-        cfg, s = self.cfg.train, self.scfg
-        main = self.dist.is_main
-        prepare_out_dir_on_main(self.dist, self.out_dir, resume_step=self.step if self.resumed_from else None,
-                                overwrite=self.overwrite, resumed_from=self.resumed_from)
-        if main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.dump(self.out_dir / "config.yaml")
+    # -- the run ------------------------------------------------------------------------------
+    def setup(self) -> None:
         self._prepare_cost()
         self.data = build_run_data(self.cfg, self.model.charset, self.dist, start_step=self.step)
         if self.data.val is None:
             raise ValueError("the search updates α on a held-out split of the training data, and there is "
                              "none: set data.val_fraction (e.g. 0.1) or list data.val sources (synthetic "
                              "sources are not split)")
-        if main:
+        if self.ranks.is_main:
             log.info("search: %d cells, %s; weights on %s, α on %d held-out samples",
-                     len(self.alphas), s.method, ", ".join(self.data.train_names), self.data.val_size)
+                     len(self.alphas), self.scfg.method, ", ".join(self.data.train_names), self.data.val_size)
         if not self.history.steps:
             self.history.record(self.step, self.model)
-        logger = RunLogger(self.out_dir, enabled=main, tensorboard=cfg.tensorboard)
-        bar = None
-        if cfg.progress and main:
-            from tqdm import tqdm
+        self.arch_iter = self._arch_batches()
+        self.window.clear()
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="search", dynamic_ncols=True)
-        train_batches, arch_batches = self._train_batches(), self._arch_batches()
-        t_start = time.perf_counter()
-        elapsed_before = float(self.timing["elapsed_s"])
-        last_val: dict[str, float] = {}
-        losses: list[float] = []
-        arch_row: dict[str, float] = {}
-        try:
-            while self.step < cfg.steps:
-                images, labels = next(train_batches)
-                t_step = time.perf_counter()
-                loss = self.weight_step(images, labels)
-                self._count("weight", t_step)
-                if loss is not None:
-                    losses.append(loss)
-                self.step += 1
-                if self.step > s.warmup_steps and (self.step - s.warmup_steps) % s.arch_every == 0:
-                    arch_images, arch_labels = next(arch_batches)
-                    t_step = time.perf_counter()
-                    arch_row = self.arch_step(arch_images, arch_labels)
-                    self._count("arch", t_step)
-                if self.step % s.history_every == 0 or self.step == cfg.steps:
-                    self.history.record(self.step, self.model)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = {"step": self.step, "loss": float(np.mean(losses)) if losses else math.nan,
-                           "lr": self.scheduler.get_last_lr()[0], "entropy": _mean_entropy(self.model),
-                           **arch_row}
-                    logger.log(row)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.3f}", cost=f"{arch_row.get('expected_cost', 0):.3g}",
-                                        H=f"{row['entropy']:.2f}")
-                    losses = []
-                if bar is not None:
-                    bar.update(1)
-                out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t_start) / 60 >= cfg.max_minutes
-                self.timing["elapsed_s"] = elapsed_before + time.perf_counter() - t_start
-                do_val = self.step % cfg.val_every == 0 or self.step == cfg.steps or out_of_time
-                if do_val and main:
-                    last_val = self.validate()
-                    logger.log({"step": self.step, **last_val})
-                if do_val or self.step % cfg.save_every == 0:
-                    self.save("last.pt", last_val)
-                    barrier(self.dist)
-                if out_of_time:
-                    log.info("search stopped at step %d (train.max_minutes)", self.step)
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-            logger.close()
+    def log_row(self) -> dict[str, float]:
+        row = {"loss": self.window.mean("loss"), "lr": self.scheduler.get_last_lr()[0],
+               "entropy": _mean_entropy(self.model), **self.arch_row}
+        self.window.clear()
+        return row
+
+    def progress_postfix(self, row: dict[str, float], last_val: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{row['loss']:.3f}", "cost": f"{self.arch_row.get('expected_cost', 0):.3g}",
+                "H": f"{row['entropy']:.2f}"}
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        """Rank 0 writes the outputs (:meth:`write_outputs`); returns their figures (empty on other ranks)."""
+        if reason == "time" and self.ranks.is_main:
+            log.info("search stopped at step %d (train.max_minutes)", self.step)
         result: dict[str, Any] = {}
-        if main:
+        if self.ranks.is_main:
+            assert self.data is not None
             log.info("search data: %s; %s", self.data.label_filter.report(), self.data.corrupt_report())
-            result = self.finish(last_val)
-        barrier(self.dist)
-        shutdown(self.dist)
+            result = self.write_outputs(self.last_val)
         return result
 
     # -- outputs --------------------------------------------------------------------------------
-    def finish(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
+    def write_outputs(self, metrics: dict[str, float] | None = None) -> dict[str, Any]:
         """Derive ``arch.json``, write the report and ``retrain.yaml``; returns the report figures."""
         s = self.scfg
         if not self.history.steps or self.history.steps[-1] != self.step:

@@ -501,7 +501,7 @@ def measure_infer(case: InferCase) -> InferResult:
 
 def _time_predict(case: InferCase, model: Any) -> tuple[list[float], list[float]]:
     """Seconds of each timed ``model.predict`` call at batch 1 and at ``case.batch``."""
-    from strkit.engine.trainer import autocast_context
+    from strkit.engine.runtime import autocast_context
 
     device = torch.device("cpu")
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format

@@ -614,7 +614,7 @@ def run_overrides(budget: Budget, out_dir: Path, subset: float, threads: int) ->
 class PruningReporter:
     """The trainer's ``on_validation`` observer for one trial: reports the validation accuracy to the
     trial at the training step (step budgets) or the elapsed second (time budgets), and stops the run
-    (:class:`strkit.engine.trainer.StopTraining`) when the pruner says so."""
+    (:class:`strkit.engine.loop.StopTraining`) when the pruner says so."""
 
     def __init__(self, trial: Any, by_time: bool) -> None:
         self.trial = trial
@@ -624,7 +624,7 @@ class PruningReporter:
         self.pruned_at: int | None = None
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        from strkit.engine.trainer import StopTraining
+        from strkit.engine.loop import StopTraining
 
         resource = int(time.perf_counter() - self.t0) if self.by_time else step
         resource = max(resource, self.last_resource + 1)

@@ -33,7 +33,7 @@ from strkit.models.backbones.searched import (
     validate_arch,
 )
 from strkit.nas.proxyless import MixedEdge
-from strkit.nas.search_space import SuperNet
+from strkit.nas.space import SearchSpace
 
 __all__ = ["ArchError", "arch_ops", "arch_sections", "build_searched", "derive_arch", "find_supernet",
            "load_arch", "save_arch", "searched_edges", "searched_parts", "section_arch", "validate_arch"]
@@ -41,16 +41,16 @@ __all__ = ["ArchError", "arch_ops", "arch_sections", "build_searched", "derive_a
 Choices = Sequence[int] | Mapping[str, Sequence[int]]
 
 
-def searched_parts(model: nn.Module) -> dict[str, SuperNet]:
-    """Every :class:`SuperNet` in ``model`` by its part, in :data:`ARCH_PARTS` order:
+def searched_parts(model: nn.Module) -> dict[str, SearchSpace]:
+    """Every :class:`~strkit.nas.space.SearchSpace` in ``model`` by its part, in :data:`ARCH_PARTS` order:
     ``{"backbone": ..., "rectifier": ...}`` (a part the model does not search is absent).
 
     Raises:
         ValueError: two supernets claim the same part.
     """
-    found: dict[str, SuperNet] = {}
+    found: dict[str, SearchSpace] = {}
     for m in model.modules():
-        if isinstance(m, SuperNet):
+        if isinstance(m, SearchSpace):
             if m.part in found:
                 raise ValueError(f"the model holds more than one {m.part} supernet; a search has at most one "
                                  "searched backbone (model.backbone.name=supernet) and one searched rectifier "
@@ -59,8 +59,8 @@ def searched_parts(model: nn.Module) -> dict[str, SuperNet]:
     return {part: found[part] for part in ARCH_PARTS if part in found}
 
 
-def find_supernet(model: nn.Module) -> SuperNet:
-    """The backbone's :class:`SuperNet` inside ``model`` (the model itself, or e.g. a recogniser's backbone)."""
+def find_supernet(model: nn.Module) -> SearchSpace:
+    """The backbone's search space inside ``model`` (the model itself, or e.g. a recogniser's backbone)."""
     parts = searched_parts(model)
     if "backbone" not in parts:
         raise ValueError(f"expected exactly one supernet backbone in the model, found 0 (searched parts: "
@@ -73,7 +73,7 @@ def searched_edges(model: nn.Module) -> list[MixedEdge]:
     return [e for net in searched_parts(model).values() for e in net.edges()]
 
 
-def _split_choices(parts: Mapping[str, SuperNet], choices: Choices | None) -> dict[str, list[int]]:
+def _split_choices(parts: Mapping[str, SearchSpace], choices: Choices | None) -> dict[str, list[int]]:
     """Per-part choices from ``None`` (argmax), a mapping part -> list, or one flat list in
     :func:`searched_edges` order."""
     if choices is None:
@@ -95,22 +95,6 @@ def _split_choices(parts: Mapping[str, SuperNet], choices: Choices | None) -> di
     return out
 
 
-def _derive_section(net: SuperNet, choices: Sequence[int]) -> dict[str, Any]:
-    """``input`` / ``stem`` / ``cells`` / ``head`` of one sub-network of ``net``."""
-    edges = net.edges()
-    if len(choices) != len(edges):
-        raise ValueError(f"{len(choices)} choices for {len(edges)} {net.part} cells")
-    cells = []
-    for e, j in zip(edges, choices, strict=True):
-        if not 0 <= j < len(e):
-            raise ValueError(f"{net.part} cell {e.meta['index']}: choice {j} out of range (0..{len(e) - 1})")
-        m = e.meta
-        cells.append({"op": e.candidates[j], "c_in": m["c_in"], "c_out": m["c_out"],
-                      "stride": list(m["stride"]), "kind": m["kind"], "stage": m["stage"]})
-    return {"input": dict(net.input), "stem": {"channels": net.stem_channels, "stride": list(net.stem_stride)},
-            "cells": cells, "head": {"channels": net.out_channels}}
-
-
 def derive_arch(model: nn.Module, choices: Choices | None = None,
                 metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The architecture of one sub-network of the searched parts of ``model``.
@@ -129,9 +113,9 @@ def derive_arch(model: nn.Module, choices: Choices | None = None,
     parts = searched_parts(model)
     per_part = _split_choices(parts, choices)
     arch: dict[str, Any] = {"format": ARCH_FORMAT, "version": ARCH_VERSION,
-                            **_derive_section(parts["backbone"], per_part["backbone"])}
+                            **parts["backbone"].arch_section(per_part["backbone"])}
     if "rectifier" in parts:
-        arch[RECTIFIER_SECTION] = _derive_section(parts["rectifier"], per_part["rectifier"])
+        arch[RECTIFIER_SECTION] = parts["rectifier"].arch_section(per_part["rectifier"])
     if metadata:
         arch["search"] = dict(metadata)
     return validate_arch(arch, "derived architecture")

@@ -38,6 +38,7 @@ from strkit.models.rectifiers.tps import LOC_BODIES
 from strkit.models.registry import BACKBONES
 from strkit.nas.proxyless import MixedEdge
 from strkit.nas.shared import SharedChoice, SharedInvertedResidual
+from strkit.nas.space import SearchSpace
 
 KERNELS = (3, 5, 7)
 EXPANSIONS = (3, 6)
@@ -124,7 +125,7 @@ def op_info(op: str, c_in: int, c_out: int, h: int, w: int, stride: tuple[int, i
 
 
 @BACKBONES.register("supernet")
-class SuperNet(nn.Module):
+class SuperNet(SearchSpace):
     """MobileNetV2 supernet: stem -> first cell -> stages of mixed cells -> head (see module docstring).
 
     Args:
@@ -212,6 +213,22 @@ class SuperNet(nn.Module):
         """The mixed cells, in order."""
         return list(self.cells)  # type: ignore[arg-type]
 
+    def arch_section(self, choices: Sequence[int]) -> dict[str, Any]:
+        """``input`` / ``stem`` / ``cells`` / ``head`` of the sub-network with candidate ``choices[i]`` in cell
+        ``i`` (what the ``searched`` backbone builds)."""
+        edges = self.edges()
+        if len(choices) != len(edges):
+            raise ValueError(f"{len(choices)} choices for {len(edges)} {self.part} cells")
+        cells = []
+        for e, j in zip(edges, choices, strict=True):
+            if not 0 <= j < len(e):
+                raise ValueError(f"{self.part} cell {e.meta['index']}: choice {j} out of range (0..{len(e) - 1})")
+            m = e.meta
+            cells.append({"op": e.candidates[j], "c_in": m["c_in"], "c_out": m["c_out"],
+                          "stride": list(m["stride"]), "kind": m["kind"], "stage": m["stage"]})
+        return {"input": dict(self.input), "stem": {"channels": self.stem_channels, "stride": list(self.stem_stride)},
+                "cells": cells, "head": {"channels": self.out_channels}}
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         for cell in self.cells:
@@ -231,12 +248,14 @@ def build_supernet(space: Mapping[str, Any], in_channels: int, img_h: int, img_w
                            in_channels=in_channels, img_h=img_h, img_w=img_w)
 
 
-def _loc_supernet(in_channels: int, img_h: int, img_w: int, **space: Any) -> SuperNet:
-    """``model.rectifier.loc: {name: supernet, ...}``: a :class:`SuperNet` labelled ``part="rectifier"``."""
-    return SuperNet(in_channels, img_h, img_w, part="rectifier", **space)
+@LOC_BODIES.register("supernet")
+class RectifierSuperNet(SuperNet):
+    """``model.rectifier.loc: {name: supernet, ...}``: a :class:`SuperNet` labelled ``part="rectifier"``; its
+    config keys are the supernet's own, less the pipeline-set ``part``."""
+
+    def __init__(self, in_channels: int, img_h: int, img_w: int, **space: Any) -> None:
+        super().__init__(in_channels, img_h, img_w, part="rectifier", **space)
 
 
-# the config keys are the supernet's own (checked by the registry), less the pipeline-set ``part``
-_loc_supernet.__signature__ = inspect.signature(SuperNet).replace(  # type: ignore[attr-defined]
+RectifierSuperNet.__signature__ = inspect.signature(SuperNet).replace(  # type: ignore[attr-defined]
     parameters=[p for p in inspect.signature(SuperNet).parameters.values() if p.name != "part"])
-LOC_BODIES.register("supernet")(_loc_supernet)

@@ -1,0 +1,266 @@
+"""What every run shares below its loop: seeding and RNG state, precision, ranks, the time budget, the log,
+and the resume-compatibility check.
+
+- :func:`seed_everything`, :func:`rng_state`, :func:`set_rng_state`: the global RNGs (Python, NumPy, torch)
+  and their state as tensors / plain lists, loadable with ``weights_only=True``.
+- :func:`autocast_context`: ``train.precision`` (``fp32`` / ``bf16`` / ``fp16``) as an autocast context.
+- :func:`setup_run`: thread count, device and (under ``torchrun``) process group of a run.
+- :class:`Ranks`: the collective operations the loop needs (broadcast from rank 0, barrier); a stand-in
+  with the same methods simulates ranks in tests.
+- :class:`TimeBudget`: ``train.max_minutes``, summed over resumes; rank 0's clock decides and every rank
+  follows, so all ranks stop at the same step.
+- :class:`RunLogger`: ``metrics.csv`` (``step,key,value`` rows) and TensorBoard.
+- :func:`check_resume`: whether a checkpoint can continue this run, with one message naming what differs.
+- :func:`optimiser_step`: backward, gradient clipping and the optimiser / scheduler step of one loss, with
+  non-finite losses skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from strkit.config import Config, from_dict
+
+from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device
+
+log = logging.getLogger("strkit")
+
+_AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# -- RNG ------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as tensors / plain lists (loadable with ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+
+
+# -- precision and devices ------------------------------------------------------------------------
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``bf16`` / ``fp16``; a null context for ``fp32``."""
+    if precision not in _AMP_DTYPES:
+        raise ValueError(f"train.precision={precision!r}: use one of {', '.join(_AMP_DTYPES)}")
+    dtype = _AMP_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype is torch.float16 and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs CUDA; use bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def setup_run(cfg: Config) -> tuple[torch.device, DistInfo]:
+    """Thread count, device and (under ``torchrun``) process group of a run."""
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    if dist.enabled:
+        device = resolve_device(cfg.train.device, dist)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device, dist
+
+
+class Ranks:
+    """The collective operations of a run over ``torch.distributed`` (no-ops in a single process).
+
+    Args:
+        dist: this process's rank and the world size.
+    """
+
+    def __init__(self, dist: DistInfo) -> None:
+        self.dist = dist
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def broadcast(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank."""
+        return broadcast_object(obj, self.dist)
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        barrier(self.dist)
+
+
+# -- the time budget ------------------------------------------------------------------------------
+class TimeBudget:
+    """Wall-clock budget of a run (``train.max_minutes``; 0 = none), summed over resumes.
+
+    Args:
+        max_minutes: the budget; ``<= 0`` means no limit.
+        spent_s: seconds spent before this process (by the runs this one resumes).
+        clock: seconds from an arbitrary origin (``time.perf_counter``; a test passes its own).
+    """
+
+    def __init__(self, max_minutes: float, spent_s: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.max_minutes = float(max_minutes)
+        self.spent_before_s = float(spent_s)
+        self.clock = clock
+        self.started = clock()
+
+    def start(self) -> None:
+        """Start this process's share of the budget now (the loop calls it before its first step)."""
+        self.started = self.clock()
+
+    def add(self, seconds: float) -> None:
+        """Count ``seconds`` spent outside the loop (e.g. filling a teacher cache) against the budget."""
+        self.spent_before_s += float(seconds)
+
+    @property
+    def session_s(self) -> float:
+        """Seconds since :meth:`start`."""
+        return self.clock() - self.started
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds spent across resumes."""
+        return self.spent_before_s + self.session_s
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds left (``inf`` without a budget)."""
+        return self.max_minutes * 60 - self.elapsed_s if self.max_minutes > 0 else float("inf")
+
+    def spent(self, ranks: Ranks) -> bool:
+        """Whether the budget is used up, by rank 0's clock: every rank gets the same answer at the same
+        step (a collective call: every rank must make it)."""
+        if self.max_minutes <= 0:
+            return False
+        return bool(ranks.broadcast(self.elapsed_s / 60 >= self.max_minutes))
+
+
+# -- the log --------------------------------------------------------------------------------------
+class RunLogger:
+    """Appends rows to ``metrics.csv`` (one file, columns grown as new keys appear) and TensorBoard."""
+
+    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = out_dir / "metrics.csv"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:
+                log.warning("tensorboard is not installed: TensorBoard logging is off "
+                            "(pip install tensorboard, or set train.tensorboard=false)")
+
+    def log(self, row: dict[str, float]) -> None:
+        """Write ``row`` (``step`` plus scalars)."""
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", "key", "value"])
+            for k, v in row.items():
+                if k != "step":
+                    writer.writerow([row["step"], k, v])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, int(row["step"]))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# -- resume ---------------------------------------------------------------------------------------
+class ResumeError(ValueError):
+    """A checkpoint cannot continue this run (another config, no training state, another kind of run)."""
+
+
+def check_resume(payload: Mapping[str, Any], cfg: Config, path: str | Path, sections: Sequence[str],
+                 state_key: str = "", kind: str = "training") -> None:
+    """Refuse a checkpoint that cannot continue the run of ``cfg``.
+
+    Args:
+        payload: the loaded checkpoint.
+        cfg: this run's config.
+        path: the checkpoint's path (for the message).
+        sections: config sections that must be equal (e.g. ``("model", "data")``).
+        state_key: an ``extra`` entry the run needs (e.g. ``search_state``); ``""`` = none.
+        kind: what kind of run wrote such checkpoints (for the message).
+
+    Raises:
+        ResumeError: a section differs, the checkpoint holds no training state, or lacks ``state_key``.
+    """
+    saved = from_dict(payload["config"])
+    for section in sections:
+        if getattr(saved, section) != getattr(cfg, section):
+            raise ResumeError(f"cannot resume from {path}: its '{section}' config differs from this run's. "
+                              "Resume with the saved config (it is in the run folder as config.yaml).")
+    if payload.get("train_state") is None:
+        raise ResumeError(f"cannot resume from {path}: this checkpoint holds no training state (a 'best' "
+                          "checkpoint?); resume from last.pt")
+    if state_key and not (payload.get("extra") or {}).get(state_key):
+        what = state_key.replace("_", " ")
+        raise ResumeError(f"cannot resume from {path}: it is not a {kind} checkpoint (no {what}); pass the "
+                          f"last.pt of a {kind} run")
+
+
+# -- one optimisation step ------------------------------------------------------------------------
+def optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                   scaler: torch.amp.GradScaler | None = None, clip: Iterable[torch.nn.Parameter] = (),
+                   max_norm: float = 0.0, after_backward: Callable[[], None] | None = None) -> bool:
+    """Backward and step for ``loss``: zero the gradients, skip a non-finite loss (the scheduler still
+    advances, so the schedule stays aligned with the step count), scale and backward, ``after_backward()``
+    (e.g. drop the gradients of frozen parameters), clip ``clip``'s gradient norm to ``max_norm`` (> 0),
+    step the optimiser and the scheduler. Returns False when the step was skipped."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss.detach()):
+        if scheduler is not None:
+            scheduler.step()
+        return False
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if after_backward is not None:
+        after_backward()
+    if max_norm > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in clip if p.grad is not None], max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return True
