@@ -164,6 +164,9 @@ class TrainConfig:
     val_every: int = 500
     val_batches: int = 0  # 0 = the whole validation set
     save_every: int = 500
+    # Every N steps an inference-only copy of the weights in out_dir/snapshots/ (0 = none): the points of a
+    # long run's learning curve (tools/plot_curve.py evaluates them).
+    snapshot_every: int = 0
     log_every: int = 50
     # Wall-clock budget, summed over resumes; 0 = no limit. With a budget the LR schedule is fitted to the
     # steps it allows (from the measured step rate), so such runs are not bit-reproducible.

@@ -73,6 +73,18 @@ class _KeepBest(Hook):
         loop._keep_best(metrics)
 
 
+class _KeepSnapshots(Hook):
+    """Every ``train.snapshot_every`` steps, an inference-only copy of the weights in
+    ``out_dir/snapshots/step_NNNNNNN.pt`` (a long run's learning curve can be evaluated from them later)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+
+    def after_step(self, loop: RunLoop) -> None:
+        if loop.step % self.every == 0:
+            loop.save(f"snapshots/step_{loop.step:07d}.pt", {}, full_state=False)
+
+
 class Trainer(RunLoop):
     """Trains one model from a resolved :class:`Config` (a :class:`~strkit.engine.loop.RunLoop`).
 
@@ -105,6 +117,8 @@ class Trainer(RunLoop):
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.hooks = [FreezeParameters(self.model, cfg.train.freeze), _FitScheduleToBudget(), _KeepBest()]
+        if cfg.train.snapshot_every > 0:
+            self.hooks.append(_KeepSnapshots(cfg.train.snapshot_every))
         if on_validation is not None:
             self.hooks.append(ObserveValidation(on_validation))
         self.optimizer = build_optimizer(self.model, cfg.train.optimizer, cfg.train.lr_scale)
@@ -240,7 +254,8 @@ class Trainer(RunLoop):
     def log_row(self) -> dict[str, float]:
         dt = time.perf_counter() - self._window_start
         row = {"loss": self.window.mean("loss"), "lr": self.scheduler.get_last_lr()[0],
-               "images_per_s": self._window_images / max(dt, 1e-9), "skipped_steps": self.skipped_steps}
+               "images_per_s": self._window_images / max(dt, 1e-9), "skipped_steps": self.skipped_steps,
+               "elapsed_s": self.budget.elapsed_s}
         row.update(self.window.means(["geometry_loss"]))
         row.update(self.window.means([k for k in sorted(self.window.values) if k not in ("loss", "geometry_loss")]))
         self.window.clear()
