@@ -1,7 +1,7 @@
 """strkit COMMAND [ARGS...]: one entry point for every tool (also python -m strkit COMMAND).
 
 Commands: models (bundled models, configs and registered modules), train, eval, recognize, export, synth,
-search, create-lmdb, bench, rectify, curate. 'strkit COMMAND --help' shows a command's options; each is
+search, create-lmdb, bench, rectify, curate, plot-curve. 'strkit COMMAND --help' shows a command's options; each is
 also its own console script (strkit-eval, ...) and tools/ script.
 Exit status: the command's; 2 for an unknown command.
 """
@@ -17,7 +17,7 @@ from strkit.cli.common import fail
 COMMANDS: dict[str, str] = {
     "models": "models", "train": "train", "eval": "eval", "recognize": "recognize", "export": "export",
     "synth": "synth", "search": "search", "create-lmdb": "create_lmdb", "bench": "bench", "rectify": "rectify",
-    "curate": "curate",
+    "curate": "curate", "plot-curve": "plot_curve",
 }
 
 
