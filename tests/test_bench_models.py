@@ -18,6 +18,8 @@ from strkit.models.optimize import cast_for_inference, fuse_for_inference
 from strkit.models.recognizer import build_model
 from strkit.models.registry import SEQUENCES
 
+REPO = Path(__file__).resolve().parents[1]
+
 # Never wait for a quiet machine in tests.
 NO_WAIT = ["--max-busy", "1000", "--retries", "0"]
 
@@ -57,6 +59,29 @@ def test_train_with_real_loader_in_process(word_folder: Path) -> None:
     assert "data wait" in table and "bf16 + bf16 LSTM" in table
     assert result.params == 4_574_437  # the LSTM option changes no parameter
     assert speed.train_config(case).model.sequence["autocast"] is True
+
+
+def test_train_with_the_configs_own_recipe(word_folder: Path, tmp_path: Path) -> None:
+    """--with-data config: the training config's sources, mixing and augmentation feed the timed steps,
+    and its image geometry is kept (not the case's --img-h/--img-w)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"_base_: [{REPO / 'configs' / 'models' / 'mbv2-ctc.yaml'}]\n"
+        "data:\n  img_w: 96\n  augment: randaug\n  augment_options: {n: 2, m: 5}\n  val_fraction: 0\n"
+        f"  train:\n    - {{path: {word_folder}, kind: folder, name: a, ratio: 0.5}}\n"
+        f"    - {{path: {word_folder}, kind: folder, name: b, ratio: 0.5}}\n")
+    case = speed.TrainCase(model=str(recipe), batch_size=4, steps=2, warmup=1, windows=1, threads=1,
+                           data=speed.RECIPE_DATA, workers=0)
+    cfg = speed.train_config(case)
+    assert cfg.data.img_w == 96 and [s.name for s in cfg.data.train] == ["a", "b"] and cfg.data.augment == "randaug"
+    result = speed.run_case(speed.measure_train, case, gate=None, isolate=False)
+    assert result.images_per_s > 0 and result.data_wait_fraction is not None
+    assert result.final_loss is not None and result.final_loss == result.final_loss
+
+
+def test_recipe_mode_needs_a_training_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--models", "mbv2-ctc", "--with-data", "config", "--in-process", *NO_WAIT]) == 2
+    assert "needs a training config with data.train" in capsys.readouterr().err
 
 
 def test_infer_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

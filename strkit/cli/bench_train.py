@@ -90,7 +90,10 @@ class TrainBench:
                             metavar="SOURCE",
                             help="load batches with the real training loader from this LMDB or folder "
                                  "dataset (default when given without a value: "
-                                 "../shared/benchmarks/IIIT5K_train) and report the time spent waiting")
+                                 "../shared/benchmarks/IIIT5K_train) and report the time spent waiting; "
+                                 "'config': the training config's own data section (its sources, mixing, "
+                                 "augmentation and distillation targets), the speed that run gets — give "
+                                 "training configs as --models, e.g. configs/train/default_model.yaml")
         parser.add_argument("--workers", type=int, default=2, help="loader workers with --with-data (default 2)")
         parser.add_argument("--compile", nargs="+", default=["off"], metavar="MODE",
                             help="train.compile settings to measure: off or a torch.compile mode "
@@ -111,7 +114,7 @@ class TrainBench:
         if error is None and bad:
             error = f"--compile {bad[0]!r}: use one of {', '.join(COMPILE_MODES)}"
         data_kind = "folder"
-        if error is None and args.with_data is not None:
+        if error is None and args.with_data is not None and args.with_data != "config":
             data_kind, error = _data_kind(Path(args.with_data))
         if error is not None:
             return fail(error)

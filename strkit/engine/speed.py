@@ -46,6 +46,9 @@ import torch
 
 from strkit.config import Config, ConfigError, SourceConfig, load_config
 
+#: ``TrainCase.data`` value: batches from the training config's own data section (the real recipe).
+RECIPE_DATA = "config"
+
 #: Folder of the shipped model configs (``configs/models/<name>.yaml``).
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 
@@ -321,7 +324,8 @@ def lstm_overrides(model: str, lstm_autocast: bool) -> list[str]:
 def train_config(case: TrainCase) -> Config:
     """The run config of a training case: the model YAML plus the case's data and train settings."""
     overrides = [*lstm_overrides(case.model, case.lstm_autocast),
-        f"data.img_h={case.img_h}", f"data.img_w={case.img_w}", f"data.channels={case.channels}",
+        *([] if case.data == RECIPE_DATA else  # the recipe keeps its own image geometry
+          [f"data.img_h={case.img_h}", f"data.img_w={case.img_w}", f"data.channels={case.channels}"]),
         f"data.workers={case.workers}",
         f"train.precision={case.precision}", f"train.channels_last={str(case.channels_last).lower()}",
         f"train.compile={case.compile}",
@@ -331,7 +335,11 @@ def train_config(case: TrainCase) -> Config:
         *case.overrides,
     ]
     cfg = load_config(model_config_path(case.model), overrides)
-    if case.data is not None:
+    if case.data == RECIPE_DATA:  # the config's own data section: sources, mixing, augmentation, distillation
+        if not cfg.data.train:
+            raise ConfigError(f"{case.model}: --with-data {RECIPE_DATA} needs a training config with data.train "
+                              "(e.g. configs/train/default_model.yaml)")
+    elif case.data is not None:
         cfg.data.train = [SourceConfig(path=str(case.data), kind=case.data_kind, name="bench")]
         cfg.data.val = []
         cfg.data.val_fraction = 0.0
@@ -359,12 +367,11 @@ def measure_train(case: TrainCase) -> TrainResult:
     else:
         from strkit.engine.data import build_run_data
 
-        run_data = build_run_data(cfg, trainer.model.charset, trainer.dist)
+        run_data = build_run_data(cfg, trainer.model.charset, trainer.dist, distiller=trainer.distiller)
         batches = iter(run_data.train)
 
-    loss = None
     for _ in range(case.warmup):
-        loss = trainer.train_step(*next(batches))
+        trainer.run_step(next(batches))
     rates: list[float] = []
     wait = total = 0.0
     images = 0
@@ -373,10 +380,10 @@ def measure_train(case: TrainCase) -> TrainResult:
         t0 = time.perf_counter()
         for _ in range(n_steps):
             t_wait = time.perf_counter()
-            images_t, labels = next(batches)
+            batch = next(batches)
             wait += time.perf_counter() - t_wait
-            loss = trainer.train_step(images_t, labels)
-            n_images += len(labels)
+            trainer.run_step(batch)  # the run's own step: geometry and distillation targets included
+            n_images += len(batch[1])
         dt = time.perf_counter() - t0
         total += dt
         images += n_images
@@ -386,7 +393,7 @@ def measure_train(case: TrainCase) -> TrainResult:
         params=sum(p.numel() for p in trainer.model.parameters()),
         images_per_s=statistics.median(rates), window_images_per_s=rates,
         step_ms=1000 * total / case.steps, peak_rss_mib=peak_rss_mib(), threads=torch.get_num_threads(),
-        data_wait_fraction=None if case.data is None else wait / total, final_loss=loss)
+        data_wait_fraction=None if case.data is None else wait / total, final_loss=(trainer.window.values.get("loss") or [None])[-1])
 
 
 @contextlib.contextmanager
