@@ -15,20 +15,14 @@ import torch
 
 from strkit.charset import Charset, LabelFilter
 from strkit.config import ConfigError, ModelConfig, SourceConfig, load_config
+from strkit.data.augment import AlbumentationsPipeline, import_albumentations, keypoints_exact
 from strkit.data.lmdb import GEOMETRY_KEY, CorruptRecordError, LmdbDataset, LmdbError, LmdbWriter, decode_geometry
 from strkit.data.sources import build_source
 from strkit.data.synth.config import load_synth_config
 from strkit.data.synth.generate import GEOMETRY_KEY as SYNTH_GEOMETRY_KEY
 from strkit.data.synth.generate import generate_lmdb
 from strkit.data.synth.renderer import Renderer
-from strkit.data.transforms import (
-    AlbumentationsPipeline,
-    ImageTransform,
-    TransformedDataset,
-    collate,
-    import_albumentations,
-    keypoints_exact,
-)
+from strkit.data.transforms import ImageTransform, TransformedDataset, collate
 from strkit.engine.data import build_run_data
 from strkit.engine.distributed import DistInfo
 from strkit.models.recognizer import GEOMETRY_TARGETS, build_model

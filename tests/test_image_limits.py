@@ -16,8 +16,8 @@ from PIL import Image
 import strkit.api
 import strkit.data.lmdb
 from strkit.api import Recognizer, load_image
+from strkit.bench.data_loading import PilBaselineDataset
 from strkit.cli import create_lmdb, recognize
-from strkit.data.bench import PilBaselineDataset
 from strkit.data.folder import FolderDataset
 from strkit.data.image_limits import ImageTooLargeError, aspect_warning, check_encoded, header_size
 from strkit.data.lmdb import CorruptRecordError, LmdbDataset, LmdbWriter, decode_image

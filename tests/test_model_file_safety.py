@@ -21,9 +21,10 @@ from strkit.api import Recognizer
 from strkit.checkpoint import save_checkpoint
 from strkit.config import load_config
 from strkit.data.lmdb import LmdbWriter
-from strkit.export import OnnxCacheError, cached_onnx_export, file_sha256, write_onnx_metadata
+from strkit.export import cached_onnx_export, write_onnx_metadata
 from strkit.inference.metadata import METADATA_KEY, ExportMetadata, MetadataError
 from strkit.inference.onnx_backend import read_onnx_metadata
+from strkit.inference.onnx_cache import OnnxCacheError, file_sha256
 from strkit.models.recognizer import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -93,7 +93,7 @@ class DataBench:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from strkit.data import bench
+        from strkit.bench import data_loading as bench
         from strkit.data.lmdb import LmdbError
 
         cases = bench.default_cases(args.batch_size)

@@ -345,8 +345,8 @@ class ExportMetadata:
     def from_model(cls, model: RecognitionModel, input_spec: InputSpec, dynamic_batch: bool = True,
                    dynamic_width: bool = False) -> ExportMetadata:
         """The metadata of ``model`` exported for ``input_spec``."""
-        from strkit import __version__
         from strkit.models.registry import DECODERS
+        from strkit.version import __version__
 
         spec = model.cfg.decoder
         decoder = {"name": spec} if isinstance(spec, str) else dict(spec)
