@@ -60,7 +60,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> dict[str, Path]:
     """Files that are not checkpoints: text, random bytes, an LMDB's data.mdb; and a run folder without best.pt."""
-    from strkit.data.lmdb import LmdbWriter
+    from strkit.data.lmdb.writer import LmdbWriter
 
     root = tmp_path_factory.mktemp("bad")
     (root / "text.pt").write_text("hello\n")

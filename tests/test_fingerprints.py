@@ -13,7 +13,8 @@ from strkit.data import fingerprints
 from strkit.data.benchmarks import BenchmarkLeakError
 from strkit.data.fingerprints import assert_no_benchmark_images, benchmark_fingerprints
 from strkit.data.folder import read_gt_file
-from strkit.data.lmdb import LmdbDataset, LmdbWriter
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.sources import build_source
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,9 @@ import torch
 from strkit.charset import Charset, LabelFilter
 from strkit.config import ConfigError, ModelConfig, SourceConfig, load_config
 from strkit.data.augment import AlbumentationsPipeline, import_albumentations, keypoints_exact
-from strkit.data.lmdb import GEOMETRY_KEY, CorruptRecordError, LmdbDataset, LmdbError, LmdbWriter, decode_geometry
+from strkit.data.lmdb.format import GEOMETRY_KEY, CorruptRecordError, LmdbError, decode_geometry
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.sources import build_source
 from strkit.data.synth.config import load_synth_config
 from strkit.data.synth.generate import GEOMETRY_KEY as SYNTH_GEOMETRY_KEY

@@ -20,7 +20,7 @@ import torch
 from strkit.api import Recognizer
 from strkit.checkpoint import save_checkpoint
 from strkit.config import load_config
-from strkit.data.lmdb import LmdbWriter
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.export import cached_onnx_export, write_onnx_metadata
 from strkit.inference.metadata import METADATA_KEY, ExportMetadata, MetadataError
 from strkit.inference.onnx_backend import read_onnx_metadata

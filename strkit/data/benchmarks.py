@@ -39,7 +39,8 @@ import torch.utils.data
 
 from strkit.config import relative_note
 from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
-from strkit.data.lmdb import LabelFilter, LmdbDataset, lmdb_num_samples
+from strkit.data.lmdb.format import LabelFilter
+from strkit.data.lmdb.reader import LmdbDataset, lmdb_num_samples
 
 BENCHMARKS: Mapping[str, int] = MappingProxyType({
     "IIIT5K_3000": 3000,
@@ -195,7 +196,7 @@ def load_benchmark(name: str, root: str | Path, channels: int = 3,
     """Load benchmark ``name`` from ``root`` and check its raw record count (before label filtering).
 
     Returns:
-        An :class:`~strkit.data.lmdb.LmdbDataset` or :class:`~strkit.data.folder.FolderDataset`; items
+        An :class:`~strkit.data.lmdb.reader.LmdbDataset` or :class:`~strkit.data.folder.FolderDataset`; items
         are ``(uint8 image H×W or H×W×3 RGB, label)``.
 
     Raises:

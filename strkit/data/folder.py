@@ -24,7 +24,8 @@ import numpy as np
 
 from strkit.config import relative_note
 from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError
-from strkit.data.lmdb import BadRecord, LabelFilter, RecordDataset, decode_image
+from strkit.data.lmdb.format import LabelFilter, decode_image
+from strkit.data.lmdb.reader import BadRecord, RecordDataset
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class FolderDataset(RecordDataset):
         label_filter: ``raw label -> cleaned label or None`` (``None`` drops the item, counted in
             :attr:`num_filtered`).
         channels: 1 (gray, items H×W) or 3 (RGB, items H×W×3).
-        strict: raise :class:`~strkit.data.lmdb.CorruptRecordError` on a missing or undecodable image
+        strict: raise :class:`~strkit.data.lmdb.format.CorruptRecordError` on a missing or undecodable image
             instead of skipping it (skips are counted in :attr:`num_corrupt`).
         max_pixels: an image whose header announces more pixels is unusable, refused without decoding
             it (``None``: no limit of strkit's own; :mod:`strkit.data.image_limits`).

@@ -8,7 +8,7 @@ it exists. ``benchmark`` sources (``path`` = a benchmark or group name) are for 
 
 Word geometry (``geometry=True`` in :func:`build_source`, for a source with ``geometry: true``): only
 ``lmdb`` sources carry it; the ``lmdb`` factory is then called with ``geometry=True`` and its items
-are ``(image, label, geometry dict)`` (see :class:`strkit.data.lmdb.LmdbDataset`).
+are ``(image, label, geometry dict)`` (see :class:`strkit.data.lmdb.reader.LmdbDataset`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from strkit.config import ConfigError, SourceConfig
 from strkit.data.benchmarks import BenchmarkLeakError, assert_not_benchmark, expand_benchmarks, load_benchmark
 from strkit.data.fingerprints import assert_no_benchmark_images
 from strkit.data.folder import FolderDataset
-from strkit.data.lmdb import LabelFilter, open_lmdb_tree
+from strkit.data.lmdb.discovery import open_lmdb_tree
+from strkit.data.lmdb.format import LabelFilter
 from strkit.registry import Registry
 
 Dataset = torch.utils.data.Dataset

@@ -22,7 +22,7 @@ per batch in :func:`collate`, which is much cheaper than per-sample float tensor
 
 Word geometry (``ImageTransform(geometry=True)``, for the ScRN rectifier's auxiliary loss): a sample may
 carry the synthetic generator's boundary polylines (``{"top", "bottom", "width", "height"}``, continuous
-pixel coordinates, see :func:`strkit.data.lmdb.decode_geometry`). :meth:`ImageTransform.prepare_geometry`
+pixel coordinates, see :func:`strkit.data.lmdb.format.decode_geometry`). :meth:`ImageTransform.prepare_geometry`
 moves them with the image: scaled by the resize of step 3, then passed through the augmentation as
 albumentations keypoints, and returned in the *model input* frame (``width = W``, ``height = H``: the
 right padding of ``keep_ratio`` adds nothing on the left, so coordinates are unchanged by it). A sample
@@ -220,7 +220,7 @@ class ImageTransform:
         Args:
             image: the source image (any layout :meth:`prepare` accepts).
             geometry: ``{"top": n×2, "bottom": n×2, "width": w0, "height": h0}`` (continuous pixel
-                coordinates of the ``w0 × h0`` source image, as :func:`strkit.data.lmdb.decode_geometry`
+                coordinates of the ``w0 × h0`` source image, as :func:`strkit.data.lmdb.format.decode_geometry`
                 returns), or ``None``.
 
         Returns:
