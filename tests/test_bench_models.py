@@ -11,9 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strkit.bench import common, infer_speed, train_speed
+from strkit.bench import infer_speed, tables
 from strkit.cli.bench import BENCH_COMMANDS, main
 from strkit.config import ConfigError, load_config
+from strkit.engine import train_timing
 from strkit.models.optimize import cast_for_inference, fuse_for_inference
 from strkit.models.recognizer import build_model
 from strkit.models.registry import SEQUENCES
@@ -46,17 +47,17 @@ def test_train_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_train_with_real_loader_in_process(word_folder: Path) -> None:
-    case = train_speed.TrainCase(model="mbv2-ctc", precision="bf16", channels_last=True, lstm_autocast=True,
+    case = train_timing.TrainCase(model="mbv2-ctc", precision="bf16", channels_last=True, lstm_autocast=True,
                            batch_size=4, steps=2,
                            warmup=1, windows=1, threads=1, data=str(word_folder), data_kind="folder",
                            workers=0)
-    result = common.run_case(train_speed.measure_train, case, gate=None, isolate=False)
+    result = train_timing.run_case(train_timing.measure_train, case, gate=None, isolate=False)
     assert result.data_wait_fraction is not None and 0.0 <= result.data_wait_fraction < 1.0
     assert result.images_per_s > 0 and result.window_images_per_s and result.busy_cores != -1
-    table = train_speed.train_table([result])
+    table = tables.train_table([result])
     assert "data wait" in table and "bf16 + bf16 LSTM" in table
     assert result.params == 4_574_437  # the LSTM option changes no parameter
-    assert train_speed.train_config(case).model.sequence["autocast"] is True
+    assert train_timing.train_config(case).model.sequence["autocast"] is True
 
 
 def test_infer_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,7 +141,7 @@ def test_unknown_model_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err
     assert "nosuch" in err and "crnn" in err
     with pytest.raises(ConfigError, match="configs/models"):
-        common.model_config_path("nosuch")
+        train_timing.model_config_path("nosuch")
 
 
 def test_missing_data_source_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,7 +151,7 @@ def test_missing_data_source_fails_cleanly(tmp_path: Path, capsys: pytest.Captur
 
 @given(steps=st.integers(1, 200), windows=st.integers(1, 20))
 def test_window_sizes_cover_all_steps(steps: int, windows: int) -> None:
-    sizes = train_speed.window_sizes(steps, windows)
+    sizes = train_timing.window_sizes(steps, windows)
     assert sum(sizes) == steps and len(sizes) == min(steps, windows)
     assert max(sizes) - min(sizes) <= 1
 
@@ -159,13 +160,13 @@ def test_window_sizes_cover_all_steps(steps: int, windows: int) -> None:
 @given(count=st.integers(0, 40), seed=st.integers(0, 2**16))
 def test_random_words_are_realistic_labels(count: int, seed: int) -> None:
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    words = train_speed.random_words(count, chars, random.Random(seed))
+    words = train_timing.random_words(count, chars, random.Random(seed))
     assert len(words) == count
     assert all(3 <= len(w) <= 10 and set(w) <= set(chars) for w in words)
 
 
 def test_synthetic_batches_shape() -> None:
-    ((images, labels),) = train_speed.synthetic_batches(1, 5, 1, 32, 100, "abc")
+    ((images, labels),) = train_timing.synthetic_batches(1, 5, 1, 32, 100, "abc")
     assert images.shape == (5, 1, 32, 100) and len(labels) == 5
     assert images.min() >= -1 and images.max() <= 1
 

@@ -3,7 +3,7 @@ under ``torch.inference_mode()`` in eager PyTorch, or an ONNX Runtime session: m
 batch 1 and images/s at batch 64, optionally with bf16 autocast or bf16 weights
 (:func:`strkit.models.optimize.cast_for_inference`), channels-last, Conv+BN folding
 (:func:`strkit.models.optimize.fuse_for_inference`) or oneDNN's bf16 arithmetic for fp32 tensors.
-Each case runs in a fresh process (:func:`strkit.bench.machine.run_isolated`).
+Each case runs in a fresh process (:func:`strkit.engine.train_timing.run_isolated`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from strkit.bench.common import (
-    fmt_busy,
-    fmt_params,
+from strkit.config import load_config
+from strkit.engine.train_timing import (
     lstm_overrides,
-    markdown_table,
     model_config_path,
     peak_rss_mib,
     trained_model_path,
 )
-from strkit.config import load_config
 
 #: Inference precisions: ``fp32``; ``bf16`` = fp32 weights under bf16 autocast; ``bf16-weights`` =
 #: weights stored in bf16 (:func:`strkit.models.optimize.cast_for_inference`), no autocast.
@@ -250,14 +247,3 @@ def _time_predict(case: InferCase, model: Any) -> tuple[list[float], list[float]
         single = timed(inputs(1), case.warmup, case.repeats)
         batched = timed(inputs(case.batch), 1, case.batch_repeats)
     return single, batched
-
-
-def infer_table(results: Sequence[InferResult]) -> str:
-    """A markdown table of inference results, one row per case."""
-    batch = results[0].case.batch if results else 64
-    head = ["model", "params", "levers", "threads", "ms/image (batch 1, median)", "min",
-            f"images/s (batch {batch})", "peak RSS (GiB)", "load (1 min)", "busy cores before"]
-    rows = [[r.case.model, fmt_params(r.params), r.case.levers, str(r.threads), f"{r.ms_per_image:.2f}",
-             f"{r.ms_per_image_min:.2f}", f"{r.images_per_s:.0f}", f"{r.peak_rss_mib / 1024:.2f}",
-             f"{r.load_1min:.2f}", fmt_busy(r.busy_cores)] for r in results]
-    return markdown_table(head, rows)

@@ -42,8 +42,8 @@ class CompareBench:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from strkit.bench.common import load_1min
         from strkit.data.benchmarks import BenchmarkError
+        from strkit.engine.train_timing import load_1min
 
         if min(args.rounds, args.threads) < 1 or args.count < 0 or args.warmup < 0:
             return fail("--rounds and --threads must be >= 1, --count and --warmup >= 0")

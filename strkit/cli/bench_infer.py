@@ -52,8 +52,9 @@ class InferBench:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from strkit.bench import common, infer_speed
+        from strkit.bench import infer_speed, tables
         from strkit.config import ConfigError
+        from strkit.engine import train_timing
 
         error = check_common_arguments(args)
         if error is None and min(args.batch, args.repeats, args.batch_repeats) < 1:
@@ -71,15 +72,15 @@ class InferBench:
                                   threads=args.threads, batch=args.batch, repeats=args.repeats,
                                   batch_repeats=args.batch_repeats, warmup=args.warmup)
                   for m in args.models for b in args.backend if b != "torch"]
-        gate = common.LoadGate(args.max_busy, args.retries, args.wait_s)
+        gate = train_timing.LoadGate(args.max_busy, args.retries, args.wait_s)
         results = []
         for case in cases:
             print(f"infer: {case.model} {case.levers} ...", flush=True)
             try:
-                result = common.run_case(infer_speed.measure_infer, case, gate, isolate=not args.in_process)
+                result = train_timing.run_case(infer_speed.measure_infer, case, gate, isolate=not args.in_process)
             except (ConfigError, RuntimeError, ValueError, ImportError) as exc:
                 return fail(str(exc))
             print(f"  {result.ms_per_image:.2f} ms/image (batch 1), {result.images_per_s:.0f} images/s "
                   f"(batch {case.batch})", flush=True)
             results.append(result)
-        return report(args, "infer", infer_speed.infer_table(results), results)
+        return report(args, "infer", tables.infer_table(results), results)

@@ -50,16 +50,9 @@ from strkit.models.recognizer import RecognitionModel, build_model
 from strkit.nas import search_space  # noqa: F401  (registers the 'supernet' backbone)
 from strkit.nas.arch import build_searched, derive_arch, find_supernet, save_arch, searched_edges, section_arch
 from strkit.nas.config import SearchConfig, search_config
-from strkit.nas.latency import (
-    CostModel,
-    LatencyTable,
-    calibrate_lut,
-    cost_loss,
-    measure_arch_latency,
-    measure_lut,
-    predict_arch_latency,
-    validate_lut,
-)
+from strkit.nas.latency.cost import CostModel, cost_loss
+from strkit.nas.latency.table import LatencyTable, measure_lut, predict_arch_latency
+from strkit.nas.latency.validation import calibrate_lut, measure_arch_latency, validate_lut
 from strkit.nas.proxyless import (
     GateController,
     arch_parameters,
@@ -382,7 +375,7 @@ class Searcher:
         """Search cost: wall time, peak memory, mean step times, and (``search.cost_train_steps`` > 0) the
         ratio of one search step (weight + α) to one training step of the derived network, timed in a fresh
         process with the same batch, input, precision and threads on synthetic batches."""
-        from strkit.engine import speed
+        from strkit.engine import train_timing as speed
 
         t = self.timing
         weight_s = t["weight_s"] / max(t["weight_n"], 1)
