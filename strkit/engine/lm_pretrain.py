@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from strkit.charset import AttentionCodec, Charset, LabelFilter
+from strkit.charset import Charset, LabelFilter
 from strkit.checkpoint import save_checkpoint
+from strkit.codecs import AttentionCodec
 from strkit.config import Config, SourceConfig
 from strkit.models.recognizer import RecognitionModel, build_model
 

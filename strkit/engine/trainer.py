@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from strkit.charset import Charset, CTCCodec
+from strkit.charset import Charset
 from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.codecs import CTCCodec
 from strkit.config import Config, ConfigError, from_dict
 from strkit.data.teacher_cache import TeacherTarget
 from strkit.engine.metrics import RecognitionMetrics
