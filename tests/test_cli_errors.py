@@ -1,4 +1,4 @@
-"""Command-line behaviour (issue #20 items 10-13): every user error is one line on stderr and exit status 2,
+"""Command-line behaviour: every user error is one line on stderr and exit status 2,
 arguments are checked before any work, eval of the bundled model, streamed results and progress bars.
 
 The tools run in-process (``main([...])``) on generated data and the bundled default model."""

@@ -120,8 +120,8 @@ def test_fingerprints_and_lmdb_counts_are_cached(tmp_path, monkeypatch):
 
 
 def test_real_svt_test_crops_under_another_name(shared_benchmarks, tmp_path):
-    from strkit.engine.data import build_run_data
     from strkit.engine.distributed import DistInfo
+    from strkit.engine.run_data import build_run_data
     from strkit.models.recognizer import build_model
 
     svt = [p for p, _ in read_gt_file(shared_benchmarks / "SVT_647" / "labels.tsv")][:5]

@@ -25,8 +25,8 @@ from strkit.data.synth.generate import GEOMETRY_KEY as SYNTH_GEOMETRY_KEY
 from strkit.data.synth.generate import generate_lmdb
 from strkit.data.synth.renderer import Renderer
 from strkit.data.transforms import ImageTransform, TransformedDataset, collate
-from strkit.engine.data import build_run_data
 from strkit.engine.distributed import DistInfo
+from strkit.engine.run_data import build_run_data
 from strkit.models.recognizer import GEOMETRY_TARGETS, build_model
 from strkit.models.rectifiers.scrn import geometry_targets_from_json
 

@@ -1,5 +1,5 @@
-"""Decompression bombs are refused from the image header, before decoding, wherever strkit decodes images
-(issue #20 item 3); extreme aspect ratios give a warning in the recognition result (item 15)."""
+"""Decompression bombs are refused from the image header, before decoding, wherever strkit decodes images;
+extreme aspect ratios give a warning in the recognition result."""
 
 from __future__ import annotations
 

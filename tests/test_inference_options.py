@@ -1,4 +1,4 @@
-"""Reading options of the Recognizer (issue #19 item 4): word confidence modes, ECE, temperature calibration
+"""Reading options of the Recognizer: word confidence modes, ECE, temperature calibration
 (checkpoint and ONNX metadata), rotated crops, keep-ratio width for long words, lexicon constraint."""
 
 from __future__ import annotations

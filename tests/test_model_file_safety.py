@@ -1,5 +1,5 @@
-"""Model files from elsewhere cannot make strkit read other files or run another model (issue #20 items 1
-and 2), and model files are written with the permissions of other outputs (item 15)."""
+"""Model files from elsewhere cannot make strkit read other files or run another model, and model files are
+written with the permissions of other outputs."""
 
 from __future__ import annotations
 

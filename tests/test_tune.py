@@ -254,7 +254,7 @@ def test_spearman():
 
 
 def test_train_subset_keeps_a_seeded_fraction():
-    from strkit.engine.data import take_subset
+    from strkit.engine.run_data import take_subset
 
     data = list(range(100))
     sub = take_subset(data, 0.3, seed=1)

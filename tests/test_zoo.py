@@ -1,4 +1,4 @@
-"""Model zoo names (issue #19 item 3): Recognizer.from_pretrained(NAME), tools/eval.py NAME,
+"""Model zoo names: Recognizer.from_pretrained(NAME), tools/eval.py NAME,
 tools/export.py NAME, strkit models / python -m strkit models, unknown names; and the calibration flags of
 tools/eval.py."""
 

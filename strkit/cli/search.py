@@ -165,3 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if result:
         print(f"architecture: {result['arch']}\nreport: {result['report']}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

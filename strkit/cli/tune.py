@@ -164,3 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     return {"run": _run, "report": _report, "fidelity": _fidelity}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

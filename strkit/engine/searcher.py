@@ -62,10 +62,10 @@ from strkit.nas.proxyless import (
 )
 from strkit.nas.report import ProbabilityHistory, cell_descriptions, write_report
 
-from .data import RunData, build_run_data
 from .distributed import DistInfo, barrier, broadcast_object, shutdown
 from .evaluator import evaluate_loader
 from .optim import build_scheduler, optimizer_for
+from .run_data import RunData, build_run_data
 from .run_dir import prepare_out_dir_on_main
 from .trainer import RunLogger, autocast_context, rng_state, seed_everything, set_rng_state, setup_run
 

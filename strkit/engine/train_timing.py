@@ -258,7 +258,7 @@ def measure_train(case: TrainCase) -> TrainResult:
         pool = synthetic_batches(4, case.batch_size, case.channels, case.img_h, case.img_w, chars, case.seed)
         batches = (pool[i % len(pool)] for i in range(10**12))
     else:
-        from strkit.engine.data import build_run_data
+        from strkit.engine.run_data import build_run_data
 
         run_data = build_run_data(cfg, trainer.model.charset, trainer.dist)
         batches = iter(run_data.train)

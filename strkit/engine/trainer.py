@@ -47,11 +47,11 @@ from strkit.data.teacher_cache import TeacherTarget
 from strkit.engine.metrics import RecognitionMetrics
 from strkit.models.recognizer import AUX_CTC_PREFIX, GEOMETRY_TARGETS, RecognitionModel, build_model
 
-from .data import RunData, build_run_data
 from .distill import Distiller
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device, shutdown
 from .finetune import adopt_init_config, init_with_charset_change, resolve_init_source
 from .optim import build_optimizer, build_scheduler, parameters_with_prefix, set_schedule_length
+from .run_data import RunData, build_run_data
 from .run_dir import prepare_out_dir_on_main
 
 log = logging.getLogger("strkit")

@@ -35,7 +35,7 @@ class _CalibrationReader:
         self._iter = iter(self._batches)
 
 
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM", "GRU")  # ConvInteger was several times slower than fp32 here
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM", "GRU")  # ConvInteger: several times slower than fp32 on the CPUs measured
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
 
 

@@ -1,4 +1,4 @@
-"""Latency-aware proxyless architecture search (DESIGN.md §3).
+"""Latency-aware proxyless architecture search.
 
 - :mod:`~strkit.nas.search_space`: the MobileNetV2 supernet (``supernet`` backbone) of mixed cells;
 - :mod:`~strkit.nas.proxyless`: mixed edges, binary gates, α gradients, path sampling;
