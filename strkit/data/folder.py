@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from strkit.config import relative_note
-from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError
-from strkit.data.lmdb.format import LabelFilter, decode_image
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS
+from strkit.data.lmdb.format import LabelFilter
 from strkit.data.lmdb.reader import BadRecord, RecordDataset
 
 log = logging.getLogger(__name__)
@@ -144,14 +144,10 @@ class FolderDataset(RecordDataset):
         self.paths: list[Path] = []
         self.labels: list[str] = []
         for image_path, label in items:
-            if label_filter is not None:
-                cleaned = label_filter(label)
-                if cleaned is None:
-                    self.num_filtered += 1
-                    continue
-                label = cleaned
-            self.paths.append(image_path)
-            self.labels.append(label)
+            kept = self._filter_label(label, label_filter)
+            if kept is not None:
+                self.paths.append(image_path)
+                self.labels.append(kept)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,10 +160,4 @@ class FolderDataset(RecordDataset):
             data = self.paths[i].read_bytes()
         except OSError as exc:
             raise BadRecord(f"cannot read the image file ({exc.strerror or exc})") from None
-        try:
-            img = decode_image(data, self.channels, self.max_pixels)
-        except ImageTooLargeError as exc:
-            raise BadRecord(str(exc)) from None
-        if img is None:
-            raise BadRecord(f"not a decodable image ({len(data)} bytes)")
-        return img, self.labels[i]
+        return self._decode(data, f"not a decodable image ({len(data)} bytes)"), self.labels[i]

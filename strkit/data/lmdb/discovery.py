@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch.utils.data
@@ -12,6 +11,7 @@ import torch.utils.data
 from strkit.config import relative_note
 from strkit.data.lmdb.format import PARTIAL_SUFFIX, LmdbNotFoundError
 from strkit.data.lmdb.reader import LmdbDataset, check_not_partial, partial_writer_tool
+from strkit.data.walk import walk_once
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +27,14 @@ def find_lmdbs(root: str | Path) -> list[Path]:
     if root.name == "data.mdb" and root.is_file():
         return [root.parent]
     found: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
+    for here, dirnames, filenames in walk_once(root):
         if "data.mdb" in filenames:
-            if dirpath.endswith(PARTIAL_SUFFIX):
-                log.warning("ignoring unfinished LMDB %s (finish it with %s --resume)", dirpath,
-                            partial_writer_tool(Path(dirpath)))
+            if here.name.endswith(PARTIAL_SUFFIX):
+                log.warning("ignoring unfinished LMDB %s (finish it with %s --resume)", here,
+                            partial_writer_tool(here))
             else:
-                found.append(Path(dirpath))
+                found.append(here)
             dirnames[:] = []  # an LMDB folder is a leaf
-        else:
-            dirnames.sort()
     return sorted(found)
 
 

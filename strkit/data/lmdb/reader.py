@@ -190,6 +190,27 @@ class RecordDataset(torch.utils.data.Dataset):
     channels: int
     strict: bool
 
+    def _decode(self, data: bytes, undecodable: str) -> np.ndarray:
+        """The image encoded in ``data`` (with ``self.channels`` and ``self.max_pixels``); :class:`BadRecord`
+        with the size limit's message, or with ``undecodable`` when the bytes are not an image."""
+        try:
+            img = decode_image(data, self.channels, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise BadRecord(str(exc)) from None
+        if img is None:
+            raise BadRecord(undecodable)
+        return img
+
+    def _filter_label(self, label: str, label_filter: LabelFilter | None) -> str | None:
+        """``label`` as ``label_filter`` cleans it (unchanged without a filter), or ``None`` when the filter
+        drops it (counted in ``num_filtered``)."""
+        if label_filter is None:
+            return label
+        cleaned = label_filter(label)
+        if cleaned is None:
+            self.num_filtered += 1
+        return cleaned
+
     def _init_corrupt_tracking(self) -> None:
         self._bad: set[int] = set()  # items found unusable in this process
         self._dropped = 0  # records left out when the dataset was built (e.g. a missing label)
@@ -456,14 +477,11 @@ class LmdbDataset(RecordDataset):
             except UnicodeDecodeError:
                 self._drop(index, 1, f"label is not UTF-8 ({raw[:40]!r})")
                 continue
-            if label_filter is not None:
-                cleaned = label_filter(label)
-                if cleaned is None:
-                    self.num_filtered += 1
-                    continue
-                label = cleaned
+            kept = self._filter_label(label, label_filter)
+            if kept is None:
+                continue
             indices.append(index)
-            blob += label.encode("utf-8")
+            blob += kept.encode("utf-8")
             ends.append(len(blob))
         if self.num_records >= expected:
             self._drop(expected, self.num_records + 1 - expected, "label key is missing")
@@ -505,12 +523,7 @@ class LmdbDataset(RecordDataset):
             geom_raw = txn.get(record_key(GEOMETRY_KEY, index)) if self.geometry else None
         if data is None:
             raise BadRecord("image key is missing")
-        try:
-            img = decode_image(data, self.channels, self.max_pixels)
-        except ImageTooLargeError as exc:
-            raise BadRecord(str(exc)) from None
-        if img is None:
-            raise BadRecord(f"image bytes ({len(data)} bytes) cannot be decoded")
+        img = self._decode(data, f"image bytes ({len(data)} bytes) cannot be decoded")
         if not self.geometry:
             return img, self.label(i)
         if geom_raw is None:
