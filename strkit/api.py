@@ -173,19 +173,12 @@ class Recognizer:
             return cls.from_onnx(path, threads=threads, device=device, trim_padding=trim_padding, **options)
         path = resolve_checkpoint_path(path)  # a run folder stands for its best.pt
         if backend == "onnx":
-            from strkit.export import cached_onnx_export
-
-            return cls.from_onnx(cached_onnx_export(path), threads=threads, device=device,
+            return cls.from_onnx(_onnx_export_of(path, fallback=False), threads=threads, device=device,
                                  trim_padding=trim_padding, **options)
         if backend == "auto" and torch.device(device).type == "cpu" and not channels_last \
                 and onnx_runtime_available():
-            from strkit.export import ExportError, cached_onnx_export
-
-            try:
-                onnx_path = cached_onnx_export(path)
-            except ExportError as exc:
-                log.info("running %s with PyTorch: it does not export to ONNX (%s)", path, exc)
-            else:
+            onnx_path = _onnx_export_of(path, fallback=True)
+            if onnx_path is not None:
                 return cls.from_onnx(onnx_path, threads=threads, device=device, trim_padding=trim_padding,
                                      **options)
         if threads:
@@ -350,3 +343,23 @@ class Recognizer:
             results[i] = RecognitionResult(p.text, conf, list(p.char_probs), source=src, warning=warnings.get(i),
                                            rotation=angle)
         return [r for r in results if r is not None]
+
+
+def _onnx_export_of(checkpoint: Path, fallback: bool) -> Path | None:
+    """The ONNX export of ``checkpoint``: the reusable one of :mod:`strkit.inference.onnx_cache` when it
+    exists (no exporter is loaded), else one made now by :func:`strkit.export.cached_onnx_export`.
+    ``fallback``: a model that does not export gives ``None`` (logged) instead of the ``ExportError``."""
+    from strkit.inference.onnx_cache import file_sha256, find_export
+
+    found = find_export(checkpoint, file_sha256(checkpoint)) if checkpoint.is_file() else None
+    if found is not None:
+        return found
+    from strkit.export import ExportError, cached_onnx_export
+
+    try:
+        return cached_onnx_export(checkpoint)
+    except ExportError as exc:
+        if not fallback:
+            raise
+        log.info("running %s with PyTorch: it does not export to ONNX (%s)", checkpoint, exc)
+        return None

@@ -253,3 +253,15 @@ def test_evaluation_accepts_any_inference_backend(bundled_checkpoint, tiny_bench
                for b in backends]
     accuracies = {round(r.total.accuracy, 2) for r in reports}
     assert len(accuracies) == 1 and reports[0].total.count == 288
+
+
+def test_loading_a_checkpoint_for_inference_does_not_load_the_exporter(checkpoint):
+    """PyTorch inference from a checkpoint goes through models and inference only, never strkit.export."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from strkit.api import Recognizer; "
+            f"r = Recognizer.from_checkpoint({str(checkpoint)!r}, backend='torch'); r.recognize([__import__('numpy')"
+            ".zeros((32, 100), 'uint8')]); print(sorted(m for m in sys.modules if m.startswith('strkit.export')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
