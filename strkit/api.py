@@ -144,7 +144,7 @@ class Recognizer:
         Args:
             backend: ``onnx``: for a checkpoint, export it once to ``<checkpoint>.onnx`` beside it
                 (re-exported when the checkpoint's content changes, by its SHA-256; the private per-user cache
-                folder of :func:`strkit.export.onnx_cache_dir` if that one is read-only) and
+                folder of :func:`strkit.inference.onnx_cache.onnx_cache_dir` if that one is read-only) and
                 run that with ONNX Runtime; ``torch``: PyTorch; ``auto`` (the fastest available): ONNX
                 Runtime for ``.onnx`` files, and for checkpoints on the CPU when onnxruntime and onnx are
                 installed and ``channels_last`` is not asked for (falling back to PyTorch, with a log

@@ -68,7 +68,7 @@ def compare_with_torch(model: RecognitionModel, run: Callable[[Tensor], Tensor |
     logits, probabilities and the decoded text (both decoded with the model's decoder).
 
     Args:
-        images: numpy arrays, paths or PIL images (see :func:`strkit.api.load_image`).
+        images: numpy arrays, paths or PIL images (see :func:`strkit.inference.images.load_image`).
         transform: the preprocessing (e.g. :meth:`InputSpec.transform`).
         names: labels for the images in the mismatch list (default: the path or the index).
     """
