@@ -23,7 +23,6 @@ the most probable word of a list). A checkpoint or export calibrated with ``tool
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,25 +36,19 @@ import torch
 from strkit.charset import Charset
 from strkit.checkpoint import resolve_checkpoint_path
 from strkit.config import Config
-from strkit.data.image_limits import (
-    DEFAULT_MAX_PIXELS,
-    ImageTooLargeError,
-    aspect_warning,
-    check_encoded,
-    check_pil_image,
-    check_size,
-)
-from strkit.data.transforms import collate
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, aspect_warning
 from strkit.inference.backend import InferenceBackend
 from strkit.inference.decoding import DecodeFn, build_lexicon_decode_fn, scale_logits
+from strkit.inference.images import ImageInput, ImageLoadError, batches, load_image, prepare_view
 from strkit.inference.metadata import InputSpec
-from strkit.inference.options import InferenceOptions, is_tall, prediction_confidence, rotations, wide_width
+from strkit.inference.options import InferenceOptions, is_tall, prediction_confidence, rotations
 from strkit.inference.torch_backend import TorchBackend
 from strkit.models.pretrained import load_model
 from strkit.models.recognizer import RecognitionModel
 from strkit.models.zoo import DEFAULT_MODEL, get_zoo_model, zoo_models
 
-ImageInput = str | Path | np.ndarray | Any  # Any: PIL.Image.Image (PIL is imported lazily)
+__all__ = ["BACKENDS", "ImageInput", "ImageLoadError", "RecognitionResult", "Recognizer", "load_image",
+           "onnx_runtime_available"]
 
 
 @dataclass
@@ -73,53 +66,6 @@ class RecognitionResult:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-class ImageLoadError(ValueError):
-    """An input image could not be read or is empty."""
-
-
-def load_image(item: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Return ``item`` as a numpy array (H×W, H×W×3 RGB or H×W×4 RGBA; uint8 or uint16).
-
-    Files and PIL images of more than ``max_pixels`` pixels (``None``: no limit of strkit's own) are
-    refused from their header, before decoding (:class:`ImageTooLargeError`); arrays too.
-    """
-    if isinstance(item, str | Path):
-        path = Path(item)
-        if not path.is_file():
-            raise ImageLoadError(f"{path}: no such file")
-        data = np.fromfile(path, dtype=np.uint8)
-        if data.size == 0:
-            raise ImageLoadError(f"{path}: the file is empty (0 bytes)")
-        check_encoded(data.data, max_pixels, where=str(path))
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise ImageLoadError(f"{path}: not a decodable image (PNG, JPEG, BMP, TIFF, WebP ...)")
-        if img.ndim == 3 and img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif img.ndim == 3 and img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    elif isinstance(item, np.ndarray):
-        if item.ndim >= 2:
-            check_size(item.shape[1], item.shape[0], max_pixels, where="array")
-        img = item
-    elif hasattr(item, "convert") and hasattr(item, "mode"):  # PIL image
-        check_pil_image(item, max_pixels, where=getattr(item, "filename", "") or "PIL image")  # before load()
-        pil = item if item.mode in ("L", "RGB", "RGBA", "I;16") else item.convert("RGB")
-        img = np.asarray(pil)
-    else:
-        raise ImageLoadError(f"unsupported image type {type(item).__name__}: pass a path, a PIL image "
-                             "or a numpy array")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.size == 0 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise ImageLoadError(f"image of shape {img.shape} is empty or not H×W, H×W×3 or H×W×4")
-    if img.dtype not in (np.uint8, np.uint16):
-        if np.issubdtype(img.dtype, np.floating) and img.size and float(np.nanmax(img)) <= 1.0:
-            img = img * 255.0
-        img = np.clip(np.nan_to_num(img), 0, 255).astype(np.uint8)
-    return img
 
 
 BACKENDS = ("auto", "torch", "onnx")
@@ -198,7 +144,7 @@ class Recognizer:
         Args:
             backend: ``onnx``: for a checkpoint, export it once to ``<checkpoint>.onnx`` beside it
                 (re-exported when the checkpoint's content changes, by its SHA-256; the private per-user cache
-                folder of :func:`strkit.export.onnx_cache_dir` if that one is read-only) and
+                folder of :func:`strkit.inference.onnx_cache.onnx_cache_dir` if that one is read-only) and
                 run that with ONNX Runtime; ``torch``: PyTorch; ``auto`` (the fastest available): ONNX
                 Runtime for ``.onnx`` files, and for checkpoints on the CPU when onnxruntime and onnx are
                 installed and ``channels_last`` is not asked for (falling back to PyTorch, with a log
@@ -227,19 +173,12 @@ class Recognizer:
             return cls.from_onnx(path, threads=threads, device=device, trim_padding=trim_padding, **options)
         path = resolve_checkpoint_path(path)  # a run folder stands for its best.pt
         if backend == "onnx":
-            from strkit.export import cached_onnx_export
-
-            return cls.from_onnx(cached_onnx_export(path), threads=threads, device=device,
+            return cls.from_onnx(_onnx_export_of(path, fallback=False), threads=threads, device=device,
                                  trim_padding=trim_padding, **options)
         if backend == "auto" and torch.device(device).type == "cpu" and not channels_last \
                 and onnx_runtime_available():
-            from strkit.export import ExportError, cached_onnx_export
-
-            try:
-                onnx_path = cached_onnx_export(path)
-            except ExportError as exc:
-                log.info("running %s with PyTorch: it does not export to ONNX (%s)", path, exc)
-            else:
+            onnx_path = _onnx_export_of(path, fallback=True)
+            if onnx_path is not None:
                 return cls.from_onnx(onnx_path, threads=threads, device=device, trim_padding=trim_padding,
                                      **options)
         if threads:
@@ -330,44 +269,14 @@ class Recognizer:
     def charset(self) -> Charset:
         return self.backend.charset
 
-    def _prepare(self, img: np.ndarray, options: InferenceOptions,
-                 wide: dict[int, Any]) -> np.ndarray:
-        """One crop -> ``uint8 H×w×C`` model input (``max_width``: the keep-ratio width, :func:`wide_width`);
-        ``wide`` caches the transforms by width for the call."""
-        spec = self.backend.input_spec
-        if options.max_width is None:
-            return self.transform.prepare(img)
-        width = wide_width(img.shape[0], img.shape[1], spec.img_h, spec.img_w, options.max_width, spec.keep_ratio)
-        if width == spec.img_w and not spec.keep_ratio:
-            return self.transform.prepare(img)  # a short word: exactly as in training
-        if width not in wide:
-            wide[width] = InputSpec(spec.img_h, width, spec.channels, False, spec.pad_value).transform()
-        return wide[width].prepare(img)
+    def _prepare(self, img: np.ndarray, options: InferenceOptions, wide: dict[int, Any]) -> np.ndarray:
+        """One crop -> ``uint8 H×w×C`` model input (see :func:`strkit.inference.images.prepare_view`)."""
+        return prepare_view(img, self.backend.input_spec, self.transform, options.max_width, wide)
 
     def _batches(self, prepared: list[tuple[int, np.ndarray]], batch_size: int, wide: bool = False
                  ) -> Iterable[tuple[list[int], torch.Tensor]]:
-        """(view indices, B×C×H×W batch) from ``(index, uint8 H×w×C image)`` pairs. ``wide``: images may be
-        wider than the model's width (``max_width``); for a model trained without ``keep_ratio`` a batch then
-        holds images of one width only (no padding the model never saw)."""
-        spec = self.backend.input_spec
-        trim = self.trim_padding and spec.keep_ratio
-        groups = [prepared]
-        if trim or wide:
-            prepared = sorted(prepared, key=lambda p: p[1].shape[1])
-            groups = [prepared]
-            if wide and not spec.keep_ratio:
-                groups = [list(g) for _, g in itertools.groupby(prepared, key=lambda p: p[1].shape[1])]
-        for group in groups:
-            for chunk in _chunks(group, batch_size):
-                widest = max(img.shape[1] for _, img in chunk)
-                width = spec.img_w
-                if trim:
-                    width = max(spec.img_h, (widest + 3) // 4 * 4)
-                    width = width if wide else min(spec.img_w, width)
-                elif wide:
-                    width = max(spec.img_w, widest)
-                batch, _ = collate([(img, "") for _, img in chunk], width=width, pad_value=spec.pad_value)
-                yield [i for i, _ in chunk], batch
+        """(view indices, B×C×H×W batch) batches (see :func:`strkit.inference.images.batches`)."""
+        return batches(prepared, self.backend.input_spec, batch_size, trim_padding=self.trim_padding, wide=wide)
 
     def _decode_fn(self, lexicon: tuple[str, ...] | None) -> DecodeFn | None:
         """The lexicon-constrained decoding of ``lexicon`` (cached for the last lexicon), or ``None``."""
@@ -436,6 +345,21 @@ class Recognizer:
         return [r for r in results if r is not None]
 
 
-def _chunks(seq: list, size: int) -> Iterable[list]:
-    for i in range(0, len(seq), max(1, size)):
-        yield seq[i:i + size]
+def _onnx_export_of(checkpoint: Path, fallback: bool) -> Path | None:
+    """The ONNX export of ``checkpoint``: the reusable one of :mod:`strkit.inference.onnx_cache` when it
+    exists (no exporter is loaded), else one made now by :func:`strkit.export.cached_onnx_export`.
+    ``fallback``: a model that does not export gives ``None`` (logged) instead of the ``ExportError``."""
+    from strkit.inference.onnx_cache import file_sha256, find_export
+
+    found = find_export(checkpoint, file_sha256(checkpoint)) if checkpoint.is_file() else None
+    if found is not None:
+        return found
+    from strkit.export import ExportError, cached_onnx_export
+
+    try:
+        return cached_onnx_export(checkpoint)
+    except ExportError as exc:
+        if not fallback:
+            raise
+        log.info("running %s with PyTorch: it does not export to ONNX (%s)", checkpoint, exc)
+        return None

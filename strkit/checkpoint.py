@@ -111,7 +111,7 @@ def save_checkpoint(path: str | Path, *, config: dict, charset: dict, state_dict
     """Write a checkpoint atomically. See the module docstring for what it holds; ``calibration``: the
     confidence calibration (``{"temperature": T, ...}``, :mod:`strkit.engine.calibration`), stored under the
     key ``calibration`` when given."""
-    from strkit import __version__
+    from strkit.version import __version__
 
     payload = {
         "format": FORMAT,

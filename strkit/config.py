@@ -5,20 +5,18 @@ files merged first, in order; the file's own keys are merged on top (mappings me
 everything else replaces). Command-line overrides ``a.b.c=value`` are applied last; ``value`` is
 parsed as YAML (``3`` is an int, ``[1,2]`` a list, ``null`` None).
 
-The merged mapping is validated against :class:`Config`, a tree of dataclasses. An unknown key or a
-value of the wrong type raises :class:`ConfigError` naming the dotted key and the file (or
-``command line``) that set it. Slots that select a registered module (``model.backbone`` ...) are
-plain mappings ``{name: ..., **kwargs}``; their keys are checked against the module's constructor
-when the model is built (see :meth:`strkit.registry.Registry.build`).
+The merged mapping is validated against :class:`Config`, a tree of dataclasses, by the one schema
+validator (:mod:`strkit.schema`). An unknown key or a value of the wrong type raises
+:class:`~strkit.schema.ConfigError` naming the dotted key and the file (or ``command line``) that set it.
+Slots that select a registered module (``model.backbone`` ...) are plain mappings
+``{name: ..., **kwargs}``; their keys are checked against the module's constructor when the model is
+built (see :meth:`strkit.registry.Registry.build`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +24,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file, key or value is invalid. The message names the key and where it was set."""
+from strkit.schema import CONFIG_RULES, ConfigError, Provenance, build_dataclass
 
 
 def relative_note(path: str | Path) -> str:
@@ -250,7 +246,6 @@ class Config:
 # ----------------------------------------------------------------------------------------------
 # Loading and merging
 # ----------------------------------------------------------------------------------------------
-Provenance = dict[str, str]  # dotted key -> file (or "command line") that set it last
 
 
 def _record(prov: Provenance, data: Any, prefix: str, source: str) -> None:
@@ -384,88 +379,6 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str],
 # ----------------------------------------------------------------------------------------------
 # Validation against the schema
 # ----------------------------------------------------------------------------------------------
-def _where(key: str, prov: Provenance) -> str:
-    src = prov.get(key)
-    return f"'{key}' (set in {src})" if src else f"'{key}'"
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, prov: Provenance) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, prov)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{_where(key, prov)}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{_where(key, prov)} must be a mapping, got {value!r}")
-        return _build_dataclass(tp, value, key, prov)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{_where(key, prov)} must be a list, got {value!r}")
-        (item_tp,) = args or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]", prov) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{_where(key, prov)} must be a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{_where(key, prov)} must be true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{_where(key, prov)} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{_where(key, prov)} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{_where(key, prov)} must be a string, got {value!r}")
-    raise ConfigError(f"{_where(key, prov)}: unsupported schema type {_type_name(tp)}")
-
-
-def _build_dataclass(cls: type, data: Mapping[str, Any], prefix: str, prov: Provenance) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            close = difflib.get_close_matches(str(k), names, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown config key {_where(key, prov)}. "
-                              f"Known keys{' of ' + prefix if prefix else ''}: {', '.join(names)}.{hint}")
-        kwargs[k] = _coerce(v, hints[k], key, prov)
-    return cls(**kwargs)
-
-
 #: Range checks run after the types: (dotted key, lowest allowed value, what the value means).
 RANGE_CHECKS: tuple[tuple[str, float, str], ...] = (
     ("train.steps", 1, "the number of optimiser steps"),
@@ -488,13 +401,14 @@ def _check_ranges(cfg: Config, prov: Provenance) -> None:
         for part in key.split("."):
             value = getattr(value, part)
         if value < lowest:
-            raise ConfigError(f"{_where(key, prov)} must be at least {lowest:g} ({meaning}), got {value!r}")
+            raise ConfigError(f"{CONFIG_RULES.where(key, prov)} must be at least {lowest:g} ({meaning}), "
+                              f"got {value!r}")
 
 
 def from_dict(data: Mapping[str, Any], prov: Provenance | None = None) -> Config:
     """Validate a plain mapping against :class:`Config` (types, then the ranges of :data:`RANGE_CHECKS`)."""
     prov = prov or {}
-    cfg = _build_dataclass(Config, data, "", prov)
+    cfg = build_dataclass(Config, data, "", prov)
     _check_ranges(cfg, prov)
     return cfg
 

@@ -233,3 +233,35 @@ def test_readme_one_line_with_the_bundled_model(shared_benchmarks, tmp_path, mon
     assert sum(read) / len(read) >= 0.5, f"the bundled model read {sum(read)} of {len(read)} IIIT5K crops"
     rec = Recognizer.from_pretrained(backend="torch", threads=1)
     assert rec.backend.name == "torch" and rec.model.pipeline.startswith("none-searched-")
+
+
+def test_evaluation_accepts_any_inference_backend(bundled_checkpoint, tiny_benchmarks):
+    """The bundled model scores the same on the benchmark as a PyTorch model, through the PyTorch
+    backend and through its ONNX export run by ONNX Runtime."""
+    from conftest import TINY_BENCHMARK
+
+    from strkit.engine.evaluator import evaluate_benchmarks
+    from strkit.inference.metadata import InputSpec
+    from strkit.inference.onnx_backend import OnnxBackend
+    from strkit.inference.torch_backend import TorchBackend
+    from strkit.models.pretrained import load_model
+
+    model, cfg = load_model(bundled_checkpoint)
+    backends = [model, TorchBackend(model, InputSpec.from_data_config(cfg.data), "cpu"),
+                OnnxBackend(Path(bundled_checkpoint).with_suffix(".onnx"), threads=1)]
+    reports = [evaluate_benchmarks(b, cfg, [TINY_BENCHMARK], str(tiny_benchmarks), batch_size=64, speed=False)
+               for b in backends]
+    accuracies = {round(r.total.accuracy, 2) for r in reports}
+    assert len(accuracies) == 1 and reports[0].total.count == 288
+
+
+def test_loading_a_checkpoint_for_inference_does_not_load_the_exporter(checkpoint):
+    """PyTorch inference from a checkpoint goes through models and inference only, never strkit.export."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from strkit.api import Recognizer; "
+            f"r = Recognizer.from_checkpoint({str(checkpoint)!r}, backend='torch'); r.recognize([__import__('numpy')"
+            ".zeros((32, 100), 'uint8')]); print(sorted(m for m in sys.modules if m.startswith('strkit.export')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from strkit.bench import data_loading as bench
 from strkit.cli.bench import BENCH_COMMANDS, build_parser, main
-from strkit.data import bench
 
 
 def test_data_subcommand_is_registered() -> None:

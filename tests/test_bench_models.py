@@ -11,9 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from strkit.bench import infer_speed, tables
 from strkit.cli.bench import BENCH_COMMANDS, main
 from strkit.config import ConfigError, load_config
-from strkit.engine import speed
+from strkit.engine import train_timing
 from strkit.models.optimize import cast_for_inference, fuse_for_inference
 from strkit.models.recognizer import build_model
 from strkit.models.registry import SEQUENCES
@@ -48,17 +49,17 @@ def test_train_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_train_with_real_loader_in_process(word_folder: Path) -> None:
-    case = speed.TrainCase(model="mbv2-ctc", precision="bf16", channels_last=True, lstm_autocast=True,
+    case = train_timing.TrainCase(model="mbv2-ctc", precision="bf16", channels_last=True, lstm_autocast=True,
                            batch_size=4, steps=2,
                            warmup=1, windows=1, threads=1, data=str(word_folder), data_kind="folder",
                            workers=0)
-    result = speed.run_case(speed.measure_train, case, gate=None, isolate=False)
+    result = train_timing.run_case(train_timing.measure_train, case, gate=None, isolate=False)
     assert result.data_wait_fraction is not None and 0.0 <= result.data_wait_fraction < 1.0
     assert result.images_per_s > 0 and result.window_images_per_s and result.busy_cores != -1
-    table = speed.train_table([result])
+    table = tables.train_table([result])
     assert "data wait" in table and "bf16 + bf16 LSTM" in table
     assert result.params == 4_574_437  # the LSTM option changes no parameter
-    assert speed.train_config(case).model.sequence["autocast"] is True
+    assert train_timing.train_config(case).model.sequence["autocast"] is True
 
 
 def test_train_with_the_configs_own_recipe(word_folder: Path, tmp_path: Path) -> None:
@@ -70,11 +71,11 @@ def test_train_with_the_configs_own_recipe(word_folder: Path, tmp_path: Path) ->
         "data:\n  img_w: 96\n  augment: randaug\n  augment_options: {n: 2, m: 5}\n  val_fraction: 0\n"
         f"  train:\n    - {{path: {word_folder}, kind: folder, name: a, ratio: 0.5}}\n"
         f"    - {{path: {word_folder}, kind: folder, name: b, ratio: 0.5}}\n")
-    case = speed.TrainCase(model=str(recipe), batch_size=4, steps=2, warmup=1, windows=1, threads=1,
-                           data=speed.RECIPE_DATA, workers=0)
-    cfg = speed.train_config(case)
+    case = train_timing.TrainCase(model=str(recipe), batch_size=4, steps=2, warmup=1, windows=1, threads=1,
+                                  data=train_timing.RECIPE_DATA, workers=0)
+    cfg = train_timing.train_config(case)
     assert cfg.data.img_w == 96 and [s.name for s in cfg.data.train] == ["a", "b"] and cfg.data.augment == "randaug"
-    result = speed.run_case(speed.measure_train, case, gate=None, isolate=False)
+    result = train_timing.run_case(train_timing.measure_train, case, gate=None, isolate=False)
     assert result.images_per_s > 0 and result.data_wait_fraction is not None
     assert result.final_loss is not None and result.final_loss == result.final_loss
 
@@ -147,17 +148,17 @@ def test_infer_times_trained_checkpoints_and_onnx_files(tmp_path: Path, capsys: 
 
 
 def test_onnxruntime_backend_refuses_pytorch_levers() -> None:
-    case = speed.InferCase(model="crnn", backend="onnxruntime", precision="bf16")
+    case = infer_speed.InferCase(model="crnn", backend="onnxruntime", precision="bf16")
     with pytest.raises(ValueError, match="fp32 without the PyTorch levers"):
-        speed.measure_infer(case)
+        infer_speed.measure_infer(case)
     with pytest.raises(ValueError, match="use one of torch, onnxruntime"):
-        speed.measure_infer(speed.InferCase(model="crnn", backend="tensorrt"))
+        infer_speed.measure_infer(infer_speed.InferCase(model="crnn", backend="tensorrt"))
 
 
 def test_cli_precisions_match_the_library() -> None:
     from strkit.cli.bench_infer import BACKENDS, PRECISIONS
 
-    assert PRECISIONS == speed.INFER_PRECISIONS and BACKENDS == speed.INFER_BACKENDS
+    assert PRECISIONS == infer_speed.INFER_PRECISIONS and BACKENDS == infer_speed.INFER_BACKENDS
 
 
 def test_unknown_model_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -165,7 +166,7 @@ def test_unknown_model_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err
     assert "nosuch" in err and "crnn" in err
     with pytest.raises(ConfigError, match="configs/models"):
-        speed.model_config_path("nosuch")
+        train_timing.model_config_path("nosuch")
 
 
 def test_missing_data_source_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,7 +176,7 @@ def test_missing_data_source_fails_cleanly(tmp_path: Path, capsys: pytest.Captur
 
 @given(steps=st.integers(1, 200), windows=st.integers(1, 20))
 def test_window_sizes_cover_all_steps(steps: int, windows: int) -> None:
-    sizes = speed.window_sizes(steps, windows)
+    sizes = train_timing.window_sizes(steps, windows)
     assert sum(sizes) == steps and len(sizes) == min(steps, windows)
     assert max(sizes) - min(sizes) <= 1
 
@@ -184,13 +185,13 @@ def test_window_sizes_cover_all_steps(steps: int, windows: int) -> None:
 @given(count=st.integers(0, 40), seed=st.integers(0, 2**16))
 def test_random_words_are_realistic_labels(count: int, seed: int) -> None:
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    words = speed.random_words(count, chars, random.Random(seed))
+    words = train_timing.random_words(count, chars, random.Random(seed))
     assert len(words) == count
     assert all(3 <= len(w) <= 10 and set(w) <= set(chars) for w in words)
 
 
 def test_synthetic_batches_shape() -> None:
-    ((images, labels),) = speed.synthetic_batches(1, 5, 1, 32, 100, "abc")
+    ((images, labels),) = train_timing.synthetic_batches(1, 5, 1, 32, 100, "abc")
     assert images.shape == (5, 1, 32, 100) and len(labels) == 5
     assert images.min() >= -1 and images.max() <= 1
 
@@ -318,7 +319,7 @@ def test_compare_reads_generated_crops_with_the_bundled_model(tmp_path: Path, ti
 def test_external_reader_without_its_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from strkit.inference.readers import build_reader
+    from strkit.bench.readers import build_reader
 
     monkeypatch.setitem(sys.modules, "rapidocr", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install rapidocr"):

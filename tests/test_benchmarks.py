@@ -21,7 +21,8 @@ from strkit.data.benchmarks import (
     find_benchmark,
     load_benchmark,
 )
-from strkit.data.lmdb import LmdbDataset, LmdbWriter
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.sources import SOURCES, build_source
 
 TINY_PNG = cv2.imencode(".png", np.zeros((1, 1), np.uint8))[1].tobytes()

@@ -9,18 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strkit.charset import (
-    CODECS,
-    PRESETS,
-    PROTOCOLS,
-    AttentionCodec,
-    Charset,
-    CTCCodec,
-    LabelFilter,
-    Prediction,
-    build_codec,
-    protocol_filter,
-)
+from strkit.charset import PRESETS, PROTOCOLS, Charset, LabelFilter, protocol_filter
+from strkit.codecs import CODECS, AttentionCodec, CTCCodec, build_codec
+from strkit.greedy_decoding import Prediction
 from strkit.registry import RegistryError
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "charsets"

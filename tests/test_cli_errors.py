@@ -1,4 +1,4 @@
-"""Command-line behaviour (issue #20 items 10-13): every user error is one line on stderr and exit status 2,
+"""Command-line behaviour: every user error is one line on stderr and exit status 2,
 arguments are checked before any work, eval of the bundled model, streamed results and progress bars.
 
 The tools run in-process (``main([...])``) on generated data and the bundled default model."""
@@ -60,7 +60,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> dict[str, Path]:
     """Files that are not checkpoints: text, random bytes, an LMDB's data.mdb; and a run folder without best.pt."""
-    from strkit.data.lmdb import LmdbWriter
+    from strkit.data.lmdb.writer import LmdbWriter
 
     root = tmp_path_factory.mktemp("bad")
     (root / "text.pt").write_text("hello\n")

@@ -1,4 +1,4 @@
-"""Help texts of the command-line tools (issue #20 item 14): program names, plain text, a help line per option,
+"""Help texts of the command-line tools: program names, plain text, a help line per option,
 and the README's lists of pipeline modules against the registries."""
 
 from __future__ import annotations
@@ -68,3 +68,19 @@ def test_readme_lists_the_registered_modules() -> None:
         # Only the entries the model layer registers: tools/search.py adds 'supernet' (strkit.nas) when it runs.
         names = {n for n in registry.names() if registry.get(n).__module__.startswith("strkit.models")}
         assert readme[registry.kind] == names, f"README's {registry.kind} list"
+
+
+@pytest.mark.parametrize("module", sorted(TOOLS))
+def test_every_tool_runs_as_a_module(module: str) -> None:
+    """Each tool module ends in a ``__main__`` guard, so ``python -m strkit.cli.<tool>`` runs it."""
+    path = Path(__file__).resolve().parents[1] / "strkit" / "cli" / f"{module}.py"
+    assert 'if __name__ == "__main__":\n    raise SystemExit(main())' in path.read_text()
+
+
+def test_python_m_train_help() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "strkit.cli.train", "--help"], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.startswith("usage: strkit-train")

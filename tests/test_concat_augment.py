@@ -54,8 +54,8 @@ def test_same_seed_same_pairs():
 def test_data_config_wires_concat(word_folder):
     from strkit.charset import Charset
     from strkit.config import load_config
-    from strkit.engine.data import build_run_data
     from strkit.engine.distributed import DistInfo
+    from strkit.engine.run_data import build_run_data
 
     cfg = load_config("configs/train/crnn_real.yaml", [
         f"data.train=[{{path: {word_folder}, kind: folder, concat_p: 1.0, concat_max_aspect: 8}}]",

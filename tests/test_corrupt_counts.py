@@ -13,7 +13,8 @@ from conftest import WORDS, render_word
 
 from strkit.checkpoint import load_checkpoint
 from strkit.config import load_config
-from strkit.data.lmdb import LmdbDataset, LmdbWriter
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

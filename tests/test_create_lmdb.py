@@ -12,7 +12,8 @@ import pytest
 
 import strkit.cli.create_lmdb as cli
 from strkit.data.benchmarks import load_benchmark
-from strkit.data.lmdb import LmdbDataset, PartialLmdbError
+from strkit.data.lmdb.format import PartialLmdbError
+from strkit.data.lmdb.reader import LmdbDataset
 
 REPO = Path(__file__).resolve().parents[1]
 

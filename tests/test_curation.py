@@ -13,7 +13,8 @@ from conftest import render_word
 from strkit.charset import Charset
 from strkit.cli.curate import main as curate_main
 from strkit.data.folder import FolderDataset
-from strkit.data.lmdb import LmdbDataset, LmdbWriter
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.engine import curation
 from strkit.inference.teachers import build_teacher
 

@@ -13,8 +13,8 @@ from strkit.charset import Charset
 from strkit.checkpoint import load_checkpoint
 from strkit.cli.train import packaged_config
 from strkit.config import ConfigError, SourceConfig, load_config
-from strkit.engine.data import with_replay
 from strkit.engine.finetune import adopt_init_config, bundled_models, init_with_charset_change, resolve_init_source
+from strkit.engine.run_data import with_replay
 from strkit.models.recognizer import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,8 @@ from strkit.data import fingerprints
 from strkit.data.benchmarks import BenchmarkLeakError
 from strkit.data.fingerprints import assert_no_benchmark_images, benchmark_fingerprints
 from strkit.data.folder import read_gt_file
-from strkit.data.lmdb import LmdbDataset, LmdbWriter
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.sources import build_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,8 +120,8 @@ def test_fingerprints_and_lmdb_counts_are_cached(tmp_path, monkeypatch):
 
 
 def test_real_svt_test_crops_under_another_name(shared_benchmarks, tmp_path):
-    from strkit.engine.data import build_run_data
     from strkit.engine.distributed import DistInfo
+    from strkit.engine.run_data import build_run_data
     from strkit.models.recognizer import build_model
 
     svt = [p for p, _ in read_gt_file(shared_benchmarks / "SVT_647" / "labels.tsv")][:5]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from strkit.data.folder import FolderDataset, FolderNotFoundError, GtFormatError, read_gt_file
-from strkit.data.lmdb import CorruptRecordError
+from strkit.data.lmdb.format import CorruptRecordError
 
 
 def write_png(path: Path, value: int) -> None:

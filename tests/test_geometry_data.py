@@ -15,22 +15,18 @@ import torch
 
 from strkit.charset import Charset, LabelFilter
 from strkit.config import ConfigError, ModelConfig, SourceConfig, load_config
-from strkit.data.lmdb import GEOMETRY_KEY, CorruptRecordError, LmdbDataset, LmdbError, LmdbWriter, decode_geometry
+from strkit.data.augment import AlbumentationsPipeline, import_albumentations, keypoints_exact
+from strkit.data.lmdb.format import GEOMETRY_KEY, CorruptRecordError, LmdbError, decode_geometry
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.sources import build_source
 from strkit.data.synth.config import load_synth_config
 from strkit.data.synth.generate import GEOMETRY_KEY as SYNTH_GEOMETRY_KEY
 from strkit.data.synth.generate import generate_lmdb
 from strkit.data.synth.renderer import Renderer
-from strkit.data.transforms import (
-    AlbumentationsPipeline,
-    ImageTransform,
-    TransformedDataset,
-    collate,
-    import_albumentations,
-    keypoints_exact,
-)
-from strkit.engine.data import build_run_data
+from strkit.data.transforms import ImageTransform, TransformedDataset, collate
 from strkit.engine.distributed import DistInfo
+from strkit.engine.run_data import build_run_data
 from strkit.models.recognizer import GEOMETRY_TARGETS, build_model
 from strkit.models.rectifiers.scrn import geometry_targets_from_json
 

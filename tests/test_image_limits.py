@@ -1,5 +1,5 @@
-"""Decompression bombs are refused from the image header, before decoding, wherever strkit decodes images
-(issue #20 item 3); extreme aspect ratios give a warning in the recognition result (item 15)."""
+"""Decompression bombs are refused from the image header, before decoding, wherever strkit decodes images;
+extreme aspect ratios give a warning in the recognition result."""
 
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ import pytest
 from PIL import Image
 
 import strkit.api
-import strkit.data.lmdb
+import strkit.data.lmdb.format
+import strkit.inference.images
 from strkit.api import Recognizer, load_image
+from strkit.bench.data_loading import PilBaselineDataset
 from strkit.cli import create_lmdb, recognize
-from strkit.data.bench import PilBaselineDataset
 from strkit.data.folder import FolderDataset
 from strkit.data.image_limits import ImageTooLargeError, aspect_warning, check_encoded, header_size
-from strkit.data.lmdb import CorruptRecordError, LmdbDataset, LmdbWriter, decode_image
+from strkit.data.lmdb.format import CorruptRecordError, decode_image
+from strkit.data.lmdb.reader import LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,7 +74,7 @@ def no_decoding_of_large_images(monkeypatch):
         assert size is None or size[0] * size[1] <= 1_000_000, f"decoded a {size} image"
         return real(buf, flags)
 
-    for module in (strkit.api, strkit.data.lmdb):
+    for module in (strkit.inference.images, strkit.data.lmdb.format):
         monkeypatch.setattr(module.cv2, "imdecode", guarded)
 
 

@@ -1,4 +1,4 @@
-"""Reading options of the Recognizer (issue #19 item 4): word confidence modes, ECE, temperature calibration
+"""Reading options of the Recognizer: word confidence modes, ECE, temperature calibration
 (checkpoint and ONNX metadata), rotated crops, keep-ratio width for long words, lexicon constraint."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from strkit.api import Recognizer
-from strkit.charset import Prediction, protocol_filter
+from strkit.charset import protocol_filter
 from strkit.engine.calibration import CalibrationResult, fit_temperature, save_calibrated
 from strkit.engine.metrics import RecognitionMetrics, combine, expected_calibration_error
+from strkit.greedy_decoding import Prediction
 from strkit.inference.metadata import ExportMetadata, MetadataError
 from strkit.inference.options import InferenceOptions, prediction_confidence, word_confidence
 from strkit.models.pretrained import load_model

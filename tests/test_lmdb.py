@@ -16,18 +16,10 @@ import torch.utils.data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strkit.data.lmdb import (
-    _ENVS,
-    CorruptRecordError,
-    LmdbDataset,
-    LmdbError,
-    LmdbNotFoundError,
-    LmdbWriter,
-    PartialLmdbError,
-    decode_image,
-    find_lmdbs,
-    open_lmdb_tree,
-)
+from strkit.data.lmdb.discovery import find_lmdbs, open_lmdb_tree
+from strkit.data.lmdb.format import CorruptRecordError, LmdbError, LmdbNotFoundError, PartialLmdbError, decode_image
+from strkit.data.lmdb.reader import ENV_CACHE, LmdbDataset
+from strkit.data.lmdb.writer import LmdbWriter
 
 
 def png(value: int, h: int = 4, w: int = 6) -> bytes:
@@ -323,7 +315,7 @@ def test_pickle_before_and_after_first_use(tmp_path):
 def _first_label(ds: LmdbDataset, queue) -> None:
     """Child process: report the first label and whether this process opened its own environment."""
     label = ds[0][1]
-    queue.put((label, _ENVS.pid == os.getpid() and len(_ENVS.envs) == 1))
+    queue.put((label, ENV_CACHE.pid == os.getpid() and len(ENV_CACHE.envs) == 1))
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -379,6 +371,6 @@ def test_map_that_keeps_growing_is_a_clear_error(tmp_path, monkeypatch):
         def begin(self, **kw):
             raise lmdb.MapResizedError("mdb_txn_begin: MDB_MAP_RESIZED")
 
-    monkeypatch.setattr(_ENVS, "get", lambda p: Resized())
+    monkeypatch.setattr(ENV_CACHE, "get", lambda p: Resized())
     with pytest.raises(LmdbError, match=r"db keeps growing.*another process is writing it"):
         ds[0]

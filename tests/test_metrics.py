@@ -60,7 +60,7 @@ class _Scripted:
     """A stand-in model whose ``predict`` returns the next hand-made predictions, in loader order."""
 
     def __init__(self, texts: list[str]) -> None:
-        from strkit.charset import Prediction
+        from strkit.greedy_decoding import Prediction
 
         self.queue = [Prediction(text=t, confidence=0.5, char_probs=[]) for t in texts]
 

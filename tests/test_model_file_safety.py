@@ -1,5 +1,5 @@
-"""Model files from elsewhere cannot make strkit read other files or run another model (issue #20 items 1
-and 2), and model files are written with the permissions of other outputs (item 15)."""
+"""Model files from elsewhere cannot make strkit read other files or run another model, and model files are
+written with the permissions of other outputs."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import torch
 from strkit.api import Recognizer
 from strkit.checkpoint import save_checkpoint
 from strkit.config import load_config
-from strkit.data.lmdb import LmdbWriter
-from strkit.export import OnnxCacheError, cached_onnx_export, file_sha256, write_onnx_metadata
+from strkit.data.lmdb.writer import LmdbWriter
+from strkit.export import cached_onnx_export, write_onnx_metadata
 from strkit.inference.metadata import METADATA_KEY, ExportMetadata, MetadataError
 from strkit.inference.onnx_backend import read_onnx_metadata
+from strkit.inference.onnx_cache import OnnxCacheError, file_sha256
 from strkit.models.recognizer import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx_helpers import onnx_and_torch_outputs
 
-from strkit.charset import AttentionCodec, Charset
+from strkit.charset import Charset
+from strkit.codecs import AttentionCodec
 from strkit.config import ModelConfig, load_config
 from strkit.models import build_model
 from strkit.models.backbones.itervm import flatten_chain, probe_levels

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from strkit.charset import Charset, Prediction
+from strkit.charset import Charset
 from strkit.config import ConfigError, ModelConfig, load_config
+from strkit.greedy_decoding import Prediction
 from strkit.models import ModelOutput, RecognitionModel, build_model
 from strkit.registry import RegistryError
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from onnx_helpers import onnx_and_torch_outputs
 
-from strkit.charset import AttentionCodec, Charset, CTCCodec
+from strkit.charset import Charset
+from strkit.codecs import AttentionCodec, CTCCodec
 from strkit.models.backbones.blocks import BlockSpec, InvertedResidual, SkipBlock, make_divisible
 from strkit.models.registry import BACKBONES, DECODERS, RECTIFIERS, SEQUENCES
 from strkit.registry import RegistryError

@@ -14,25 +14,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from strkit.config import ModelConfig, load_config
 from strkit.models.recognizer import build_model
 from strkit.nas.arch import build_searched, derive_arch
-from strkit.nas.latency import (
-    CALIBRATION_SEED_OFFSET,
-    CostModel,
+from strkit.nas.latency.cost import CostModel, _count_flops, cost_loss, expected_latency
+from strkit.nas.latency.table import (
     LatencyTable,
     LatencyTableError,
-    _count_flops,
     arch_infos,
-    calibrate_lut,
-    cost_loss,
     entry_key,
-    expected_latency,
     head_info,
     load_lut,
     measure_lut,
     predict_arch_latency,
-    random_archs,
     stem_info,
-    validate_lut,
 )
+from strkit.nas.latency.validation import CALIBRATION_SEED_OFFSET, calibrate_lut, random_archs, validate_lut
 from strkit.nas.search_space import build_supernet
 
 REPO = Path(__file__).resolve().parents[1]

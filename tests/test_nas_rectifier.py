@@ -27,15 +27,8 @@ from strkit.nas.arch import (
     searched_edges,
     searched_parts,
 )
-from strkit.nas.latency import (
-    CostModel,
-    LatencyTable,
-    expected_latency,
-    head_info,
-    measure_lut,
-    predict_arch_latency,
-    stem_info,
-)
+from strkit.nas.latency.cost import CostModel, expected_latency
+from strkit.nas.latency.table import LatencyTable, head_info, measure_lut, predict_arch_latency, stem_info
 from strkit.nas.proxyless import GateController, MixedEdge, arch_parameters, mixed_edges, probabilities
 from strkit.nas.report import cell_descriptions, probability_table
 

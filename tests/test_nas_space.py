@@ -209,7 +209,7 @@ def test_shared_candidate_equals_the_standalone_block_with_sliced_weights():
 
 
 def test_shared_supernet_trains_one_superkernel_from_every_path_and_keeps_costs():
-    from strkit.nas.latency import COST_KINDS
+    from strkit.nas.latency.cost import COST_KINDS
     from strkit.nas.shared import SharedInvertedResidual
 
     space = tiny_space()

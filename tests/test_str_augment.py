@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import render_word
 
+from strkit.data.augment import AUGMENTATIONS
 from strkit.data.str_augment import _curve_class, _shrink_class, str_ops
-from strkit.data.transforms import AUGMENTATIONS, ImageTransform, build_augmentation
+from strkit.data.transforms import ImageTransform, build_augmentation
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -18,7 +18,7 @@ from PIL import ImageFont
 from strkit.charset import Charset
 from strkit.cli.synth import main
 from strkit.config import ConfigError
-from strkit.data.lmdb import LmdbDataset
+from strkit.data.lmdb.reader import LmdbDataset
 from strkit.data.synth.config import load_synth_config
 from strkit.data.synth.font_audit import NOTDEF_PROBE
 from strkit.data.synth.fonts import FontFace, FontSet, discover_fonts

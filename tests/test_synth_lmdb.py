@@ -13,7 +13,8 @@ import pytest
 from strkit.charset import Charset, LabelFilter
 from strkit.cli.synth import main
 from strkit.config import SourceConfig
-from strkit.data.lmdb import LmdbDataset, PartialLmdbError, decode_image
+from strkit.data.lmdb.format import PartialLmdbError, decode_image
+from strkit.data.lmdb.reader import LmdbDataset
 from strkit.data.sources import SOURCES, build_source
 from strkit.data.synth.config import load_synth_config
 from strkit.data.synth.dataset import SynthDataset

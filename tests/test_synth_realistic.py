@@ -1,4 +1,4 @@
-"""Realistic synthesis (issue #16 item 3): colour palettes fitted on real crops, distractor text at the
+"""Realistic synthesis: colour palettes fitted on real crops, distractor text at the
 crop borders, length and character balancing, the ``realistic`` preset and the font install command.
 
 Only matplotlib's bundled fonts are used (as in ``test_synth.py``); the font audit cache lives in a

@@ -239,8 +239,8 @@ def test_ratio_schedule_switches_sources_at_the_step(tmp_path):
 
     from strkit.charset import Charset
     from strkit.config import ConfigError
-    from strkit.engine.data import build_run_data
     from strkit.engine.distributed import DistInfo
+    from strkit.engine.run_data import build_run_data
 
     easy = write_folder_dataset(tmp_path / "easy", 8, words=["easy"])
     hard = write_folder_dataset(tmp_path / "hard", 8, words=["hard"])

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from strkit.data.augment import AUGMENTATIONS
 from strkit.data.transforms import (
-    AUGMENTATIONS,
     ImageTransform,
     TransformedDataset,
     build_augmentation,

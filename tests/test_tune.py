@@ -14,7 +14,7 @@ import yaml
 
 from strkit.config import load_config
 from strkit.data.benchmarks import BenchmarkLeakError
-from strkit.engine import tuning
+from strkit.engine.tuning import protocol_space, study_report, trials
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tune" / "tiny.yaml"
@@ -37,13 +37,13 @@ def write_space(tmp_path: Path, space: dict, overrides: list[str], name: str = "
 
 # -- search space -----------------------------------------------------------------------------------
 def test_shipped_spaces_load(word_folder):
-    space = tuning.load_space(REPO / "configs" / "tune" / "default_model.yaml")
+    space = protocol_space.load_space(REPO / "configs" / "tune" / "default_model.yaml")
     assert {"train.optimizer.lr", "data.augment", "curriculum_step"} <= {p.name for p in space.params}
     proto = space.protocol({"curriculum_step": 300, "data.train.IC15_train.ratio_schedule.0.1": 0.2})
     ic15 = next(s for s in proto["data"]["train"] if s["name"] == "IC15_train")
     assert ic15["ratio_schedule"] == [[300, 0.2]]  # a key inside a list: the protocol sets the whole list
     assert all(s["ratio_schedule"][0][0] == 300 for s in proto["data"]["train"])  # tied keys
-    tiny = tuning.load_space(TINY, [data_override(word_folder)])
+    tiny = protocol_space.load_space(TINY, [data_override(word_folder)])
     assert [p.name for p in tiny.params][-1] == "data.augment_options.m"
 
 
@@ -63,7 +63,7 @@ def test_shipped_spaces_load(word_folder):
 def test_space_errors(tmp_path, word_folder, spec, message):
     path = write_space(tmp_path, spec, [data_override(word_folder), "data.val_fraction=0.25"])
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
-        tuning.load_space(path)
+        protocol_space.load_space(path)
     assert "\n" not in str(info.value)
 
 
@@ -85,7 +85,7 @@ def test_benchmark_as_validation_is_refused_before_any_trial(tmp_path, word_fold
     path = write_space(tmp_path, {"train.optimizer.lr": {"type": "logfloat", "low": 1e-4, "high": 1e-2}},
                        [data_override(word_folder), "data.val=[{path: IIIT5K_3000, kind: benchmark}]"])
     with pytest.raises(BenchmarkLeakError, match="validation source 'IIIT5K_3000'"):
-        tuning.load_space(path)
+        protocol_space.load_space(path)
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--steps", "2", "--trials", "1"]) == 2
     assert "benchmark" in capsys.readouterr().err
@@ -100,14 +100,14 @@ def test_a_space_choice_that_points_at_a_benchmark_is_refused(tmp_path, word_fol
     path = write_space(tmp_path, {"data.train": {"type": "categorical", "choices": choices}},
                        [data_override(word_folder), "data.val_fraction=0.25"])
     with pytest.raises(BenchmarkLeakError, match="space.data.train"):
-        tuning.load_space(path)
+        protocol_space.load_space(path)
 
 
 def test_no_validation_data_is_refused(tmp_path, word_folder):
     path = write_space(tmp_path, {"train.optimizer.lr": {"type": "logfloat", "low": 1e-4, "high": 1e-2}},
                        [data_override(word_folder)])
-    with pytest.raises(tuning.TuneError, match="needs validation data"):
-        tuning.load_space(path)
+    with pytest.raises(protocol_space.TuneError, match="needs validation data"):
+        protocol_space.load_space(path)
 
 
 # -- the trainer's observer --------------------------------------------------------------------------
@@ -122,10 +122,10 @@ def test_on_validation_observer_can_stop_training(tmp_path, word_folder):
         if step == 2:
             raise StopTraining("enough")
 
-    cfg = tuning.build_config(MODEL, {}, [data_override(word_folder), "data.val_fraction=0.25", "data.workers=0",
-                                          "train.steps=6", "train.val_every=1", "train.batch_size=4",
-                                          "train.progress=false", "train.tensorboard=false",
-                                          f"train.out_dir={tmp_path / 'run'}"])
+    cfg = protocol_space.build_config(MODEL, {}, [data_override(word_folder), "data.val_fraction=0.25",
+                                                  "data.workers=0", "train.steps=6", "train.val_every=1",
+                                                  "train.batch_size=4", "train.progress=false",
+                                                  "train.tensorboard=false", f"train.out_dir={tmp_path / 'run'}"])
     trainer = Trainer(cfg, on_validation=observer)
     metrics = trainer.fit()
     assert [s for s, _ in seen] == [1, 2] and trainer.step == 2 and "val_accuracy" in metrics
@@ -154,7 +154,7 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
     assert main([*args, "--trials", "3"]) == 0  # nothing left to do
     assert len(_states(out)) == 3
     assert sorted(p.name for p in (out / "trials").iterdir()) == ["0", "1", "2"]
-    study = tuning.load_study(tuning.default_storage(out))
+    study = trials.load_study(trials.default_storage(out))
     assert study.trials[2].params != study.trials[0].params  # the continued sampler does not repeat trial 0
     for name in ("best.yaml", "trials.csv", "report.md", "history.png"):
         assert (out / name).is_file(), name
@@ -190,31 +190,31 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
 
 def test_pruned_trials_stop_early(tmp_path, word_folder):
     optuna = pytest.importorskip("optuna")
-    job = tuning.StudyJob(space=str(TINY), extra_overrides=(data_override(word_folder),), out=str(tmp_path),
-                          storage=tuning.default_storage(tmp_path), study_name="tiny", budget=tuning.Budget(steps=5),
+    job = trials.StudyJob(space=str(TINY), extra_overrides=(data_override(word_folder),), out=str(tmp_path),
+                          storage=trials.default_storage(tmp_path), study_name="tiny", budget=trials.Budget(steps=5),
                           trials=2, threads=1)
     # accuracy is in percent: a threshold above 100 prunes every trial at its first validation (step 1)
-    tuning.run_worker(job, pruner=optuna.pruners.ThresholdPruner(lower=101.0))
-    study = tuning.load_study(job.storage, "tiny")
+    trials.run_worker(job, pruner=optuna.pruners.ThresholdPruner(lower=101.0))
+    study = trials.load_study(job.storage, "tiny")
     assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
     assert [t.user_attrs["steps"] for t in study.trials] == [1, 1]
     assert all(list(t.intermediate_values) == [1] for t in study.trials)
-    files = tuning.write_report(study, tmp_path)
+    files = study_report.write_report(study, tmp_path)
     assert "best.yaml" not in files and _states(tmp_path) == ["PRUNED", "PRUNED"]
 
 
 @needs_optuna
 def test_study_of_another_space_is_refused(tmp_path, word_folder):
-    job = tuning.StudyJob(space=str(TINY), extra_overrides=(data_override(word_folder),), out=str(tmp_path),
-                          storage=tuning.default_storage(tmp_path), study_name="s", budget=tuning.Budget(steps=1),
+    job = trials.StudyJob(space=str(TINY), extra_overrides=(data_override(word_folder),), out=str(tmp_path),
+                          storage=trials.default_storage(tmp_path), study_name="s", budget=trials.Budget(steps=1),
                           trials=1)
-    tuning.create_study(job, tuning.load_space(TINY, job.extra_overrides))
-    other = tuning.load_space(TINY, [*job.extra_overrides, "train.seed=3"])
-    with pytest.raises(tuning.TuneError, match="another search space"):
-        tuning.create_study(job, other)
-    with pytest.raises(tuning.TuneError, match="runs trials of 1 steps on subset 1, not 0.5 min"):
-        tuning.create_study(dataclasses.replace(job, budget=tuning.Budget(minutes=0.5)),
-                            tuning.load_space(TINY, job.extra_overrides))
+    trials.create_study(job, protocol_space.load_space(TINY, job.extra_overrides))
+    other = protocol_space.load_space(TINY, [*job.extra_overrides, "train.seed=3"])
+    with pytest.raises(protocol_space.TuneError, match="another search space"):
+        trials.create_study(job, other)
+    with pytest.raises(protocol_space.TuneError, match="runs trials of 1 steps on subset 1, not 0.5 min"):
+        trials.create_study(dataclasses.replace(job, budget=trials.Budget(minutes=0.5)),
+                            protocol_space.load_space(TINY, job.extra_overrides))
 
 
 # -- small parts ---------------------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ def test_protocol_option_merges_over_the_config_and_under_overrides(tmp_path):
 def test_failing_trials_stop_the_study():
     optuna = pytest.importorskip("optuna")
     study = optuna.create_study(direction="maximize")
-    streak = tuning.FailureStreak(limit=2)
+    streak = trials.FailureStreak(limit=2)
     calls = []
 
     def objective(trial):
@@ -248,14 +248,14 @@ def test_failing_trials_stop_the_study():
 
 
 def test_spearman():
-    assert tuning.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert tuning.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
-    assert tuning.spearman([1, 2, 3, 4], [1, 1, 2, 2]) == pytest.approx(0.894427, abs=1e-6)  # ties: average ranks
-    assert tuning.spearman([1.0], [2.0]) != tuning.spearman([1.0], [2.0])  # NaN
+    assert study_report.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert study_report.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert study_report.spearman([1, 2, 3, 4], [1, 1, 2, 2]) == pytest.approx(0.894427, abs=1e-6)  # ties: average ranks
+    assert study_report.spearman([1.0], [2.0]) != study_report.spearman([1.0], [2.0])  # NaN
 
 
 def test_train_subset_keeps_a_seeded_fraction():
-    from strkit.engine.data import take_subset
+    from strkit.engine.run_data import take_subset
 
     data = list(range(100))
     sub = take_subset(data, 0.3, seed=1)
@@ -266,8 +266,8 @@ def test_missing_optuna_is_one_line(monkeypatch, tmp_path, capsys, word_folder):
     from strkit.cli.tune import main
 
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(tuning.TuneError, match=r"pip install 'strkit\[tune\]'"):
-        tuning.import_optuna()
+    with pytest.raises(protocol_space.TuneError, match=r"pip install 'strkit\[tune\]'"):
+        protocol_space.import_optuna()
     assert main(["report", str(tmp_path)]) == 2
     assert main(["run", str(TINY), data_override(word_folder), "--out", str(tmp_path), "--steps", "1"]) == 2
     assert "pip install 'strkit[tune]'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Model zoo names (issue #19 item 3): Recognizer.from_pretrained(NAME), tools/eval.py NAME,
+"""Model zoo names: Recognizer.from_pretrained(NAME), tools/eval.py NAME,
 tools/export.py NAME, strkit models / python -m strkit models, unknown names; and the calibration flags of
 tools/eval.py."""
 
@@ -60,8 +60,8 @@ def test_from_pretrained_takes_a_zoo_name(bundled_checkpoint, synth_words, tmp_p
 
 def test_strkit_models_lists_models_configs_and_modules(capsys):
     from strkit.cli.models import main
+    from strkit.data.augment import AUGMENTATIONS
     from strkit.data.synth.config import PRESET_NAMES
-    from strkit.data.transforms import AUGMENTATIONS
     from strkit.inference.teachers import TEACHERS
     from strkit.models.registry import BACKBONES, DECODERS, RECTIFIERS, SEQUENCES
 

@@ -93,8 +93,8 @@ class DataBench:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from strkit.data import bench
-        from strkit.data.lmdb import LmdbError
+        from strkit.bench import data_loading as bench
+        from strkit.data.lmdb.format import LmdbError
 
         cases = bench.default_cases(args.batch_size)
         if args.quick:
@@ -124,7 +124,7 @@ class DataBench:
             results = bench.run_data_benchmark(path, cases, images=args.count, repeat=args.repeat)
             order: dict[str, dict[str, float]] = {}
             if args.augment_order:
-                from strkit.data.lmdb import LmdbDataset
+                from strkit.data.lmdb.reader import LmdbDataset
 
                 raw = LmdbDataset(path, channels=1)
                 records = [(raw.get_extra(i, "image") or b"", "") for i in range(min(len(raw), 1000))]

@@ -1,6 +1,6 @@
 """``tools/bench.py compare``: word readers side by side on the same real crops, one image at a time.
 
-Each reader (see :mod:`strkit.inference.readers`: the bundled model, a checkpoint or ``.onnx`` file, and
+Each reader (see :mod:`strkit.bench.readers`: the bundled model, a checkpoint or ``.onnx`` file, and
 optional external recognisers such as ``rapidocr``) reads the first ``--count`` crops of a benchmark,
 one call per image (decode already done; preprocessing, model and decoding timed), in ``--rounds``
 interleaved rounds so that a change of machine load hits every reader alike. Reported per reader: median
@@ -43,7 +43,7 @@ class CompareBench:
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         from strkit.data.benchmarks import BenchmarkError
-        from strkit.engine.speed import load_1min
+        from strkit.engine.train_timing import load_1min
 
         if min(args.rounds, args.threads) < 1 or args.count < 0 or args.warmup < 0:
             return fail("--rounds and --threads must be >= 1, --count and --warmup >= 0")
@@ -93,7 +93,7 @@ def _crops(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
 
 
 def _readers(args: argparse.Namespace) -> list[Any]:
-    from strkit.inference.readers import build_reader
+    from strkit.bench.readers import build_reader
 
     if len(set(args.readers)) != len(args.readers):
         raise ValueError("--readers: a reader is named twice")

@@ -2,7 +2,7 @@
 
 Every combination of ``--models`` × ``--precision`` × ``--lstm-bf16`` × ``--channels-last`` ×
 ``--fuse`` × ``--onednn-bf16`` runs in a fresh process and times ``model.predict`` (forward + greedy decoding)
-under ``torch.inference_mode()`` in eager PyTorch (see :mod:`strkit.engine.speed`); with
+under ``torch.inference_mode()`` in eager PyTorch (see :mod:`strkit.bench.infer_speed`); with
 ``--backend onnxruntime`` each model is also exported to ONNX and timed in ONNX Runtime (fp32). A model is a
 config name or YAML (random weights, at ``--img-h``/``--img-w``), a trained checkpoint (``.pt``) or an
 exported ``.onnx`` file (e.g. the int8 one; ONNX Runtime only), both timed at their own input size::
@@ -21,9 +21,9 @@ from strkit.cli.bench import BENCH_COMMANDS, report
 from strkit.cli.bench_train import _on_off, add_common_arguments, check_common_arguments
 from strkit.cli.common import fail
 
-#: The same as :data:`strkit.engine.speed.INFER_PRECISIONS` (not imported here: it imports torch).
+#: The same as :data:`strkit.bench.infer_speed.INFER_PRECISIONS` (not imported here: it imports torch).
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
-#: The same as :data:`strkit.engine.speed.INFER_BACKENDS`.
+#: The same as :data:`strkit.bench.infer_speed.INFER_BACKENDS`.
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -52,34 +52,35 @@ class InferBench:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        from strkit.bench import infer_speed, tables
         from strkit.config import ConfigError
-        from strkit.engine import speed
+        from strkit.engine import train_timing
 
         error = check_common_arguments(args)
         if error is None and min(args.batch, args.repeats, args.batch_repeats) < 1:
             error = "--batch, --repeats and --batch-repeats must be >= 1"
         if error is not None:
             return fail(error)
-        cases = [speed.InferCase(model=m, precision=p, lstm_autocast=lb, channels_last=cl, fuse=fu,
+        cases = [infer_speed.InferCase(model=m, precision=p, lstm_autocast=lb, channels_last=cl, fuse=fu,
                                  onednn_bf16=ob, img_h=args.img_h, img_w=args.img_w, channels=args.channels,
                                  threads=args.threads, batch=args.batch, repeats=args.repeats,
                                  batch_repeats=args.batch_repeats, warmup=args.warmup)
                  for m, p, lb, cl, fu, ob in itertools.product(args.models, args.precision, args.lstm_bf16,
                                                                args.channels_last, args.fuse, args.onednn_bf16)
                  if not (lb and p != "bf16") and not m.lower().endswith(".onnx")] if "torch" in args.backend else []
-        cases += [speed.InferCase(model=m, backend=b, img_h=args.img_h, img_w=args.img_w, channels=args.channels,
+        cases += [infer_speed.InferCase(model=m, backend=b, img_h=args.img_h, img_w=args.img_w, channels=args.channels,
                                   threads=args.threads, batch=args.batch, repeats=args.repeats,
                                   batch_repeats=args.batch_repeats, warmup=args.warmup)
                   for m in args.models for b in args.backend if b != "torch"]
-        gate = speed.LoadGate(args.max_busy, args.retries, args.wait_s)
+        gate = train_timing.LoadGate(args.max_busy, args.retries, args.wait_s)
         results = []
         for case in cases:
             print(f"infer: {case.model} {case.levers} ...", flush=True)
             try:
-                result = speed.run_case(speed.measure_infer, case, gate, isolate=not args.in_process)
+                result = train_timing.run_case(infer_speed.measure_infer, case, gate, isolate=not args.in_process)
             except (ConfigError, RuntimeError, ValueError, ImportError) as exc:
                 return fail(str(exc))
             print(f"  {result.ms_per_image:.2f} ms/image (batch 1), {result.images_per_s:.0f} images/s "
                   f"(batch {case.batch})", flush=True)
             results.append(result)
-        return report(args, "infer", speed.infer_table(results), results)
+        return report(args, "infer", tables.infer_table(results), results)

@@ -37,7 +37,7 @@ class TeacherCost:
 
 def _crops(source: str, count: int) -> tuple[list[Any], list[str]]:
     """The first ``count`` crops (RGB uint8) of a folder dataset or an LMDB, and their labels."""
-    from strkit.data.lmdb import decode_image
+    from strkit.data.lmdb.format import decode_image
     from strkit.engine.curation import labelled_items
 
     _, items = labelled_items(source)

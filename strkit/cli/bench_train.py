@@ -1,7 +1,7 @@
 """``tools/bench.py train``: training throughput (images/s) and peak memory per model and setting.
 
 Every combination of ``--models`` × ``--precision`` × ``--channels-last`` runs in a fresh process and
-times the trainer's own ``train_step`` (see :mod:`strkit.engine.speed`)::
+times the trainer's own ``train_step`` (see :mod:`strkit.engine.train_timing`)::
 
     flock /tmp/strkit-timing.lock python tools/bench.py train --models crnn trba mbv2-ctc \\
         --precision fp32 bf16 --channels-last off on --json runs/bench/train.json
@@ -58,7 +58,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_models: list[s
 def check_common_arguments(args: argparse.Namespace) -> str | None:
     """A message for the first invalid option value, else None."""
     from strkit.config import ConfigError
-    from strkit.engine.speed import model_config_path
+    from strkit.engine.train_timing import model_config_path
 
     if args.threads < 1:
         return f"--threads must be >= 1, got {args.threads}"
@@ -104,8 +104,9 @@ class TrainBench:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
+        from strkit.bench import tables
         from strkit.config import ConfigError
-        from strkit.engine import speed
+        from strkit.engine import train_timing
 
         error = check_common_arguments(args)
         if error is None and min(args.batch_size, args.steps) < 1:
@@ -118,7 +119,7 @@ class TrainBench:
             data_kind, error = _data_kind(Path(args.with_data))
         if error is not None:
             return fail(error)
-        cases = [speed.TrainCase(model=m, precision=p, channels_last=cl, lstm_autocast=lb,
+        cases = [train_timing.TrainCase(model=m, precision=p, channels_last=cl, lstm_autocast=lb,
                                  batch_size=args.batch_size, img_h=args.img_h, img_w=args.img_w,
                                  channels=args.channels, threads=args.threads, steps=args.steps,
                                  warmup=args.warmup, windows=args.windows, data=args.with_data,
@@ -127,7 +128,7 @@ class TrainBench:
                  for m, p, cl, lb, cm in itertools.product(args.models, args.precision, args.channels_last,
                                                            args.lstm_bf16, args.compile)
                  if not (lb and p == "fp32")]
-        gate = speed.LoadGate(args.max_busy, args.retries, args.wait_s)
+        gate = train_timing.LoadGate(args.max_busy, args.retries, args.wait_s)
         results = []
         for case in cases:
             print(f"train: {case.model} {case.precision}{' + bf16 LSTM' if case.lstm_autocast else ''} "
@@ -135,13 +136,13 @@ class TrainBench:
                   f"batch {case.batch_size}, "
                   f"{case.steps} steps ...", flush=True)
             try:
-                result = speed.run_case(speed.measure_train, case, gate, isolate=not args.in_process)
+                result = train_timing.run_case(train_timing.measure_train, case, gate, isolate=not args.in_process)
             except (ConfigError, FileNotFoundError) as exc:
                 return fail(str(exc))
             print(f"  {result.images_per_s:.1f} images/s, peak RSS {result.peak_rss_mib / 1024:.2f} GiB",
                   flush=True)
             results.append(result)
-        return report(args, "train", speed.train_table(results), results)
+        return report(args, "train", tables.train_table(results), results)
 
 
 def _data_kind(path: Path) -> tuple[str, str | None]:

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from strkit.cli.common import Parser, add_max_pixels, positive_int, user_errors
 from strkit.data.folder import read_gt_file, resolve_gt_file
 from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_encoded
-from strkit.data.lmdb import LmdbWriter, decode_image
+from strkit.data.lmdb.format import decode_image
+from strkit.data.lmdb.writer import LmdbWriter
 
 POSITION_KEY = "create-lmdb-position"  # input lines consumed, committed with the records (for --resume)
 SOURCE_KEY = "create-lmdb-source"

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from strkit.charset import PROTOCOLS, Charset
 from strkit.cli.common import Parser, positive_int, user_errors
-from strkit.data.lmdb import lmdb_num_samples
+from strkit.data.lmdb.reader import lmdb_num_samples
 from strkit.engine import curation
 from strkit.inference.teachers import TEACHERS, build_teacher
 

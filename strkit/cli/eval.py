@@ -105,7 +105,7 @@ def _fit_temperature(args: argparse.Namespace, model: Any, cfg: Any, name: str) 
     from strkit.data.mixing import build_eval_loader
     from strkit.data.sources import build_source
     from strkit.engine.calibration import fit_model_temperature, run_validation_split
-    from strkit.engine.data import eval_transform
+    from strkit.engine.run_data import eval_transform
 
     if args.val_source == RUN_VALIDATION:
         ds, names = run_validation_split(cfg, model.charset, args.root)
@@ -216,3 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 written = save_calibrated(ckpt, args.save_calibrated, calibration)
                 print(f"written: {written} (the checkpoint with temperature {calibration.temperature:.3f})")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -141,9 +141,9 @@ def _accuracy(onnx_paths: dict[str, Path], args: argparse.Namespace, cfg: Any, r
 def _speed(model: Any, files: dict[str, Path], threads: int) -> list[dict[str, Any]]:
     import torch
 
+    from strkit.bench.timing import measure
     from strkit.export import default_input_spec, example_input
     from strkit.inference.onnx_backend import OnnxBackend
-    from strkit.inference.speed import measure
 
     torch.set_num_threads(threads)
     spec = default_input_spec(model)

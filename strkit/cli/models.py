@@ -62,8 +62,8 @@ def model_configs() -> list[dict[str, str]]:
 def catalogue(name: str | None = None) -> dict[str, Any]:
     """Everything ``strkit models`` lists (``name``: that zoo model only)."""
     from strkit.charset import PRESETS
+    from strkit.data.augment import AUGMENTATIONS
     from strkit.data.synth.config import PRESET_NAMES
-    from strkit.data.transforms import AUGMENTATIONS
     from strkit.inference.options import CONFIDENCE_MODES
     from strkit.inference.teachers import TEACHERS
     from strkit.models.registry import BACKBONES, DECODERS, RECTIFIERS, SEQUENCES

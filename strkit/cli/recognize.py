@@ -156,3 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         print(f"{errors} of {len(paths)} images could not be read", file=sys.stderr)
     return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from strkit.checkpoint import resolve_checkpoint_path
     from strkit.data.benchmarks import BenchmarkNotFoundError, load_benchmark
-    from strkit.engine.data import eval_transform
     from strkit.engine.rectification import (
         Column,
         boundary_polylines,
@@ -53,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         save_figure,
         to_uint8,
     )
+    from strkit.engine.run_data import eval_transform
     from strkit.models.pretrained import load_model
 
     if args.names is not None and len(args.names) != len(args.checkpoints):
@@ -95,3 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     path = save_figure(columns, [f"{i}: {lab}" for i, lab in zip(indices, labels, strict=True)], args.out)
     print(f"wrote {path} ({len(indices)} crops of {args.benchmark}: {indices})")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

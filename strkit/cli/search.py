@@ -87,7 +87,9 @@ def _print_validation(result) -> None:  # noqa: ANN001 - LutValidation
 def _lut(cfg: Config, out: str | None, validate: int) -> int:
     from strkit.nas.arch import searched_parts
     from strkit.nas.config import search_config
-    from strkit.nas.latency import CostModel, calibrate_lut, measure_lut, validate_lut
+    from strkit.nas.latency.cost import CostModel
+    from strkit.nas.latency.table import measure_lut
+    from strkit.nas.latency.validation import calibrate_lut, validate_lut
 
     s = search_config(cfg.search)
     model = _model(cfg)
@@ -110,7 +112,8 @@ def _lut(cfg: Config, out: str | None, validate: int) -> int:
 
 def _validate(cfg: Config, lut_path: str, n: int, json_out: str | None) -> int:
     from strkit.nas.config import search_config
-    from strkit.nas.latency import load_lut, validate_lut
+    from strkit.nas.latency.table import load_lut
+    from strkit.nas.latency.validation import validate_lut
 
     s = search_config(cfg.search)
     table = load_lut(lut_path)
@@ -162,3 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if result:
         print(f"architecture: {result['arch']}\nreport: {result['report']}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

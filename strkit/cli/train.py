@@ -89,3 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if metrics:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -50,7 +50,7 @@ def _storage_args(sp: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from strkit.engine.tuning import PRUNERS, SAMPLERS
+    from strkit.engine.tuning.trials import PRUNERS, SAMPLERS
 
     p = Parser(prog="strkit-tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -111,49 +111,49 @@ def _cpu_count() -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from strkit.engine import tuning
+    from strkit.engine.tuning import protocol_space, study_report, trials
 
-    space = tuning.load_space(args.space, args.overrides)  # every check before any work
-    tuning.import_optuna()  # the one-line install hint
-    tuning.SAMPLERS.get(args.sampler)(tuning.import_optuna(), tuning.SearchOptions(sampler=args.sampler))
+    space = protocol_space.load_space(args.space, args.overrides)  # every check before any work
+    protocol_space.import_optuna()  # the one-line install hint
+    trials.SAMPLERS.get(args.sampler)(protocol_space.import_optuna(), trials.SearchOptions(sampler=args.sampler))
     threads = max(1, (args.threads or _cpu_count()) // args.jobs)
-    job = tuning.StudyJob(
+    job = trials.StudyJob(
         space=str(space.path), extra_overrides=tuple(args.overrides), out=str(Path(args.out).absolute()),
-        storage=args.storage or tuning.default_storage(args.out), study_name=args.study_name or space.path.stem,
-        budget=tuning.Budget(minutes=args.minutes or 0.0, steps=args.steps or 0), trials=args.trials,
+        storage=args.storage or trials.default_storage(args.out), study_name=args.study_name or space.path.stem,
+        budget=trials.Budget(minutes=args.minutes or 0.0, steps=args.steps or 0), trials=args.trials,
         subset=args.subset, threads=threads,
-        options=tuning.SearchOptions(sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+        options=trials.SearchOptions(sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                                      population=args.population, min_resource=args.min_resource,
                                      reduction_factor=args.reduction_factor))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    study = tuning.run_study(job, jobs=args.jobs)
-    files = tuning.write_report(study, args.out)
-    print(f"{tuning.finished_trials(study)} finished trials in {job.storage}; report: "
+    study = trials.run_study(job, jobs=args.jobs)
+    files = study_report.write_report(study, args.out)
+    print(f"{trials.finished_trials(study)} finished trials in {job.storage}; report: "
           + ", ".join(str(f) for f in files.values()))
     return 0
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202 - an optuna Study
-    from strkit.engine import tuning
+    from strkit.engine.tuning import protocol_space, trials
 
     if not args.storage and not (Path(args.out) / "study.db").is_file():
-        raise tuning.TuneError(f"no study in {args.out}: {Path(args.out) / 'study.db'} does not exist "
+        raise protocol_space.TuneError(f"no study in {args.out}: {Path(args.out) / 'study.db'} does not exist "
                                f"(give --storage for a study elsewhere)")
-    return tuning.load_study(args.storage or tuning.default_storage(args.out), args.study_name)
+    return trials.load_study(args.storage or trials.default_storage(args.out), args.study_name)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from strkit.engine import tuning
+    from strkit.engine.tuning import study_report
 
-    files = tuning.write_report(_load(args), args.out, top=args.top)
+    files = study_report.write_report(_load(args), args.out, top=args.top)
     print("report: " + ", ".join(str(f) for f in files.values()))
     return 0
 
 
 def _fidelity(args: argparse.Namespace) -> int:
-    from strkit.engine import tuning
+    from strkit.engine.tuning import study_report
 
-    result = tuning.fidelity_check(_load(args), args.out, factor=args.factor, top=args.top,
+    result = study_report.fidelity_check(_load(args), args.out, factor=args.factor, top=args.top,
                                    random_count=args.random, seed=args.seed, threads=args.threads)
     print(result.table(), end="")
     return 0
@@ -164,3 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     return {"run": _run, "report": _report, "fidelity": _fidelity}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -30,7 +30,6 @@ search and validation source.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -39,7 +38,9 @@ import torch.utils.data
 
 from strkit.config import relative_note
 from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
-from strkit.data.lmdb import LabelFilter, LmdbDataset, lmdb_num_samples
+from strkit.data.lmdb.format import LabelFilter
+from strkit.data.lmdb.reader import LmdbDataset, lmdb_num_samples
+from strkit.data.walk import walk_once
 
 BENCHMARKS: Mapping[str, int] = MappingProxyType({
     "IIIT5K_3000": 3000,
@@ -195,7 +196,7 @@ def load_benchmark(name: str, root: str | Path, channels: int = 3,
     """Load benchmark ``name`` from ``root`` and check its raw record count (before label filtering).
 
     Returns:
-        An :class:`~strkit.data.lmdb.LmdbDataset` or :class:`~strkit.data.folder.FolderDataset`; items
+        An :class:`~strkit.data.lmdb.reader.LmdbDataset` or :class:`~strkit.data.folder.FolderDataset`; items
         are ``(uint8 image H×W or H×W×3 RGB, label)``.
 
     Raises:
@@ -278,19 +279,10 @@ def _dataset_folders(path: Path) -> Iterator[Path]:
     yield path
     if not path.is_dir() or dataset_kind(path) is not None:
         return
-    seen: set[str] = set()
-    for dirpath, dirnames, _ in os.walk(path, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        here = Path(dirpath)
+    for here, dirnames, _ in walk_once(path):
         if here != path and dataset_kind(here) is not None:
             yield here
             dirnames[:] = []
-        else:
-            dirnames.sort()
 
 
 def assert_not_benchmark(path: str | Path, benchmark_root: str | Path | None = None) -> None:

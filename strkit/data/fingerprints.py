@@ -36,7 +36,7 @@ import torch.utils.data
 from strkit.data.benchmarks import BENCHMARKS, BenchmarkLeakError, BenchmarkNotFoundError, dataset_kind, find_benchmark
 from strkit.data.cache import private_cache_folder
 from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
-from strkit.data.lmdb import LmdbDataset, iter_raw_images, record_datasets
+from strkit.data.lmdb.reader import LmdbDataset, iter_raw_images, record_datasets
 
 log = logging.getLogger("strkit")
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from strkit.config import relative_note
-from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError
-from strkit.data.lmdb import BadRecord, LabelFilter, RecordDataset, decode_image
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS
+from strkit.data.lmdb.format import LabelFilter
+from strkit.data.lmdb.reader import BadRecord, RecordDataset
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class FolderDataset(RecordDataset):
         label_filter: ``raw label -> cleaned label or None`` (``None`` drops the item, counted in
             :attr:`num_filtered`).
         channels: 1 (gray, items H×W) or 3 (RGB, items H×W×3).
-        strict: raise :class:`~strkit.data.lmdb.CorruptRecordError` on a missing or undecodable image
+        strict: raise :class:`~strkit.data.lmdb.format.CorruptRecordError` on a missing or undecodable image
             instead of skipping it (skips are counted in :attr:`num_corrupt`).
         max_pixels: an image whose header announces more pixels is unusable, refused without decoding
             it (``None``: no limit of strkit's own; :mod:`strkit.data.image_limits`).
@@ -143,14 +144,10 @@ class FolderDataset(RecordDataset):
         self.paths: list[Path] = []
         self.labels: list[str] = []
         for image_path, label in items:
-            if label_filter is not None:
-                cleaned = label_filter(label)
-                if cleaned is None:
-                    self.num_filtered += 1
-                    continue
-                label = cleaned
-            self.paths.append(image_path)
-            self.labels.append(label)
+            kept = self._filter_label(label, label_filter)
+            if kept is not None:
+                self.paths.append(image_path)
+                self.labels.append(kept)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -163,10 +160,4 @@ class FolderDataset(RecordDataset):
             data = self.paths[i].read_bytes()
         except OSError as exc:
             raise BadRecord(f"cannot read the image file ({exc.strerror or exc})") from None
-        try:
-            img = decode_image(data, self.channels, self.max_pixels)
-        except ImageTooLargeError as exc:
-            raise BadRecord(str(exc)) from None
-        if img is None:
-            raise BadRecord(f"not a decodable image ({len(data)} bytes)")
-        return img, self.labels[i]
+        return self._decode(data, f"not a decodable image ({len(data)} bytes)"), self.labels[i]

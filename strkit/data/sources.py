@@ -2,19 +2,20 @@
 
 ``SOURCES`` maps a source ``kind`` to a factory called as
 ``factory(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset`` whose items
-are ``(uint8 image H×W or H×W×3 RGB, label str)``. ``lmdb`` and ``folder`` are registered here;
-``synth`` is registered by :mod:`strkit.data.synth`, which the registry imports on first lookup when
-it exists. ``benchmark`` sources (``path`` = a benchmark or group name) are for evaluation only.
+are ``(uint8 image H×W or H×W×3 RGB, label str)``. Every kind is registered here: ``lmdb``,
+``folder`` and ``synth`` (images rendered on the fly by :mod:`strkit.data.synth`); a new kind is one
+more registered factory in this module. ``benchmark`` sources (``path`` = a benchmark or group name)
+are for evaluation only.
 
 Word geometry (``geometry=True`` in :func:`build_source`, for a source with ``geometry: true``): only
 ``lmdb`` sources carry it; the ``lmdb`` factory is then called with ``geometry=True`` and its items
-are ``(image, label, geometry dict)`` (see :class:`strkit.data.lmdb.LmdbDataset`).
+are ``(image, label, geometry dict)`` (see :class:`strkit.data.lmdb.reader.LmdbDataset`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+from typing import Any
 
 import torch.utils.data
 
@@ -22,7 +23,8 @@ from strkit.config import ConfigError, SourceConfig
 from strkit.data.benchmarks import BenchmarkLeakError, assert_not_benchmark, expand_benchmarks, load_benchmark
 from strkit.data.fingerprints import assert_no_benchmark_images
 from strkit.data.folder import FolderDataset
-from strkit.data.lmdb import LabelFilter, open_lmdb_tree
+from strkit.data.lmdb.discovery import open_lmdb_tree
+from strkit.data.lmdb.format import LabelFilter
 from strkit.registry import Registry
 
 Dataset = torch.utils.data.Dataset
@@ -30,15 +32,7 @@ GUARDED_PURPOSES = ("train", "search", "val")
 GEOMETRY_KINDS = ("lmdb",)
 
 
-def _import_plugins() -> None:
-    """Import the modules that register further source kinds (``synth``), if they are installed."""
-    try:
-        importlib.import_module("strkit.data.synth")
-    except ImportError:
-        pass
-
-
-SOURCES: Registry[Dataset] = Registry("data source", loader=_import_plugins)
+SOURCES: Registry[Dataset] = Registry("data source")
 
 
 @SOURCES.register("lmdb")
@@ -52,6 +46,37 @@ def lmdb_source(path: str, *, label_filter: LabelFilter | None, channels: int, g
 def folder_source(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset:
     """A folder with ``labels.tsv``, or a gt file of ``path<TAB>label`` lines."""
     return FolderDataset(path, label_filter=label_filter, channels=channels)
+
+
+SOURCE_LENGTH = 10**7
+"""Items of a ``synth`` source. Samplers permute a source's indices, so "infinite" is this large but
+finite number (ten million distinct images: an epoch is far longer than any CPU run)."""
+
+
+@SOURCES.register("synth")
+def synth_source(path: str, *, label_filter: Any = None, channels: int = 3, **kw: Any) -> Dataset:
+    """An on-the-fly :class:`~strkit.data.synth.dataset.SynthDataset`.
+
+    Args:
+        path: a preset name (``clean``, ``mjsynth``, ``hard``, ``realistic``) or a synth YAML file.
+        label_filter: the model's label filter; when it is a :class:`strkit.charset.LabelFilter`, labels
+            are rendered directly in its charset and no longer than its ``max_length``.
+        channels: 1 (gray) or 3 (RGB).
+        **kw: ignored (other sources' options, e.g. ``benchmark_root``).
+    """
+    from strkit.data.synth.dataset import SynthDataset
+
+    charset = getattr(label_filter, "charset", None)
+    overrides: dict[str, Any] = {}
+    max_length = getattr(label_filter, "max_length", None)
+    if max_length is not None:
+        from strkit.data.synth.config import load_synth_config
+
+        cfg = load_synth_config(path)
+        overrides["text.max_len"] = max(1, min(cfg.text.max_len, int(max_length)))
+        overrides["text.min_len"] = min(cfg.text.min_len, overrides["text.max_len"])
+    return SynthDataset(path, seed=0, length=SOURCE_LENGTH, channels=channels, label_filter=label_filter,
+                        overrides=overrides or None, charset=charset)
 
 
 def check_geometry_source(src: SourceConfig, where: str = "data.train") -> None:

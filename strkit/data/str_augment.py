@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from strkit.data.transforms import AUGMENTATIONS, AlbumentationsPipeline, Augment, import_albumentations
+from strkit.data.augment import AUGMENTATIONS, AlbumentationsPipeline, Augment, import_albumentations
 
 _BORDER = cv2.BORDER_REPLICATE
 

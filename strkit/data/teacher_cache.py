@@ -27,7 +27,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
-from strkit.data.lmdb import put_all
+from strkit.data.lmdb.writer import put_all
 
 FORMAT_VERSION = 1
 _META_KEY = b"__meta__"

@@ -168,7 +168,7 @@ def run_validation_split(cfg: Config, charset: Charset, benchmark_root: str | No
                          ) -> tuple[Dataset, list[str]]:
     """The validation data of a run, rebuilt from its config as training built it: ``data.val`` when set,
     else the part of each (non-synthetic) training source that training held out (same label filter, same
-    seeded split, :func:`strkit.engine.data.split_holdout`). Sources missing here are left out.
+    seeded split, :func:`strkit.engine.run_data.split_holdout`). Sources missing here are left out.
 
     Returns:
         (the dataset of ``(image, label)`` items, the names of the sources used).
@@ -180,7 +180,7 @@ def run_validation_split(cfg: Config, charset: Charset, benchmark_root: str | No
 
     from strkit.charset import LabelFilter
     from strkit.data.sources import build_source
-    from strkit.engine.data import split_holdout
+    from strkit.engine.run_data import split_holdout
 
     d = cfg.data
     root = benchmark_root or d.benchmark_root

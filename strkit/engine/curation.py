@@ -6,7 +6,7 @@ protocol (``36``: lowercase ``[0-9a-z]``; ``62``; ``94``):
 
 - :func:`filter_lmdb` copies an LMDB, keeping the records the teacher reads as labelled (optionally also
   above a character-confidence floor). Images are copied byte for byte with their extra keys; the output
-  is written through :class:`~strkit.data.lmdb.LmdbWriter` (``.partial`` until complete) and resumable.
+  is written through :class:`~strkit.data.lmdb.writer.LmdbWriter` (``.partial`` until complete) and resumable.
 - :func:`audit_labels` lists the labels of a folder or LMDB that the teacher disagrees with, most confident
   disagreement first, for a person to review; nothing is relabelled.
 - :func:`pseudo_label` reads a folder of unlabelled crops and writes ``labels.tsv`` with the readings the
@@ -26,7 +26,9 @@ from rapidfuzz.distance import Levenshtein
 
 from strkit.charset import Charset, protocol_filter
 from strkit.data.folder import read_gt_file, resolve_gt_file
-from strkit.data.lmdb import LmdbDataset, LmdbWriter, decode_image, lmdb_dir
+from strkit.data.lmdb.format import decode_image
+from strkit.data.lmdb.reader import LmdbDataset, lmdb_dir
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.inference.teachers import ClassMap, Teacher, TeacherOutput
 
 #: Image suffixes :func:`pseudo_label` reads.
@@ -118,7 +120,7 @@ def filter_lmdb(src: str | Path, dst: str | Path, teacher: Teacher, charset: Cha
         protocol: the comparison protocol (``36``/``62``/``94``).
         min_confidence: also drop records whose weakest teacher character is below this.
         batch_size: crops per teacher call.
-        overwrite, resume: as :class:`~strkit.data.lmdb.LmdbWriter`.
+        overwrite, resume: as :class:`~strkit.data.lmdb.writer.LmdbWriter`.
         limit: consider only the first ``limit`` source records (0: all).
         progress: called with the number of records consumed after each batch.
     """

@@ -3,6 +3,11 @@
 The evaluation protocol (``36``: lowercase [0-9a-z]; ``62``: case-sensitive alphanumerics; ``94``:
 printable ASCII) is applied to both the label and the prediction before comparison, so a model
 trained with a larger charset is scored fairly under the smaller protocol.
+
+What is scored is a :class:`~strkit.models.recognizer.RecognitionModel` or any inference backend
+(:class:`~strkit.inference.backend.InferenceBackend`: PyTorch, an ONNX Runtime session ...): both map a
+``B×C×H×W`` batch to predictions with ``predict``. A backend brings its own preprocessing
+(``input_spec``); speed and FLOPs are measured for PyTorch models only.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from strkit.config import Config
 from strkit.data.benchmarks import expand_benchmarks, load_benchmark
 from strkit.data.mixing import build_eval_loader
 from strkit.engine.metrics import ECE_BINS, RecognitionMetrics, combine
+from strkit.inference.backend import InferenceBackend
 from strkit.inference.options import DEFAULT_CONFIDENCE, prediction_confidence
 from strkit.models.recognizer import RecognitionModel
 
-from .data import eval_transform
+from .run_data import eval_transform
 from .runtime import autocast_context
 
 
@@ -107,16 +113,17 @@ class EvalReport:
 
 
 @torch.inference_mode()
-def evaluate_loader(model: RecognitionModel, loader: DataLoader, protocol: str, name: str,
+def evaluate_loader(model: RecognitionModel | InferenceBackend, loader: DataLoader, protocol: str, name: str,
                     device: torch.device, precision: str = "fp32",
                     keep_wrong: bool = False, progress: bool = False,
                     confidence: str = DEFAULT_CONFIDENCE) -> RecognitionMetrics:
-    """Score ``model`` on every batch of ``loader`` (images B×C×H×W, raw labels); ``progress``: a progress
-    bar (images) on stderr; ``confidence``: the word confidence mode
-    (:data:`strkit.inference.options.CONFIDENCE_MODES`; ``product`` = the decoder's own)."""
+    """Score ``model`` (a recogniser or any inference backend) on every batch of ``loader`` (images
+    B×C×H×W, raw labels); ``progress``: a progress bar (images) on stderr; ``confidence``: the word
+    confidence mode (:data:`strkit.inference.options.CONFIDENCE_MODES`; ``product`` = the decoder's own)."""
     from tqdm import tqdm
 
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     metrics = RecognitionMetrics(name=name)
     index = 0
     dataset = getattr(loader, "dataset", None)  # a DataLoader; any iterable of batches works too
@@ -177,7 +184,7 @@ def measure_speed(model: torch.nn.Module, img_h: int, img_w: int, channels: int,
                        device=str(device), threads=torch.get_num_threads())
 
 
-def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], root: str | Path,
+def evaluate_benchmarks(model: RecognitionModel | InferenceBackend, cfg: Config, names: list[str], root: str | Path,
                         protocol: str = "36", batch_size: int = 64, workers: int = 0,
                         device: torch.device | None = None, precision: str = "fp32",
                         keep_wrong: bool = False, speed: bool = True,
@@ -186,14 +193,22 @@ def evaluate_benchmarks(model: RecognitionModel, cfg: Config, names: list[str], 
                         confidence: str = DEFAULT_CONFIDENCE) -> EvalReport:
     """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded).
 
-    ``progress``: a progress bar per benchmark on stderr; ``on_result``: called with each benchmark's
-    metrics as soon as it is scored (to stream results); ``confidence``: the word confidence mode."""
-    device = device or next(model.parameters()).device
-    transform = eval_transform(cfg)
+    ``model``: a recogniser (preprocessed as ``cfg.data`` says) or any inference backend (preprocessed
+    as its ``input_spec`` says; ``speed`` is then not measured). ``progress``: a progress bar per
+    benchmark on stderr; ``on_result``: called with each benchmark's metrics as soon as it is scored (to
+    stream results); ``confidence``: the word confidence mode."""
+    is_module = isinstance(model, torch.nn.Module)
+    if is_module:
+        device = device or next(model.parameters()).device
+        transform = eval_transform(cfg)
+    else:
+        device = device or torch.device("cpu")
+        transform = model.input_spec.transform()
+        speed = False
     results: list[RecognitionMetrics] = []
     wrong: dict[str, list[dict]] = {}
     for name in expand_benchmarks(names):
-        ds = load_benchmark(name, root, channels=cfg.data.channels)
+        ds = load_benchmark(name, root, channels=transform.channels)
         loader = build_eval_loader(ds, transform, batch_size=batch_size, num_workers=workers)
         m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong, progress, confidence)
         results.append(m)

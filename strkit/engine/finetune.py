@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from strkit.charset import Charset, CTCCodec
+from strkit.charset import Charset
 from strkit.checkpoint import init_from_checkpoint, load_checkpoint
+from strkit.codecs import CTCCodec
 from strkit.config import Config, ConfigError, from_dict
 
 from .loop import Hook, RunLoop

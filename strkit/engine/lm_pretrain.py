@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from strkit.charset import AttentionCodec, Charset, LabelFilter
+from strkit.charset import Charset, LabelFilter
+from strkit.codecs import AttentionCodec
 from strkit.config import Config, SourceConfig
 from strkit.models.recognizer import RecognitionModel, build_model
 

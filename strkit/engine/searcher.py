@@ -54,16 +54,9 @@ from strkit.models.registry import BACKBONES
 from strkit.nas import search_space  # noqa: F401  (registers the 'supernet' search space)
 from strkit.nas.arch import build_searched, derive_arch, find_supernet, save_arch, searched_edges, section_arch
 from strkit.nas.config import SearchConfig, search_config
-from strkit.nas.latency import (
-    CostModel,
-    LatencyTable,
-    calibrate_lut,
-    cost_loss,
-    measure_arch_latency,
-    measure_lut,
-    predict_arch_latency,
-    validate_lut,
-)
+from strkit.nas.latency.cost import CostModel, cost_loss
+from strkit.nas.latency.table import LatencyTable, measure_lut, predict_arch_latency
+from strkit.nas.latency.validation import calibrate_lut, measure_arch_latency, validate_lut
 from strkit.nas.proxyless import (
     GateController,
     arch_parameters,
@@ -74,11 +67,11 @@ from strkit.nas.proxyless import (
 from strkit.nas.report import ProbabilityHistory, cell_descriptions, write_report
 from strkit.nas.space import SearchSpace, is_search_space, search_space_names, space_class
 
-from .data import RunData, build_run_data
 from .distributed import DistInfo, broadcast_object
 from .evaluator import evaluate_loader
 from .loop import Hook, MeanWindow, RunLoop
 from .optim import build_scheduler, optimizer_for
+from .run_data import RunData, build_run_data
 from .runtime import TimeBudget, autocast_context
 
 log = logging.getLogger("strkit")
@@ -374,7 +367,7 @@ class Searcher(RunLoop):
         """Search cost: wall time, peak memory, mean step times, and (``search.cost_train_steps`` > 0) the
         ratio of one search step (weight + α) to one training step of the derived network, timed in a fresh
         process with the same batch, input, precision and threads on synthetic batches."""
-        from strkit.engine import speed
+        from strkit.engine import train_timing as speed
 
         t = self.timing
         weight_s = t["weight_s"] / max(t["weight_n"], 1)

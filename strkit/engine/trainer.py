@@ -40,18 +40,19 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from strkit.charset import Charset, CTCCodec
+from strkit.charset import Charset
+from strkit.codecs import CTCCodec
 from strkit.config import Config, ConfigError
 from strkit.data.teacher_cache import TeacherTarget
 from strkit.engine.metrics import RecognitionMetrics
 from strkit.models.recognizer import AUX_CTC_PREFIX, GEOMETRY_TARGETS, RecognitionModel, build_model
 
 from .compilation import maybe_compile
-from .data import RunData, build_run_data
 from .distill import Distiller
 from .finetune import FreezeParameters, adopt_init_config, init_with_charset_change, resolve_init_source
 from .loop import Hook, MeanWindow, ObserveValidation, RunLoop, ValidationObserver
 from .optim import build_optimizer, build_scheduler, set_schedule_length
+from .run_data import RunData, build_run_data
 from .runtime import autocast_context
 
 log = logging.getLogger("strkit")

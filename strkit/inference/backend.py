@@ -6,7 +6,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-from strkit.charset import Charset, Prediction
+from strkit.charset import Charset
+from strkit.greedy_decoding import Prediction
 from strkit.inference.metadata import InputSpec
 
 

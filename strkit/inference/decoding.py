@@ -1,4 +1,4 @@
-"""Logits of an exported model -> :class:`~strkit.charset.Prediction` objects, from its metadata alone."""
+"""Logits of an exported model -> :class:`~strkit.greedy_decoding.Prediction` objects, from its metadata alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import partial
 
 from torch import Tensor
 
-from strkit.charset import Prediction
+from strkit.greedy_decoding import Prediction
 from strkit.inference.metadata import ExportMetadata
 
 log = logging.getLogger("strkit")

@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from strkit.charset import CODECS, AttentionCodec, Charset, CTCCodec, build_codec
+from strkit.charset import Charset
 from strkit.checkpoint import CheckpointError
+from strkit.codecs import CODECS, AttentionCodec, CTCCodec, build_codec
 
 if TYPE_CHECKING:  # pragma: no cover
     from strkit.config import DataConfig
@@ -313,7 +314,7 @@ class ExportMetadata:
 
     Attributes:
         charset: ``Charset.to_dict()`` of the model's charset.
-        codec_kind: ``ctc`` or ``attention`` (a key of :data:`strkit.charset.CODECS`).
+        codec_kind: ``ctc`` or ``attention`` (a key of :data:`strkit.codecs.CODECS`).
         num_classes: K, the size of the logits' last axis.
         max_length: the model's longest label.
         special_ids: codec token ids by name (``blank`` / ``eos``, ``bos``, ``pad``).
@@ -345,8 +346,8 @@ class ExportMetadata:
     def from_model(cls, model: RecognitionModel, input_spec: InputSpec, dynamic_batch: bool = True,
                    dynamic_width: bool = False) -> ExportMetadata:
         """The metadata of ``model`` exported for ``input_spec``."""
-        from strkit import __version__
         from strkit.models.registry import DECODERS
+        from strkit.version import __version__
 
         spec = model.cfg.decoder
         decoder = {"name": spec} if isinstance(spec, str) else dict(spec)

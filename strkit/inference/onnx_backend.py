@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from strkit.charset import Charset, Prediction
+from strkit.charset import Charset
+from strkit.greedy_decoding import Prediction
 from strkit.inference.decoding import build_decode_fn, scale_logits
 from strkit.inference.metadata import (
     INPUT_NAME,

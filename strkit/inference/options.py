@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from strkit.charset import Prediction
+from strkit.greedy_decoding import Prediction
 from strkit.registry import Registry
 
 #: Word confidence from the per-character probabilities (a non-empty list).

@@ -29,7 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from strkit.charset import Charset, CTCCodec
+from strkit.charset import Charset
+from strkit.codecs import CTCCodec
 from strkit.registry import Registry
 
 

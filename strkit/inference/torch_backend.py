@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from strkit.charset import Charset, Prediction
+from strkit.charset import Charset
+from strkit.greedy_decoding import Prediction
 from strkit.inference.decoding import scale_logits
 from strkit.inference.metadata import ExportMetadata, InputSpec
 from strkit.models.recognizer import RecognitionModel

@@ -1,4 +1,4 @@
-"""The recognition model: four registered stages composed from config (DESIGN.md §1).
+"""The recognition model: four registered stages composed from config.
 
 Importing this package is cheap; the names below load on first use::
 

@@ -78,14 +78,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", overrides: 
     return model.to(device), cfg
 
 
-def bundled_models() -> dict[str, Path]:
-    """The models shipped inside the package (``strkit/assets/<name>.pt``), by name (``default``...);
-    see :mod:`strkit.models.zoo`."""
-    from strkit.models.zoo import zoo_models
-
-    return {name: m.checkpoint for name, m in zoo_models().items()}
-
-
 def in_package(path: str | Path) -> bool:
     """Whether ``path`` lies inside the installed strkit package (where no tool should write results)."""
     from importlib import resources

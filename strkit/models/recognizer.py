@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from strkit.charset import Charset, Prediction, build_codec
+from strkit.charset import Charset
+from strkit.codecs import build_codec
 from strkit.config import ConfigError, ModelConfig
+from strkit.greedy_decoding import Prediction
 from strkit.models.decoders.ctc import ctc_loss
 from strkit.models.registry import BACKBONES, DECODERS, RECTIFIERS, SEQUENCES
 from strkit.registry import Registry

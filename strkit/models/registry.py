@@ -1,8 +1,9 @@
-"""Registries of the four pipeline stages (DESIGN.md §1).
+"""Registries of the four pipeline stages.
 
-Each registry imports the modules that populate it the first time a name is looked up, so importing
-this file does no work. Adding a stage module is one class decorated with ``@BACKBONES.register(...)``
-(etc.) in a module listed in :data:`STAGE_MODULES`.
+Each registry imports its stage package (:data:`STAGE_PACKAGES`) the first time a name is looked up, so
+importing this file does no work. Each stage package imports all of its modules, so adding a stage module
+is one class decorated with ``@BACKBONES.register(...)`` (etc.) in a new module of that package, imported
+by the package's ``__init__``.
 
 Stage contracts (constructor keywords come from the config mapping minus ``name``, plus the shape
 arguments supplied by :class:`strkit.models.recognizer.RecognitionModel`):
@@ -24,20 +25,18 @@ from collections.abc import Callable
 
 from strkit.registry import Registry
 
-# Modules imported (once, on first lookup) to populate each registry. Later stages (e.g. the
-# searched backbone) add their module here.
-STAGE_MODULES: dict[str, tuple[str, ...]] = {
-    "rectifier": ("strkit.models.rectifiers", "strkit.models.rectifiers.scrn"),
-    "backbone": ("strkit.models.backbones", "strkit.models.backbones.itervm"),
-    "sequence": ("strkit.models.sequence",),
-    "decoder": ("strkit.models.decoders", "strkit.models.decoders.iterative_vl"),
+#: The package of each stage, imported (once, on first lookup) to populate its registry.
+STAGE_PACKAGES: dict[str, str] = {
+    "rectifier": "strkit.models.rectifiers",
+    "backbone": "strkit.models.backbones",
+    "sequence": "strkit.models.sequence",
+    "decoder": "strkit.models.decoders",
 }
 
 
 def _loader(kind: str) -> Callable[[], None]:
     def load() -> None:
-        for module in STAGE_MODULES[kind]:
-            importlib.import_module(module)
+        importlib.import_module(STAGE_PACKAGES[kind])
 
     return load
 
@@ -47,4 +46,4 @@ BACKBONES: Registry = Registry("backbone", loader=_loader("backbone"))
 SEQUENCES: Registry = Registry("sequence", loader=_loader("sequence"))
 DECODERS: Registry = Registry("decoder", loader=_loader("decoder"))
 
-__all__ = ["BACKBONES", "DECODERS", "RECTIFIERS", "SEQUENCES", "STAGE_MODULES"]
+__all__ = ["BACKBONES", "DECODERS", "RECTIFIERS", "SEQUENCES", "STAGE_PACKAGES"]

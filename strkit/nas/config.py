@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from strkit.config import ConfigError, _build_dataclass
+from strkit.schema import ConfigError, build_dataclass
 
 METHODS = ("proxyless", "full")
 CONSTRAINTS = ("latency", "params", "flops", "none")
@@ -83,7 +83,7 @@ def search_config(data: Mapping[str, Any] | SearchConfig | None) -> SearchConfig
     if isinstance(data, SearchConfig):
         cfg = data
     else:
-        cfg = _build_dataclass(SearchConfig, dict(data or {}), "search", {})
+        cfg = build_dataclass(SearchConfig, dict(data or {}), "search", {})
     _choice(cfg.method, METHODS, "search.method")
     _choice(cfg.constraint, CONSTRAINTS, "search.constraint")
     _choice(cfg.loss, LOSSES, "search.loss")

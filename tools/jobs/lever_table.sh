@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The equal-budget rows of issue #16's table (docs/benchmarks.md, "Learning more per CPU-hour"): the default
+# The equal-budget rows of the table (docs/benchmarks.md, "Learning more per CPU-hour"): the default
 # model's architecture on the curriculum data, every row 12,000 steps x 32 on one core, then evaluated.
 # Resumable and idempotent: run it again after an interruption and it continues where it stopped.
 #

@@ -1,7 +1,8 @@
 """MJSynth-style synthetic word images: renderer, on-the-fly dataset and LMDB generator.
 
-Importing this package registers the ``synth`` data source and does nothing else: fonts are scanned
-and the lexicon loaded only when a :class:`Renderer` is built. Main entry points::
+Importing this package does no work: fonts are scanned and the lexicon loaded only when a
+:class:`Renderer` is built. The ``synth`` data source kind is registered in :mod:`strkit.data.sources`.
+Main entry points::
 
     from strkit.data.synth import Renderer, SynthDataset, load_synth_config
 
@@ -14,8 +15,6 @@ The command line is ``tools/synth.py`` (``strkit-synth``); presets live in ``con
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-from strkit.data.synth import source as _source  # noqa: F401  (registers the "synth" data source)
 
 if TYPE_CHECKING:  # pragma: no cover
     from strkit.data.synth.config import SynthConfig, load_synth_config

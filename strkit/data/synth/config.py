@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from strkit.config import ConfigError, apply_overrides, load_yaml_tree, relative_note
+from strkit.config import apply_overrides, load_yaml_tree, relative_note
+from strkit.schema import SYNTH_RULES, ConfigError, build_dataclass
 
 PRESET_NAMES: tuple[str, ...] = ("clean", "mjsynth", "hard", "realistic")
 
@@ -271,55 +270,6 @@ class SynthConfig:
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"synth config '{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, key)
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"synth config '{key}' must be a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_check_value(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"synth config '{key}' must be a mapping of names to weights, got {value!r}")
-        return {str(k): _check_value(v, float, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"synth config '{key}' must be true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise ConfigError(f"synth config '{key}' must be an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"synth config '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"synth config '{key}' must be a string, got {value!r}")
-        return value
-    raise ConfigError(f"synth config '{key}': unsupported schema type {tp}")  # pragma: no cover
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in names:
-            close = difflib.get_close_matches(str(k), names, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown synth config key '{key}'. Known keys"
-                              f"{' of ' + prefix if prefix else ''}: {', '.join(names)}.{hint}")
-        kwargs[k] = _check_value(v, hints[k], key)
-    return cls(**kwargs)
-
-
 def _check_semantics(cfg: SynthConfig) -> None:
     """Ranges ordered, probabilities in [0, 1], weights non-negative, sizes sensible."""
     for section in dataclasses.fields(cfg):
@@ -381,7 +331,7 @@ def synth_config_from_dict(data: Mapping[str, Any], name: str = "custom") -> Syn
     """
     data = dict(data)
     data.setdefault("name", name)
-    cfg = _build(SynthConfig, data, "")
+    cfg = build_dataclass(SynthConfig, data, "", rules=SYNTH_RULES)
     _check_semantics(cfg)
     return cfg
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import cv2
 
-from strkit.data.lmdb import GEOMETRY_KEY, LmdbWriter
+from strkit.data.lmdb.format import GEOMETRY_KEY
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.synth.renderer import Renderer
 
 log = logging.getLogger("strkit")

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strkit.charset import AttentionCodec, Prediction
+from strkit.codecs import AttentionCodec
+from strkit.greedy_decoding import Prediction
 from strkit.models.registry import DECODERS
 
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strkit.charset import CTCCodec, Prediction
+from strkit.codecs import CTCCodec
+from strkit.greedy_decoding import Prediction
 from strkit.models.decoders import ctc_search
 from strkit.models.registry import DECODERS
 
@@ -28,7 +29,7 @@ def read_lexicon(path: str | Path) -> list[str]:
 def ctc_loss(logits: Tensor, targets: dict[str, Tensor], blank: int = 0) -> Tensor:
     """Mean CTC loss of B×T×K logits (per-sample loss / target length, averaged; infinite losses
     zeroed), computed in fp32. ``targets``: ``targets`` (concatenated ids, or B×S padded) and
-    ``target_lengths`` (B,), as :class:`strkit.charset.CTCCodec` encodes them."""
+    ``target_lengths`` (B,), as :class:`strkit.codecs.CTCCodec` encodes them."""
     with torch.autocast(device_type=logits.device.type, enabled=False):
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # T×B×K
         n_frames, batch = log_probs.shape[:2]

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strkit.charset import AttentionCodec, Prediction
+from strkit.codecs import AttentionCodec
+from strkit.greedy_decoding import Prediction
 from strkit.models.decoders.bcn import BCNLanguageModel, corrupt_tokens, one_hot_probs
 from strkit.models.decoders.transformer import EncoderLayer, sinusoid_encoding
 from strkit.models.registry import DECODERS

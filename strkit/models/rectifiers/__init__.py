@@ -1,3 +1,3 @@
 """Stage 1: rectifiers (B×C×H×W -> B×C×H×W). Importing this package registers them."""
 
-from strkit.models.rectifiers import identity, tps  # noqa: F401
+from strkit.models.rectifiers import identity, scrn, tps  # noqa: F401

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from strkit.data.lmdb import LmdbDataset, LmdbWriter, lmdb_dir
+from strkit.data.lmdb.reader import LmdbDataset, lmdb_dir
+from strkit.data.lmdb.writer import LmdbWriter
 from strkit.data.mixing import build_mixed_loader
 from strkit.data.transforms import ImageTransform
 
@@ -257,7 +258,7 @@ def augment_order_costs(records: Sequence[tuple[bytes, str]], img_h: int = 32, i
     """Microseconds per image to augment-then-resize (the source crop) vs resize-then-augment (what
     :class:`ImageTransform` does), both single-threaded, on decoded images (decoding not timed)."""
     from strkit.data.image_limits import ImageTooLargeError
-    from strkit.data.lmdb import decode_image
+    from strkit.data.lmdb.format import decode_image
     from strkit.data.transforms import build_augmentation
 
     def decode(data: bytes) -> np.ndarray | None:

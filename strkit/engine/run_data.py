@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from strkit.charset import Charset, LabelFilter
 from strkit.config import Config, ConfigError, SourceConfig
 from strkit.data.concat_augment import ConcatAugment
-from strkit.data.lmdb import RecordDataset, record_datasets
+from strkit.data.lmdb.reader import RecordDataset, record_datasets
 from strkit.data.mixing import build_eval_loader, build_mixed_loader
 from strkit.data.sources import build_source, check_geometry_source
 from strkit.data.teacher_cache import TeacherTargets

@@ -1,4 +1,4 @@
-"""Latency lookup table, expected cost of a supernet, and the cost losses (DESIGN.md §3).
+"""The latency lookup table: one measured time per candidate op at each cell's input shape.
 
 The table holds one measured time per candidate op at each cell's input shape (H, W, C_in, C_out,
 stride, kernel, expansion), plus the fixed stem and head convs and, optionally, the parts of the
@@ -11,15 +11,6 @@ the fixed part ``rectifier_rest`` instead of ``rectifier``. Each time is the med
 thread count fixed (CPU) or with ``torch.cuda.synchronize`` around each run (CUDA). The table is a
 versioned JSON file naming the device, thread count, batch size and torch version it was measured
 with.
-
-The expected latency of the searched parts is differentiable in α::
-
-    E[lat] = fixed + Σ_parts (stem + head + Σ_cells Σ_ops softmax(α_cell)_op · LUT(op at the cell's shape))
-
-and the same sum with per-op parameter counts or FLOPs (2 per multiply-add) gives the ``params`` / ``flops``
-constraints (searched parts only: backbone, and the rectifier's localisation body when searched).
-:func:`cost_loss` combines it with the task loss (``linear``, ``hinge`` or ProxylessNAS' multiplicative
-``mul_log`` form).
 """
 
 from __future__ import annotations
@@ -30,7 +21,6 @@ import datetime as _dt
 import json
 import math
 import platform
-import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,12 +32,13 @@ import torch
 from torch import Tensor, nn
 
 from strkit.models.backbones.searched import arch_sections
-from strkit.nas.arch import build_searched, derive_arch, find_supernet, searched_edges, searched_parts
+from strkit.nas.arch import find_supernet, searched_parts
 from strkit.nas.proxyless import MixedEdge
 from strkit.nas.search_space import SuperNet, op_info, standalone_op
-from strkit.registry import Registry
 
 LUT_FORMAT = "strkit-latency-lut"
+
+
 LUT_VERSION = 1
 
 
@@ -55,9 +46,6 @@ class LatencyTableError(ValueError):
     """A latency table is unreadable, or lacks an entry the model needs."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Run the block with ``torch.set_num_threads(threads)`` (0 = leave as is), then restore."""
@@ -119,9 +107,6 @@ def _device_name(device: torch.device) -> str:
     return name
 
 
-# ----------------------------------------------------------------------------------------------
-# The table
-# ----------------------------------------------------------------------------------------------
 def entry_key(info: Mapping[str, Any]) -> str:
     """Canonical key of an op description (every field but ``ms``, sorted): ``c_in=16|...|w=64``."""
     parts = []
@@ -263,9 +248,6 @@ def load_lut(path: str | Path) -> LatencyTable:
     return LatencyTable.load(path)
 
 
-# ----------------------------------------------------------------------------------------------
-# Measuring
-# ----------------------------------------------------------------------------------------------
 class _SequenceDecoder(nn.Module):
     """Inference tail of a recogniser: B×T×C' features -> sequence -> decoder logits."""
 
@@ -366,9 +348,6 @@ def measure_lut(model: nn.Module, device: torch.device | str = "cpu", threads: i
     return table
 
 
-# ----------------------------------------------------------------------------------------------
-# Predictions
-# ----------------------------------------------------------------------------------------------
 def arch_infos(arch: Mapping[str, Any]) -> list[dict[str, Any]]:
     """LUT descriptions of every layer of an architecture (stem, cells, head) at its search input; also
     of a section of one (e.g. ``arch["rectifier"]``: the same keys)."""
@@ -399,299 +378,3 @@ def predict_arch_latency(arch: Mapping[str, Any], lut: LatencyTable, include_fix
     wanted = list(sections) if parts is None else [p for p in parts if p in sections]
     ms = sum(lut.lookup(i) if i["op"] != "skip" else 0.0 for p in wanted for i in arch_infos(sections[p]))
     return float(ms + (lut.fixed_ms if include_fixed else 0.0))
-
-
-def _count_flops(module: nn.Module, example: Tensor) -> float:
-    """FLOPs of one forward pass of ``module`` per image: convolutions and linear layers, a multiply-add
-    counted as 2 FLOPs (the convention of ``torch.utils.flop_counter`` and ``tools/eval.py``)."""
-    total = [0.0]
-
-    def conv_hook(m: nn.Conv2d, _inp: Any, out: Tensor) -> None:
-        kh, kw = m.kernel_size
-        total[0] += 2 * out[0].numel() * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m: nn.Linear, _inp: Any, out: Tensor) -> None:
-        total[0] += 2 * out[0].numel() * m.in_features
-
-    handles = []
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    was = module.training
-    try:
-        module.eval()
-        with torch.inference_mode():
-            module(example)
-    finally:
-        module.train(was)
-        for h in handles:
-            h.remove()
-    return total[0]
-
-
-def _param_count(module: nn.Module) -> float:
-    return float(sum(p.numel() for p in module.parameters()))
-
-
-COST_KINDS: Registry[Callable[..., tuple[list[Tensor], float]]] = Registry("search constraint")
-
-
-def _as_nets(nets: SuperNet | Sequence[SuperNet]) -> list[SuperNet]:
-    return [nets] if isinstance(nets, SuperNet) else list(nets)
-
-
-# Each entry: (a supernet, or the searched supernets in searched_edges order; the table) -> (per-cell
-# candidate costs, the cells of every net in order; fixed cost).
-@COST_KINDS.register("latency")
-def _latency_costs(nets: SuperNet | Sequence[SuperNet], lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
-    nets = _as_nets(nets)
-    if lut is None:
-        raise LatencyTableError("the latency constraint needs a latency table (search.lut, or measure "
-                                "one with 'tools/search.py lut CONFIG')")
-    fixed = lut.fixed_ms + sum(lut.lookup(stem_info(n)) + lut.lookup(head_info(n)) for n in nets)
-    return [lut.edge_costs(e) for n in nets for e in n.edges()], fixed
-
-
-@COST_KINDS.register("params")
-def _params_costs(nets: SuperNet | Sequence[SuperNet], lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
-    nets = _as_nets(nets)
-    costs = [torch.tensor([_param_count(standalone_op(i)) / 1e6 for i in e.infos], dtype=torch.float64)
-             for n in nets for e in n.edges()]
-    return costs, sum(_param_count(n.stem) + _param_count(n.head) for n in nets) / 1e6
-
-
-@COST_KINDS.register("flops")
-def _flops_costs(nets: SuperNet | Sequence[SuperNet], lut: LatencyTable | None = None) -> tuple[list[Tensor], float]:
-    nets = _as_nets(nets)
-    costs = []
-    fixed = 0.0
-    for net in nets:
-        for e in net.edges():
-            x = torch.zeros(1, *e.in_shape)
-            costs.append(torch.tensor([_count_flops(standalone_op(i), x) / 1e6 for i in e.infos],
-                                      dtype=torch.float64))
-        c, h, w = net.input["channels"], net.input["img_h"], net.input["img_w"]
-        fixed += _count_flops(net.stem, torch.zeros(1, c, h, w)) + _count_flops(net.head, torch.zeros(1, *net.head_in))
-    return costs, fixed / 1e6
-
-
-COST_UNITS = {"latency": "ms", "params": "M params", "flops": "MFLOPs"}
-
-
-class CostModel:
-    """Per-cell candidate costs of the searched parts for one constraint, and their expectation under p.
-
-    Args:
-        model: a supernet or a recogniser holding one (the backbone) or two (with the rectifier's
-            localisation body).
-        kind: ``latency`` (needs ``lut``; includes the LUT's fixed parts), ``params`` (millions,
-            searched parts) or ``flops`` (MFLOPs per image, searched parts; a multiply-add is 2 FLOPs).
-        lut: the latency table.
-
-    Attributes:
-        edges, costs: the cells of every searched part in :func:`~strkit.nas.arch.searched_edges` order
-            (backbone, then rectifier) and their candidate costs (one (N,) float64 tensor each).
-    """
-
-    def __init__(self, model: nn.Module, kind: str = "latency", lut: LatencyTable | None = None) -> None:
-        self.kind = kind
-        self.net = find_supernet(model)
-        self.parts = searched_parts(model)
-        self.edges = searched_edges(model)
-        self.costs, self.fixed = COST_KINDS.get(kind)(list(self.parts.values()), lut)
-        self.unit = COST_UNITS.get(kind, "")
-
-    def expected(self) -> Tensor:
-        """fixed + Σ_cells Σ_ops softmax(α)_op · cost_op over every searched cell: a differentiable scalar
-        (float64)."""
-        total: Tensor | None = None
-        for e, c in zip(self.edges, self.costs, strict=True):
-            term = (e.probs().double() * c.to(e.alpha.device)).sum()
-            total = term if total is None else total + term
-        assert total is not None
-        return total + self.fixed
-
-    def of_choices(self, choices: Sequence[int]) -> float:
-        """The cost of one sub-network (candidate index per cell, in :attr:`edges` order)."""
-        return float(self.fixed + sum(float(c[j]) for c, j in zip(self.costs, choices, strict=True)))
-
-    def bounds(self) -> tuple[float, float]:
-        """(cheapest, most expensive) sub-network cost."""
-        return (float(self.fixed + sum(float(c.min()) for c in self.costs)),
-                float(self.fixed + sum(float(c.max()) for c in self.costs)))
-
-
-def expected_latency(model: nn.Module, lut: LatencyTable) -> Tensor:
-    """E[lat] in ms (see the module docstring), differentiable in every α. Equals the LUT sum of the
-    chosen ops when every α is one-hot (in the limit)."""
-    return CostModel(model, "latency", lut).expected()
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------
-COST_LOSSES: Registry[Callable[..., Tensor]] = Registry("cost loss")
-
-
-@COST_LOSSES.register("linear")
-def _linear(task: Tensor, cost: Tensor, target: float, lam: float, beta: float) -> Tensor:
-    """ProxylessNAS ``add#linear``: L = L_task + λ·(E − T)/T."""
-    return task + lam * (cost - target) / target
-
-
-@COST_LOSSES.register("hinge")
-def _hinge(task: Tensor, cost: Tensor, target: float, lam: float, beta: float) -> Tensor:
-    """L = L_task + λ·max(0, E − T)/T (no reward for going below the target)."""
-    return task + lam * torch.relu(cost - target) / target
-
-
-@COST_LOSSES.register("mul_log")
-def _mul_log(task: Tensor, cost: Tensor, target: float, lam: float, beta: float) -> Tensor:
-    """ProxylessNAS ``mul#log``: L = L_task · (log E / log T)^β (E clamped to > 1)."""
-    if target <= 1.0:
-        raise ValueError(f"the mul_log cost loss needs a target > 1 (log T > 0), got {target}; "
-                         "use search.loss=linear for targets below 1")
-    ratio = torch.log(cost.clamp_min(1.0 + 1e-6)) / math.log(target)
-    return task * ratio.pow(beta)
-
-
-def cost_loss(task_loss: Tensor, cost: Tensor, target: float, form: str = "linear", lam: float = 0.1,
-              beta: float = 0.6) -> Tensor:
-    """Total architecture loss from the task loss and the expected cost E (scalar tensors).
-
-    Forms: ``linear`` L + λ(E−T)/T, ``hinge`` L + λ·max(0, E−T)/T, ``mul_log`` L·(log E/log T)^β.
-    """
-    if target <= 0:
-        raise ValueError(f"the cost target must be > 0, got {target}")
-    return COST_LOSSES.get(form)(task_loss, cost.to(task_loss.dtype), float(target), float(lam), float(beta))
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation: how well does the table predict whole networks?
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class LutValidation:
-    """Predicted vs measured backbone latency of random sub-networks."""
-
-    predicted_ms: list[float]
-    measured_ms: list[float]
-    ops: list[list[str]]
-
-    @property
-    def errors_pct(self) -> list[float]:
-        return [100.0 * abs(p - m) / m for p, m in zip(self.predicted_ms, self.measured_ms, strict=True)]
-
-    @property
-    def mae_pct(self) -> float:
-        """Mean absolute error of the prediction, in % of the measured latency."""
-        return float(statistics.fmean(self.errors_pct))
-
-    @property
-    def bias_pct(self) -> float:
-        """Mean signed error (prediction − measurement), in % of the measurement."""
-        return float(statistics.fmean(100.0 * (p - m) / m
-                                      for p, m in zip(self.predicted_ms, self.measured_ms, strict=True)))
-
-    @property
-    def correlation(self) -> float:
-        """Pearson correlation of predicted and measured latency (ranking quality; insensitive to a
-        uniform change of machine speed between the table and the check). NaN for fewer than 2."""
-        if len(self.measured_ms) < 2 or len(set(self.predicted_ms)) < 2 or len(set(self.measured_ms)) < 2:
-            return math.nan
-        return float(statistics.correlation(self.predicted_ms, self.measured_ms))
-
-    @property
-    def scale(self) -> float:
-        """Least-squares factor s with measured ≈ s · predicted (1 = no systematic offset)."""
-        num = sum(p * m for p, m in zip(self.predicted_ms, self.measured_ms, strict=True))
-        den = sum(p * p for p in self.predicted_ms)
-        return num / den if den > 0 else math.nan
-
-    @property
-    def scaled_mae_pct(self) -> float:
-        """MAE in % after multiplying the predictions by :attr:`scale`: the error left once a uniform
-        speed difference (e.g. another load on a shared machine) is taken out."""
-        s = self.scale
-        return float(statistics.fmean(100.0 * abs(s * p - m) / m
-                                      for p, m in zip(self.predicted_ms, self.measured_ms, strict=True)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": len(self.measured_ms), "mae_pct": self.mae_pct, "bias_pct": self.bias_pct,
-                "correlation": self.correlation, "scale": self.scale, "scaled_mae_pct": self.scaled_mae_pct,
-                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms, "ops": self.ops}
-
-
-def measure_archs_latency(archs: Sequence[Mapping[str, Any]], device: torch.device | str = "cpu",
-                          threads: int = 0, repeats: int = 30, warmup: int = 5, batch: int = 1,
-                          progress: Callable[[int, int], None] | None = None) -> list[float]:
-    """Measured end-to-end latency (ms) of the ``searched`` backbone of each architecture at its search
-    input, all timed in interleaved rounds (see :func:`time_modules`)."""
-    device = torch.device(device)
-    out: list[float] = []
-    group = max(1, len(archs))
-    with torch_threads(threads):
-        for start in range(0, len(archs), group):
-            items = []
-            for arch in archs[start:start + group]:
-                inp = arch["input"]
-                items.append((build_searched(arch).to(device).eval(),
-                              torch.randn(batch, inp["channels"], inp["img_h"], inp["img_w"], device=device)))
-            out += time_modules(items, repeats, warmup, device)
-            if progress:
-                progress(len(out), len(archs))
-    return out
-
-
-def measure_arch_latency(arch: Mapping[str, Any], device: torch.device | str = "cpu", threads: int = 0,
-                         repeats: int = 30, warmup: int = 5, batch: int = 1) -> float:
-    """Measured end-to-end latency (ms) of the ``searched`` backbone of ``arch`` at its search input."""
-    return measure_archs_latency([arch], device, threads, repeats, warmup, batch)[0]
-
-
-def validate_lut(model: nn.Module, lut: LatencyTable, n: int = 20, device: torch.device | str = "cpu",
-                 threads: int = 0, repeats: int = 30, warmup: int = 5, seed: int = 0,
-                 progress: Callable[[int, int], None] | None = None) -> LutValidation:
-    """Build ``n`` random sub-networks of the supernet in ``model`` (uniform op per cell) as
-    ``searched`` backbones, measure each end to end and compare with the LUT prediction (backbone:
-    stem + cells + head; the fixed parts are left out of both sides)."""
-    threads = threads or int(lut.meta.get("threads", 0) or 0)
-    batch = int(lut.meta.get("batch", 1))
-    archs = random_archs(model, n, seed)
-    pred = [predict_arch_latency(a, lut) for a in archs]
-    ops = [[c["op"] for c in a["cells"]] for a in archs]
-    meas = measure_archs_latency(archs, device, threads, repeats, warmup, batch, progress)
-    return LutValidation(pred, meas, ops)
-
-
-def random_archs(model: nn.Module, n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` random sub-networks (a uniformly drawn op per cell) of the supernet in ``model``."""
-    net = find_supernet(model)
-    rng = random.Random(seed)
-    return [derive_arch(net, [rng.randrange(len(e)) for e in net.edges()]) for _ in range(n)]
-
-
-#: Offset of the calibration networks' seed from the validation seed: the two sets never coincide.
-CALIBRATION_SEED_OFFSET = 7919
-
-
-def calibrate_lut(model: nn.Module, lut: LatencyTable, n: int = 5, device: torch.device | str = "cpu",
-                  threads: int = 0, repeats: int = 30, warmup: int = 5, seed: int = 0) -> LatencyTable:
-    """Fit ``lut.scale`` (least squares, measured ≈ scale · Σ ops) on ``n`` random sub-networks timed end to
-    end, drawn with ``seed + CALIBRATION_SEED_OFFSET`` so that :func:`validate_lut` (same ``seed``) checks
-    the calibrated table on other networks. Returns ``lut`` (changed in place); ``n = 0`` leaves it as is."""
-    if n <= 0:
-        return lut
-    threads = threads or int(lut.meta.get("threads", 0) or 0)
-    archs = random_archs(model, n, seed + CALIBRATION_SEED_OFFSET)
-    lut.scale = 1.0
-    pred = [predict_arch_latency(a, lut) for a in archs]
-    meas = measure_archs_latency(archs, device, threads, repeats, warmup, int(lut.meta.get("batch", 1)))
-    fit = LutValidation(pred, meas, [[c["op"] for c in a["cells"]] for a in archs]).scale
-    if not math.isfinite(fit) or fit <= 0:
-        raise LatencyTableError(f"latency table calibration failed: measured {meas} ms for predicted {pred} ms")
-    lut.scale = float(fit)
-    lut.meta["calibration"] = {"networks": n, "seed": seed + CALIBRATION_SEED_OFFSET, "predicted_ms": pred,
-                               "measured_ms": meas}
-    return lut

@@ -1,154 +1,50 @@
-"""LMDB datasets in the format every STR codebase shares, and a streaming writer for it.
+"""Reading LMDB datasets (format: :mod:`strkit.data.lmdb.format`).
 
-Format (the one of the four-stage benchmark, PARSeq, ABINet, CRNN ...): keys ``num-samples`` (ASCII
-integer), ``image-%09d`` (encoded image bytes: PNG, JPEG ...) and ``label-%09d`` (UTF-8 text), with
-indices starting at 1. Extra per-record keys ``<key>-%09d`` may sit beside them. Existing MJ/ST and
-evaluation LMDBs of those projects load as they are.
-
-Word geometry: LMDBs written by ``tools/synth.py --geometry`` also hold ``geom-%09d`` (JSON
-``{"top": [[x, y]...], "bottom": [[x, y]...], "width": W, "height": H}``: the word's upper and lower
-boundary polylines in continuous pixel coordinates of the stored image, which spans ``[0, W] × [0, H]``).
-``LmdbDataset(..., geometry=True)`` reads and checks it with the image (:func:`decode_geometry`).
-
-Reading: the environment is opened lazily, read-only, without lock, readahead or meminit, in the
-process that reads. A dataset object never holds an open environment, so it pickles before and after
-first use and works with ``fork`` and ``spawn`` DataLoader workers. py-lmdb refuses to open the same
-files twice in one process, so open environments live in a small per-process cache keyed by the
-data file's identity; a forked child closes the ones it inherited and opens its own.
-
-Writing: :class:`LmdbWriter` streams records into ``<path>.partial``, commits every ``commit_every``
-records together with ``num-samples`` (so a killed writer leaves a readable, resumable partial DB),
-doubles the map size whenever LMDB reports it full, and renames the folder to ``<path>`` only when
-:meth:`LmdbWriter.close` completes.
+The environment is opened lazily, read-only, without lock, readahead or meminit, in the process that
+reads. A dataset object never holds an open environment, so it pickles before and after first use and
+works with ``fork`` and ``spawn`` DataLoader workers. py-lmdb refuses to open the same files twice in
+one process, so open environments live in a small per-process cache keyed by the data file's identity;
+a forked child closes the ones it inherited and opens its own.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
-import shutil
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import cv2
 import lmdb
 import numpy as np
 import torch.utils.data
-from PIL import Image
 
 from strkit.config import relative_note
-from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_encoded
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS, ImageTooLargeError
+from strkit.data.lmdb.format import (
+    GEOMETRY_KEY,
+    NUM_SAMPLES_KEY,
+    PARTIAL_SUFFIX,
+    WRITER_TOOL_KEY,
+    CorruptRecordError,
+    LabelFilter,
+    LmdbError,
+    LmdbNotFoundError,
+    PartialLmdbError,
+    decode_geometry,
+    decode_image,
+    record_key,
+)
+
+_READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}
 
 log = logging.getLogger(__name__)
 
-LabelFilter = Callable[[str], "str | None"]
-"""Maps a raw label to its cleaned form, or to ``None`` to drop the record."""
-
-NUM_SAMPLES_KEY = b"num-samples"
-#: Extra key of the word geometry written by the synthetic generator (:mod:`strkit.data.synth.generate`).
-GEOMETRY_KEY = "geom"
-PARTIAL_SUFFIX = ".partial"
-#: DB-level key where :class:`LmdbWriter` records the tool that writes the LMDB (named when it is unfinished).
-WRITER_TOOL_KEY = "strkit-writer-tool"
 # Keys by which an unfinished LMDB of an older strkit (without WRITER_TOOL_KEY) shows the tool writing it.
-_TOOL_MARKER_KEYS = (("create-lmdb-position", "tools/create_lmdb.py"), ("meta", "tools/synth.py"))
-_READ_OPTIONS = {"readonly": True, "lock": False, "readahead": False, "meminit": False, "max_readers": 1024}
+TOOL_MARKER_KEYS = (("create-lmdb-position", "tools/create_lmdb.py"), ("meta", "tools/synth.py"))
 
 
-# ----------------------------------------------------------------------------------------------
-# Errors
-# ----------------------------------------------------------------------------------------------
-class LmdbError(RuntimeError):
-    """An LMDB could not be read or written. The message names the path and what to do."""
-
-
-class LmdbNotFoundError(LmdbError, FileNotFoundError):
-    """A path that should hold an LMDB (``data.mdb``) does not."""
-
-
-class PartialLmdbError(LmdbError):
-    """A path names the unfinished ``<out>.partial`` output of an interrupted :class:`LmdbWriter`."""
-
-
-class CorruptRecordError(LmdbError):
-    """A record is missing, or its image or label cannot be decoded (raised in strict mode)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Keys and image decoding
-# ----------------------------------------------------------------------------------------------
-def record_key(kind: str, index: int) -> bytes:
-    """Key of record ``index`` (1-based) for ``kind`` (``image``, ``label`` or an extra key)."""
-    return f"{kind}-{index:09d}".encode()
-
-
-def decode_image(data: bytes, channels: int = 3, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
-    """Decode encoded image bytes (PNG, JPEG, BMP, GIF, ...).
-
-    Args:
-        data: the encoded file content.
-        channels: 1 for gray, 3 for RGB.
-        max_pixels: refuse images whose header announces more pixels (``None``: no limit of strkit's
-            own; see :mod:`strkit.data.image_limits`), before decoding them.
-
-    Returns:
-        uint8 array H×W (``channels=1``) or H×W×3 in RGB order (``channels=3``); ``None`` when the bytes
-        are empty or not a decodable image. OpenCV decodes; PIL is the fallback for what it cannot read.
-
-    Raises:
-        ImageTooLargeError: the image has more than ``max_pixels`` pixels (nothing was decoded).
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
-    if not data:
-        return None
-    check_encoded(data, max_pixels)
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
-    if img is not None and channels == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img is None:
-        try:
-            with Image.open(io.BytesIO(data)) as pil:
-                img = np.asarray(pil.convert("L" if channels == 1 else "RGB"))
-        except Exception:  # PIL raises many types for bad data; all mean "not an image"
-            return None
-    if img.size == 0:
-        return None
-    return img
-
-
-def decode_geometry(data: bytes | str) -> dict[str, Any] | None:
-    """Parse and check one word-geometry record (the ``geom-%09d`` JSON of the synthetic generator).
-
-    Returns:
-        ``{"top": n×2 float64 array, "bottom": n×2 float64 array, "width": float, "height": float}``
-        (points ``[x, y]`` in continuous pixel coordinates of a ``width × height`` image, point i of
-        ``top`` paired with point i of ``bottom``, n >= 2), or ``None`` when the record is not valid
-        JSON of that form.
-    """
-    try:
-        record = json.loads(data)
-        top = np.asarray(record["top"], dtype=np.float64)
-        bottom = np.asarray(record["bottom"], dtype=np.float64)
-        width, height = float(record["width"]), float(record["height"])
-    except (TypeError, ValueError, KeyError):
-        return None
-    if (top.ndim != 2 or top.shape[1:] != (2,) or top.shape[0] < 2 or bottom.shape != top.shape
-            or not (np.isfinite(top).all() and np.isfinite(bottom).all())
-            or not (np.isfinite(width) and np.isfinite(height) and width > 0 and height > 0)):
-        return None
-    return {"top": top, "bottom": bottom, "width": width, "height": height}
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-process cache of read-only environments
-# ----------------------------------------------------------------------------------------------
 class _EnvCache:
     """Read-only environments open in this process, keyed by (device, inode) of ``data.mdb``.
 
@@ -239,7 +135,7 @@ class _EnvCache:
                 env.close()
 
 
-_ENVS = _EnvCache()
+ENV_CACHE = _EnvCache()
 
 
 def open_env(path: Path, **options: object) -> lmdb.Environment:
@@ -253,7 +149,7 @@ def open_env(path: Path, **options: object) -> lmdb.Environment:
     except lmdb.Error as exc:
         if "already open" not in str(exc):
             raise _open_error(path, exc) from None
-        _ENVS.purge_stale()
+        ENV_CACHE.purge_stale()
         try:
             env = lmdb.open(str(path), **options)
         except lmdb.Error as exc2:
@@ -273,9 +169,6 @@ def _open_error(path: Path, exc: Exception) -> LmdbError:
                      f"readable, and not open elsewhere in this process.")
 
 
-# ----------------------------------------------------------------------------------------------
-# Shared dataset behaviour: corrupt records are skipped and counted, or raise in strict mode
-# ----------------------------------------------------------------------------------------------
 class BadRecord(Exception):
     """Internal signal from :meth:`RecordDataset._load`: record ``index`` is unusable (``reason``)."""
 
@@ -296,6 +189,27 @@ class RecordDataset(torch.utils.data.Dataset):
     path: Path
     channels: int
     strict: bool
+
+    def _decode(self, data: bytes, undecodable: str) -> np.ndarray:
+        """The image encoded in ``data`` (with ``self.channels`` and ``self.max_pixels``); :class:`BadRecord`
+        with the size limit's message, or with ``undecodable`` when the bytes are not an image."""
+        try:
+            img = decode_image(data, self.channels, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise BadRecord(str(exc)) from None
+        if img is None:
+            raise BadRecord(undecodable)
+        return img
+
+    def _filter_label(self, label: str, label_filter: LabelFilter | None) -> str | None:
+        """``label`` as ``label_filter`` cleans it (unchanged without a filter), or ``None`` when the filter
+        drops it (counted in ``num_filtered``)."""
+        if label_filter is None:
+            return label
+        cleaned = label_filter(label)
+        if cleaned is None:
+            self.num_filtered += 1
+        return cleaned
 
     def _init_corrupt_tracking(self) -> None:
         self._bad: set[int] = set()  # items found unusable in this process
@@ -382,9 +296,6 @@ def record_datasets(dataset: torch.utils.data.Dataset) -> list[RecordDataset]:
     return list(found.values())
 
 
-# ----------------------------------------------------------------------------------------------
-# Reader
-# ----------------------------------------------------------------------------------------------
 def partial_writer_tool(path: Path) -> str:
     """The tool that writes the unfinished LMDB ``path`` (a ``.partial`` folder), as far as it shows."""
     try:
@@ -396,7 +307,7 @@ def partial_writer_tool(path: Path) -> str:
             raw = txn.get(WRITER_TOOL_KEY.encode())
             if raw:
                 return raw.decode("utf-8", "replace")
-            for key, tool in _TOOL_MARKER_KEYS:
+            for key, tool in TOOL_MARKER_KEYS:
                 if txn.get(key.encode()) is not None:
                     return tool
     finally:
@@ -457,7 +368,7 @@ def read_num_samples(txn: lmdb.Transaction, path: Path) -> int:
 def lmdb_num_samples(path: str | Path) -> int:
     """The ``num-samples`` of the LMDB at ``path`` (the raw record count), without reading labels."""
     path = lmdb_dir(path)
-    with _ENVS.begin(path) as txn:
+    with ENV_CACHE.begin(path) as txn:
         return read_num_samples(txn, path)
 
 
@@ -466,7 +377,7 @@ def iter_raw_images(path: str | Path) -> Iterator[bytes]:
     records, whatever their label. The read transaction stays open until the iterator is exhausted."""
     path = lmdb_dir(path)
     prefix = b"image-"
-    with _ENVS.begin(path) as txn:
+    with ENV_CACHE.begin(path) as txn:
         cursor = txn.cursor()
         if not cursor.set_range(prefix):
             return
@@ -539,7 +450,7 @@ class LmdbDataset(RecordDataset):
         self.extra_keys = tuple(keys)
         self._init_corrupt_tracking()
         self.num_filtered = 0
-        with _ENVS.begin(self.path) as txn:
+        with ENV_CACHE.begin(self.path) as txn:
             self.num_records = read_num_samples(txn, self.path)
             self._read_labels(txn, label_filter)
             for key in self.extra_keys:
@@ -566,14 +477,11 @@ class LmdbDataset(RecordDataset):
             except UnicodeDecodeError:
                 self._drop(index, 1, f"label is not UTF-8 ({raw[:40]!r})")
                 continue
-            if label_filter is not None:
-                cleaned = label_filter(label)
-                if cleaned is None:
-                    self.num_filtered += 1
-                    continue
-                label = cleaned
+            kept = self._filter_label(label, label_filter)
+            if kept is None:
+                continue
             indices.append(index)
-            blob += label.encode("utf-8")
+            blob += kept.encode("utf-8")
             ends.append(len(blob))
         if self.num_records >= expected:
             self._drop(expected, self.num_records + 1 - expected, "label key is missing")
@@ -610,17 +518,12 @@ class LmdbDataset(RecordDataset):
 
     def _load(self, i: int) -> tuple[Any, ...]:
         index = self.record_index(i)
-        with _ENVS.begin(self.path) as txn:
+        with ENV_CACHE.begin(self.path) as txn:
             data = txn.get(record_key("image", index))
             geom_raw = txn.get(record_key(GEOMETRY_KEY, index)) if self.geometry else None
         if data is None:
             raise BadRecord("image key is missing")
-        try:
-            img = decode_image(data, self.channels, self.max_pixels)
-        except ImageTooLargeError as exc:
-            raise BadRecord(str(exc)) from None
-        if img is None:
-            raise BadRecord(f"image bytes ({len(data)} bytes) cannot be decoded")
+        img = self._decode(data, f"image bytes ({len(data)} bytes) cannot be decoded")
         if not self.geometry:
             return img, self.label(i)
         if geom_raw is None:
@@ -636,249 +539,10 @@ class LmdbDataset(RecordDataset):
 
     def get_extra(self, i: int, key: str) -> bytes | None:
         """The value of extra key ``<key>-%09d`` for item ``i``, or ``None`` if that record has none."""
-        with _ENVS.begin(self.path) as txn:
+        with ENV_CACHE.begin(self.path) as txn:
             return txn.get(record_key(key, self.record_index(i)))
 
     def get_meta(self, key: str) -> bytes | None:
         """A DB-level value written with :meth:`LmdbWriter.put_meta`, or ``None``."""
-        with _ENVS.begin(self.path) as txn:
+        with ENV_CACHE.begin(self.path) as txn:
             return txn.get(key.encode())
-
-
-def find_lmdbs(root: str | Path) -> list[Path]:
-    """Every LMDB folder (holding ``data.mdb``) at or under ``root``, sorted; ``*.partial`` folders below
-    ``root`` are skipped with a warning, and ``root`` itself being one raises :class:`PartialLmdbError`.
-
-    Symbolic links are followed once (a link cycle is not walked twice).
-    """
-    root = Path(root)
-    check_not_partial(root)
-    if root.name == "data.mdb" and root.is_file():
-        return [root.parent]
-    found: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        if "data.mdb" in filenames:
-            if dirpath.endswith(PARTIAL_SUFFIX):
-                log.warning("ignoring unfinished LMDB %s (finish it with %s --resume)", dirpath,
-                            partial_writer_tool(Path(dirpath)))
-            else:
-                found.append(Path(dirpath))
-            dirnames[:] = []  # an LMDB folder is a leaf
-        else:
-            dirnames.sort()
-    return sorted(found)
-
-
-def open_lmdb_tree(root: str | Path, **kwargs: object) -> torch.utils.data.Dataset:
-    """Open ``root`` as one LMDB, or every LMDB under it at any depth (e.g. ``training/MJ/MJ_train``).
-
-    Args:
-        root: an LMDB folder, or a folder holding LMDB folders.
-        **kwargs: passed to :class:`LmdbDataset` (``label_filter``, ``channels``, ``strict`` ...).
-
-    Returns:
-        An :class:`LmdbDataset`, or a ``ConcatDataset`` of them in sorted path order.
-    """
-    paths = find_lmdbs(root)
-    if not paths:
-        what = (f"does not exist{relative_note(root)}" if not Path(root).exists()
-                else "holds no LMDB (no data.mdb below it)")
-        raise LmdbNotFoundError(f"{root} {what}. Point the source at an LMDB folder or a folder of them.")
-    datasets = [LmdbDataset(p, **kwargs) for p in paths]  # type: ignore[arg-type]
-    return datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
-
-
-# ----------------------------------------------------------------------------------------------
-# Writer
-# ----------------------------------------------------------------------------------------------
-class LmdbWriter:
-    """Stream records into an STR LMDB, safely.
-
-    Records go to ``<path>.partial``. Every ``commit_every`` records (or 64 MiB) are committed in one
-    transaction together with ``num-samples``, so the partial DB is always readable and a killed
-    writer can be resumed (``resume=True``). When LMDB reports the map full, the map size is doubled
-    and the transaction retried. :meth:`close` commits the rest and renames the folder to ``path``.
-
-    Args:
-        path: the final LMDB folder.
-        map_size: initial map size in bytes (it grows as needed).
-        overwrite: replace an existing LMDB at ``path`` (only once the new one is complete), and
-            discard an unfinished ``.partial`` unless ``resume``.
-        resume: continue an existing ``.partial`` after its committed ``num-samples``.
-        commit_every: records per transaction.
-        tool: the command that writes it (e.g. ``tools/create_lmdb.py``), recorded so that a reader
-            refusing the unfinished ``.partial`` can say which tool's ``--resume`` finishes it.
-
-    Used as a context manager, an exception commits what was written to the ``.partial`` folder and
-    leaves it there (nothing is renamed, nothing is lost).
-    """
-
-    _FLUSH_BYTES = 64 << 20
-
-    def __init__(self, path: str | Path, map_size: int = 1 << 30, overwrite: bool = False,
-                 resume: bool = False, commit_every: int = 1000, tool: str | None = None) -> None:
-        if commit_every < 1:
-            raise ValueError(f"commit_every must be >= 1, got {commit_every}")
-        if map_size < 1 << 16:
-            raise ValueError(f"map_size must be at least 64 KiB, got {map_size}")
-        self.path = Path(path)
-        self.partial = Path(f"{self.path}{PARTIAL_SUFFIX}")
-        self.commit_every = commit_every
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace "
-                                  f"it, or choose another output path.")
-        if self.path.exists():
-            _check_replaceable(self.path)
-        if self.partial.exists() and not resume:
-            if not overwrite:
-                raise FileExistsError(f"an unfinished LMDB {self.partial} exists (an interrupted run); pass "
-                                      f"resume=True (--resume) to continue it or overwrite=True "
-                                      f"(--overwrite) to start again.")
-            _check_replaceable(self.partial)
-            shutil.rmtree(self.partial)
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        _ENVS.evict(self.partial)
-        self._env: lmdb.Environment | None = open_env(self.partial, map_size=map_size, meminit=False)
-        with self._env.begin() as txn:
-            self._count = read_num_samples(txn, self.partial)
-        self._map_size = max(map_size, self._env.info()["map_size"])
-        self._pending: dict[bytes, bytes] = {}
-        self._pending_records = 0
-        self._pending_bytes = 0
-        self._final: Path | None = None
-        if tool:
-            self.put_meta(WRITER_TOOL_KEY, tool.encode("utf-8"))
-            self.commit()  # at once, so that even a writer killed before its first batch names its tool
-
-    # -- writing ------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self._count
-
-    def put(self, image: bytes, label: str, extra: dict[str, bytes] | None = None) -> int:
-        """Add one record; returns its 1-based index. ``extra`` keys are written as ``<key>-%09d``."""
-        if not isinstance(image, bytes | bytearray | memoryview):
-            raise TypeError(f"image must be encoded bytes, got {type(image).__name__}")
-        if not isinstance(label, str):
-            raise TypeError(f"label must be str, got {type(label).__name__}")
-        extra = extra or {}
-        for key in extra:
-            if key in ("image", "label"):
-                raise ValueError(f"extra key '{key}' would overwrite the record's {key}")
-        encoded = label.encode("utf-8")  # raises before anything is staged if the label cannot be stored
-        index = self._count + 1
-        self._stage(record_key("image", index), bytes(image))
-        self._stage(record_key("label", index), encoded)
-        for key, value in extra.items():
-            self._stage(record_key(key, index), bytes(value))
-        self._count = index
-        self._pending_records += 1
-        if self._pending_records >= self.commit_every or self._pending_bytes >= self._FLUSH_BYTES:
-            self.commit()
-        return index
-
-    def put_meta(self, key: str, value: bytes) -> None:
-        """Store a DB-level value (committed with the next batch of records)."""
-        if key.encode() == NUM_SAMPLES_KEY:
-            raise ValueError("'num-samples' is maintained by the writer")
-        self._stage(key.encode(), bytes(value))
-
-    def get_meta(self, key: str) -> bytes | None:
-        """A DB-level value, staged or already committed, or ``None``."""
-        env = self._require_open()
-        if key.encode() in self._pending:
-            return self._pending[key.encode()]
-        with env.begin() as txn:
-            return txn.get(key.encode())
-
-    def _stage(self, key: bytes, value: bytes) -> None:
-        self._require_open()
-        self._pending[key] = value
-        self._pending_bytes += len(value) + len(key)
-
-    def _require_open(self) -> lmdb.Environment:
-        if self._env is None:
-            raise LmdbError(f"writer for {self.path} is closed")
-        return self._env
-
-    def commit(self) -> None:
-        """Write the staged records and ``num-samples`` in one transaction, growing the map if full."""
-        env = self._require_open()
-        if not self._pending and self._pending_records == 0:
-            return
-        items = [*self._pending.items(), (NUM_SAMPLES_KEY, str(self._count).encode())]
-        self._map_size = put_all(env, items, self._map_size)
-        self._pending.clear()
-        self._pending_records = 0
-        self._pending_bytes = 0
-
-    # -- finishing ----------------------------------------------------------------------------
-    def close(self) -> Path:
-        """Commit, close and rename ``<path>.partial`` to ``<path>``; returns the final path."""
-        if self._final is not None:
-            return self._final
-        env = self._require_open()
-        self.commit()
-        with env.begin(write=True) as txn:  # an empty DB still gets num-samples = 0
-            if txn.get(NUM_SAMPLES_KEY) is None:
-                txn.put(NUM_SAMPLES_KEY, b"0")
-        env.sync(True)
-        env.close()
-        self._env = None
-        if self.path.exists():  # overwrite=True was checked in __init__: swap only now it is complete
-            _check_replaceable(self.path)
-            _ENVS.evict(self.path)
-            old = Path(f"{self.path}.old-{os.getpid()}")
-            os.replace(self.path, old)
-            os.replace(self.partial, self.path)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.partial, self.path)
-        self._final = self.path
-        return self.path
-
-    def abandon(self) -> None:
-        """Commit what was written to ``<path>.partial`` and close it without renaming (resumable)."""
-        if self._env is None:
-            return
-        self.commit()
-        self._env.close()
-        self._env = None
-
-    def __enter__(self) -> LmdbWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abandon()
-
-
-def put_all(env: lmdb.Environment, items: Sequence[tuple[bytes, bytes]], map_size: int) -> int:
-    """Write ``items`` in one transaction (all or none), doubling the map while it is full; returns the
-    map size in use afterwards."""
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                for key, value in items:
-                    txn.put(key, value)
-            return map_size
-        except lmdb.MapFullError:
-            map_size *= 2
-            env.set_mapsize(map_size)
-            log.debug("LMDB %s: map size grown to %d bytes", env.path(), map_size)
-
-
-def _check_replaceable(path: Path) -> None:
-    """Refuse to delete ``path`` unless it is an LMDB folder (or empty): never remove user data."""
-    if path.is_dir() and ((path / "data.mdb").is_file() or not any(path.iterdir())):
-        return
-    raise FileExistsError(f"{path} exists and is not an LMDB folder; refusing to replace it. "
-                          f"Choose another output path.")

@@ -1,0 +1,52 @@
+"""The bundle :meth:`strkit.api.Recognizer.from_pretrained` loads (the packaged default model)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from strkit.checkpoint import load_checkpoint, save_checkpoint
+from strkit.export.common import atomic_path
+from strkit.inference.metadata import BUNDLE_CHECKPOINT, BUNDLE_INT8, BUNDLE_ONNX
+
+
+def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | Path,
+                 int8_path: str | Path | None = None, info: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the files :meth:`strkit.api.Recognizer.from_pretrained` loads into ``out_dir``: an
+    inference-only copy of ``checkpoint`` (weights, config, charset, architecture; no optimiser state,
+    no training-only heads), the fp32 ONNX export and, when given, the int8 export (a stale int8 file
+    of an earlier bundle is removed otherwise). Each file is written atomically.
+
+    Args:
+        info: notes stored in the checkpoint's ``extra['bundle']`` (e.g. the source run, accuracy).
+
+    Returns:
+        {"checkpoint", "onnx"[, "int8"]} -> written paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = load_checkpoint(checkpoint)
+    state = {k: v for k, v in payload["state_dict"].items() if not k.startswith("aux_head.")}
+    config = copy.deepcopy(payload["config"])
+    config.setdefault("model", {})["aux_ctc"] = 0.0  # the training-only head is not in the bundle
+    extra = {**payload.get("extra", {}), "bundle": {"source": str(checkpoint), **(info or {})}}
+    written = {"checkpoint": save_checkpoint(out / BUNDLE_CHECKPOINT, config=config,
+                                             charset=payload["charset"], state_dict=state,
+                                             metrics=payload.get("metrics"), step=payload.get("step", 0),
+                                             arch=payload.get("arch"), extra=extra,
+                                             calibration=payload.get("calibration"))}
+    for key, src, name in (("onnx", onnx_path, BUNDLE_ONNX), ("int8", int8_path, BUNDLE_INT8)):
+        target = out / name
+        if src is None:
+            target.unlink(missing_ok=True)
+            continue
+        tmp, commit = atomic_path(target)
+        shutil.copyfile(src, tmp)
+        commit()
+        written[key] = target
+    for path in written.values():
+        os.chmod(path, 0o644)  # package data: readable by everyone (temporary files are created 0600)
+    return written
