@@ -24,7 +24,7 @@ What plugs in: distillation (``distill:``) adds its loss term to :meth:`Trainer.
 (:mod:`strkit.engine.finetune`).
 
 Word geometry: with ``model.geometry_loss > 0`` the training batches carry each sample's word geometry
-(``(images, labels, geometries)``, see :mod:`strkit.engine.data`); :meth:`Trainer.train_step` turns it
+(``(images, labels, geometries)``, see :mod:`strkit.engine.run_data`); :meth:`Trainer.train_step` turns it
 into the ScRN rectifier's targets and the model adds the weighted geometry loss. Its unweighted value
 is logged as ``geometry_loss`` (mean over the log window, steps whose batch had geometry).
 """

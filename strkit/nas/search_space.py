@@ -1,4 +1,4 @@
-"""The search space: a MobileNetV2 supernet of mixed cells for 32×W text crops (DESIGN.md §3).
+"""The search space: a MobileNetV2 supernet of mixed cells for 32×W text crops.
 
 Layout (every width rounded to a multiple of 8)::
 
