@@ -9,37 +9,22 @@
 # phases run from a git worktree of COMMIT (default HEAD) at $STATE/../tree-<sha>, so later commits do not
 # change a running phase. A later piece may use a later COMMIT (same configs): the run resumes from its
 # last.pt and its config. CORE (default 1) is the CPU it is pinned to.
-set -uo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-STATE=${STATE:?set STATE to a folder outside the work tree}
-CORE=${CORE:-1}
-COMMIT=$(git -C "$REPO" rev-parse "${COMMIT:-HEAD}")
-TREE="$(dirname "$STATE")/tree-${COMMIT:0:10}"
-mkdir -p "$STATE/data_lmdb" "$STATE/runs/campaign_v2"
-[ -d "$TREE" ] || git -C "$REPO" worktree add --detach "$TREE" "$COMMIT"
-ln -sfn "$STATE/data_lmdb" "$TREE/data_lmdb"; ln -sfn "$STATE/runs" "$TREE/runs"
-[ -e "$(dirname "$TREE")/shared" ] || ln -sfn "$(cd "$REPO/.." && pwd)/shared" "$(dirname "$TREE")/shared"
-cd "$TREE"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$TREE"
-run() { taskset -c "$CORE" "$@"; }
-synth() {  # preset count seed name
-  [ -f "data_lmdb/$4/data.mdb" ] && return
-  r=; [ -d "data_lmdb/$4.partial" ] && r=--resume
-  run python tools/synth.py --preset "$1" --count "$2" --workers 1 --seed "$3" --out "data_lmdb/$4" --no-progress $r
-}
+JOB=campaign_v2
+# shellcheck source=tools/jobs/common.sh
+source "$(dirname "$0")/common.sh"
 synth clean 40000 7 synth_clean_40k
 synth mjsynth 119000 1 synth_mj_119k
 synth realistic 400000 3 synth_realistic_400k
 OUT=runs/campaign_v2
 if [ ! -f "$OUT/search.done" ]; then
   r=; [ -f "$OUT/search/last.pt" ] && r=--resume
-  /usr/bin/time -f "search wall %e s, peak RSS %M KB" run python tools/search.py run \
+  /usr/bin/time -f "search wall %e s, peak RSS %M KB" taskset -c "$CORE" python tools/search.py run \
     configs/search/mbv2_cpu_wide.yaml train.threads=1 data.workers=1 train.progress=false \
     train.out_dir="$OUT/search" $r && touch "$OUT/search.done"
 fi
 [ -f "$OUT/search.done" ] || exit 1
 if [ ! -f "$OUT/train.done" ]; then
   r=; [ -f "$OUT/train/last.pt" ] && r=--resume
-  /usr/bin/time -f "train wall %e s, peak RSS %M KB" run python tools/train.py configs/train/default_v2.yaml \
+  /usr/bin/time -f "train wall %e s, peak RSS %M KB" taskset -c "$CORE" python tools/train.py configs/train/default_v2.yaml \
     model.backbone.arch="$OUT/search/arch.json" train.out_dir="$OUT/train" $r && touch "$OUT/train.done"
 fi

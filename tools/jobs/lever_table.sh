@@ -8,25 +8,9 @@
 # STATE (outside the work tree) holds the data LMDBs, the teacher cache and the runs; the rows train from a
 # git worktree of COMMIT (default: HEAD) at $STATE/../tree-<sha>, so later commits do not change a running
 # row. CORE (default 1) is the CPU the rows are pinned to. ROWS (default: all) picks rows by name.
-set -uo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
-STATE=${STATE:?set STATE to a folder outside the work tree}
-CORE=${CORE:-1}
-COMMIT=$(git -C "$REPO" rev-parse "${COMMIT:-HEAD}")
-TREE="$(dirname "$STATE")/tree-${COMMIT:0:10}"
-mkdir -p "$STATE/data_lmdb" "$STATE/runs/lever_table"
-if [ ! -d "$TREE" ]; then
-  git -C "$REPO" worktree add --detach "$TREE" "$COMMIT"
-fi
-ln -sfn "$STATE/data_lmdb" "$TREE/data_lmdb"; ln -sfn "$STATE/runs" "$TREE/runs"
-[ -e "$(dirname "$TREE")/shared" ] || ln -sfn "$(cd "$REPO/.." && pwd)/shared" "$(dirname "$TREE")/shared"
-cd "$TREE"
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$TREE"
-synth() {  # preset count seed name
-  [ -f "data_lmdb/$4/data.mdb" ] && return
-  r=; [ -d "data_lmdb/$4.partial" ] && r=--resume
-  taskset -c "$CORE" python tools/synth.py --preset "$1" --count "$2" --workers 1 --seed "$3" --out "data_lmdb/$4" --no-progress $r
-}
+JOB=lever_table
+# shellcheck source=tools/jobs/common.sh
+source "$(dirname "$0")/common.sh"
 synth clean 40000 7 synth_clean_40k
 synth mjsynth 119000 1 synth_mj_119k
 case " ${ROWS:-all} " in *" all "*|*" realistic12k_s0 "*) synth realistic 119000 1 synth_realistic_119k ;; esac
@@ -42,7 +26,7 @@ row() {  # name seed overrides...
       train.out_dir="$out" "$@" $r && touch "$out.done"
   fi
   if [ -f "$out.done" ] && [ ! -f "$out/eval.done" ]; then
-    taskset -c "$CORE" python tools/eval.py "$out/best.pt" --threads 1 --no-speed && touch "$out/eval.done"
+    pinned python tools/eval.py "$out/best.pt" --threads 1 --no-speed && touch "$out/eval.done"
   fi
 }
 row current12k_s1 1

@@ -1,0 +1,25 @@
+# Sourced by the long-job scripts of tools/jobs: a worktree of a fixed commit outside the work tree, with the
+# job's data and runs in STATE, and the synthetic LMDBs made (resumably) when missing.
+#
+# In: STATE (required), CORE (default 1), COMMIT (default HEAD), JOB (the runs subfolder).
+# Out: REPO, TREE, cd "$TREE", single-threaded environment with PYTHONPATH=$TREE; functions pinned, synth.
+set -uo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE=${STATE:?set STATE to a folder outside the work tree}
+CORE=${CORE:-1}
+COMMIT=$(git -C "$REPO" rev-parse "${COMMIT:-HEAD}")
+TREE="$(dirname "$STATE")/tree-${COMMIT:0:10}"
+mkdir -p "$STATE/data_lmdb" "$STATE/runs/$JOB"
+[ -d "$TREE" ] || git -C "$REPO" worktree add --detach "$TREE" "$COMMIT"
+ln -sfn "$STATE/data_lmdb" "$TREE/data_lmdb"; ln -sfn "$STATE/runs" "$TREE/runs"
+[ -e "$(dirname "$TREE")/shared" ] || ln -sfn "$(cd "$REPO/.." && pwd)/shared" "$(dirname "$TREE")/shared"
+cd "$TREE" || exit 1
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$TREE"
+
+pinned() { taskset -c "$CORE" "$@"; }
+
+synth() {  # preset count seed name: data_lmdb/NAME, resumed from NAME.partial after an interruption
+  [ -f "data_lmdb/$4/data.mdb" ] && return
+  local r=; [ -d "data_lmdb/$4.partial" ] && r=--resume
+  pinned python tools/synth.py --preset "$1" --count "$2" --workers 1 --seed "$3" --out "data_lmdb/$4" --no-progress $r
+}
