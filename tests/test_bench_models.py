@@ -72,7 +72,7 @@ def test_train_with_the_configs_own_recipe(word_folder: Path, tmp_path: Path) ->
         f"  train:\n    - {{path: {word_folder}, kind: folder, name: a, ratio: 0.5}}\n"
         f"    - {{path: {word_folder}, kind: folder, name: b, ratio: 0.5}}\n")
     case = train_timing.TrainCase(model=str(recipe), batch_size=4, steps=2, warmup=1, windows=1, threads=1,
-                                  data=train_timing.RECIPE_DATA, workers=0)
+                                  data=train_timing.RECIPE_DATA, workers=0, start_step=3)
     cfg = train_timing.train_config(case)
     assert cfg.data.img_w == 96 and [s.name for s in cfg.data.train] == ["a", "b"] and cfg.data.augment == "randaug"
     result = train_timing.run_case(train_timing.measure_train, case, gate=None, isolate=False)
@@ -83,6 +83,8 @@ def test_train_with_the_configs_own_recipe(word_folder: Path, tmp_path: Path) ->
 def test_recipe_mode_needs_a_training_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--models", "mbv2-ctc", "--with-data", "config", "--in-process", *NO_WAIT]) == 2
     assert "needs a training config with data.train" in capsys.readouterr().err
+    assert main(["train", "--models", "mbv2-ctc", "--with-data", "config", "--start-step", "-1", *NO_WAIT]) == 2
+    assert "--start-step must be >= 0" in capsys.readouterr().err
 
 
 def test_infer_subcommand_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -95,6 +95,9 @@ class TrainBench:
                                  "augmentation and distillation targets), the speed that run gets — give "
                                  "training configs as --models, e.g. configs/train/default_model.yaml")
         parser.add_argument("--workers", type=int, default=2, help="loader workers with --with-data (default 2)")
+        parser.add_argument("--start-step", type=int, default=0,
+                            help="with --with-data: the training step the loader starts at, e.g. past a "
+                                 "curriculum's first phase to time its steady mix (default 0)")
         parser.add_argument("--compile", nargs="+", default=["off"], metavar="MODE",
                             help="train.compile settings to measure: off or a torch.compile mode "
                                  "(default, max-autotune-no-cudagraphs, ...); the warm-up steps include "
@@ -111,6 +114,8 @@ class TrainBench:
         error = check_common_arguments(args)
         if error is None and min(args.batch_size, args.steps) < 1:
             error = "--batch-size and --steps must be >= 1"
+        if error is None and args.start_step < 0:
+            error = f"--start-step must be >= 0, got {args.start_step}"
         bad = [m for m in args.compile if m not in COMPILE_MODES]
         if error is None and bad:
             error = f"--compile {bad[0]!r}: use one of {', '.join(COMPILE_MODES)}"
@@ -123,7 +128,7 @@ class TrainBench:
                                  batch_size=args.batch_size, img_h=args.img_h, img_w=args.img_w,
                                  channels=args.channels, threads=args.threads, steps=args.steps,
                                  warmup=args.warmup, windows=args.windows, data=args.with_data,
-                                 data_kind=data_kind, workers=args.workers, compile=cm,
+                                 data_kind=data_kind, workers=args.workers, compile=cm, start_step=args.start_step,
                                  overrides=tuple(args.override))
                  for m, p, cl, lb, cm in itertools.product(args.models, args.precision, args.channels_last,
                                                            args.lstm_bf16, args.compile)

@@ -67,6 +67,7 @@ class TrainCase:
         workers: loader worker processes (``data.workers``) when ``data`` is set.
         compile: ``train.compile`` (``off`` or a ``torch.compile`` mode); the warm-up steps include the
             compilation.
+        start_step: the training step the loader starts at (a curriculum's mixing at that step).
         overrides: further ``key=value`` config overrides (applied last).
     """
 
@@ -87,6 +88,7 @@ class TrainCase:
     data_kind: str = "folder"
     workers: int = 2
     compile: str = "off"
+    start_step: int = 0
     overrides: tuple[str, ...] = ()
 
 
@@ -272,7 +274,8 @@ def measure_train(case: TrainCase) -> TrainResult:
     else:
         from strkit.engine.run_data import build_run_data
 
-        run_data = build_run_data(cfg, trainer.model.charset, trainer.dist, distiller=trainer.distiller)
+        run_data = build_run_data(cfg, trainer.model.charset, trainer.dist, start_step=case.start_step,
+                                  distiller=trainer.distiller)
         batches = iter(run_data.train)
 
     for _ in range(case.warmup):
