@@ -80,6 +80,15 @@ def test_train_with_the_configs_own_recipe(word_folder: Path, tmp_path: Path) ->
     assert result.final_loss is not None and result.final_loss == result.final_loss
 
 
+def test_train_profile_lists_operator_shares() -> None:
+    case = train_timing.TrainCase(model="mbv2-ctc", batch_size=2, steps=1, warmup=1, windows=1, threads=1,
+                                  profile_steps=2)
+    result = train_timing.run_case(train_timing.measure_train, case, gate=None, isolate=False)
+    shares = list((result.profile or {}).values())
+    assert shares and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.01
+    assert any("conv" in name for name in result.profile)  # a MobileNetV2 step spends time in convolutions
+
+
 def test_recipe_mode_needs_a_training_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--models", "mbv2-ctc", "--with-data", "config", "--in-process", *NO_WAIT]) == 2
     assert "needs a training config with data.train" in capsys.readouterr().err

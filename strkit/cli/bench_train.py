@@ -95,6 +95,9 @@ class TrainBench:
                                  "augmentation and distillation targets), the speed that run gets — give "
                                  "training configs as --models, e.g. configs/train/default_model.yaml")
         parser.add_argument("--workers", type=int, default=2, help="loader workers with --with-data (default 2)")
+        parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                            help="after the timed steps, profile this many more with torch.profiler and print "
+                                 "the operators' shares of the CPU time (default 0: no profile)")
         parser.add_argument("--start-step", type=int, default=0,
                             help="with --with-data: the training step the loader starts at, e.g. past a "
                                  "curriculum's first phase to time its steady mix (default 0)")
@@ -114,6 +117,8 @@ class TrainBench:
         error = check_common_arguments(args)
         if error is None and min(args.batch_size, args.steps) < 1:
             error = "--batch-size and --steps must be >= 1"
+        if error is None and args.profile < 0:
+            error = f"--profile must be >= 0, got {args.profile}"
         if error is None and args.start_step < 0:
             error = f"--start-step must be >= 0, got {args.start_step}"
         bad = [m for m in args.compile if m not in COMPILE_MODES]
@@ -129,6 +134,7 @@ class TrainBench:
                                  channels=args.channels, threads=args.threads, steps=args.steps,
                                  warmup=args.warmup, windows=args.windows, data=args.with_data,
                                  data_kind=data_kind, workers=args.workers, compile=cm, start_step=args.start_step,
+                                 profile_steps=args.profile,
                                  overrides=tuple(args.override))
                  for m, p, cl, lb, cm in itertools.product(args.models, args.precision, args.channels_last,
                                                            args.lstm_bf16, args.compile)
@@ -146,6 +152,8 @@ class TrainBench:
                 return fail(str(exc))
             print(f"  {result.images_per_s:.1f} images/s, peak RSS {result.peak_rss_mib / 1024:.2f} GiB",
                   flush=True)
+            for name, share in (result.profile or {}).items():
+                print(f"    {share:5.1f} %  {name}", flush=True)
             results.append(result)
         return report(args, "train", tables.train_table(results), results)
 

@@ -68,6 +68,8 @@ class TrainCase:
         compile: ``train.compile`` (``off`` or a ``torch.compile`` mode); the warm-up steps include the
             compilation.
         start_step: the training step the loader starts at (a curriculum's mixing at that step).
+        profile_steps: after the timed steps, this many more under ``torch.profiler``: the result's
+            ``profile`` lists the operators by their share of the CPU time (0 = no profile).
         overrides: further ``key=value`` config overrides (applied last).
     """
 
@@ -89,6 +91,7 @@ class TrainCase:
     workers: int = 2
     compile: str = "off"
     start_step: int = 0
+    profile_steps: int = 0
     overrides: tuple[str, ...] = ()
 
 
@@ -108,6 +111,8 @@ class TrainResult:
     final_loss: float | None = None
     load_1min: float = 0.0  # set by run_case: the load average just before the case
     busy_cores: float | None = None  # set by run_case: cores busy (others) just before the case
+    # With TrainCase.profile_steps: {operator: share of the profiled CPU time in %}, largest first (top 15).
+    profile: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -296,13 +301,26 @@ def measure_train(case: TrainCase) -> TrainResult:
         total += dt
         images += n_images
         rates.append(n_images / dt)
+    profile = profile_steps(trainer, batches, case.profile_steps) if case.profile_steps > 0 else None
     return TrainResult(
         case=case, pipeline=trainer.model.pipeline,
         params=sum(p.numel() for p in trainer.model.parameters()),
         images_per_s=statistics.median(rates), window_images_per_s=rates,
         step_ms=1000 * total / case.steps, peak_rss_mib=peak_rss_mib(), threads=torch.get_num_threads(),
         data_wait_fraction=None if case.data is None else wait / total,
-        final_loss=(trainer.window.values.get("loss") or [None])[-1])
+        final_loss=(trainer.window.values.get("loss") or [None])[-1], profile=profile)
+
+
+def profile_steps(trainer: Any, batches: Iterator[Any], steps: int, top: int = 15) -> dict[str, float]:
+    """Run ``steps`` training steps under ``torch.profiler`` (CPU); the ``top`` operators by self CPU time,
+    as {name: % of the total self CPU time}, largest first."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.run_step(next(batches))
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {e.key: round(100.0 * e.self_cpu_time_total / total, 2) for e in events[:top]}
 
 
 def run_isolated(func: Callable[[_T], _R], case: _T) -> _R:
