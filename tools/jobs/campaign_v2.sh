@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Default model v2's campaign (issue #22, docs/model_card.md): the campaign data, the wide latency-aware
+# Default model v2's campaign (docs/model_card.md): the campaign data, the wide latency-aware
 # search, then the long training run, on one core, in resumable pieces. Run it again after an
 # interruption and it continues where it stopped (each phase resumes from its own last.pt).
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #19's evidence: fine-tune the bundled model on IC15's training split for 15 one-core minutes with and
+# Fine-tuning evidence (docs/benchmarks.md, "Fine-tuning the bundled model"): fine-tune the bundled model on IC15's training split for 15 one-core minutes with and
 # without replay (IC15_2077 before/after, forgetting on IIIT5K_3000 / SVT_647 / IC13_1015), and teach it two
 # new characters (EUR and GBP signs) from rendered words. Resumable; rerun to continue.
 #
