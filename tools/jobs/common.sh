@@ -1,6 +1,8 @@
 # Sourced by the long-job scripts of tools/jobs: a worktree of a fixed commit outside the work tree, with the
 # job's data and runs in STATE, and the synthetic LMDBs made (resumably) when missing.
 #
+# Start a job from its worktree's copy (cd $STATE/../tree-<sha> && tools/jobs/JOB.sh), or never edit the
+# script while it runs: bash reads a script as it goes, so an edited script breaks the running job.
 # In: STATE (required), CORE (default 1), COMMIT (default HEAD), JOB (the runs subfolder).
 # Out: REPO, TREE, cd "$TREE", single-threaded environment with PYTHONPATH=$TREE; functions pinned, synth.
 set -uo pipefail
