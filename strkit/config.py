@@ -152,6 +152,9 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False
+    # Stages kept in fp32 under bf16/fp16 autocast, e.g. [backbone] (depthwise convolutions are slower in bf16
+    # on CPUs) with model.sequence.autocast=true for a bf16 LSTM; [] = every stage follows train.precision.
+    fp32_stages: list[str] = field(default_factory=list)
     # torch.compile the training forward pass: off | default | reduce-overhead | max-autotune |
     # max-autotune-no-cudagraphs, or false / true (= off / default; YAML reads a bare `off` as false)
     # (strkit.engine.compilation; eager fallback with one warning).

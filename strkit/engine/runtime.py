@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from strkit.config import Config, from_dict
+from strkit.config import Config, ConfigError, from_dict
 
 from .distributed import DistInfo, barrier, broadcast_object, init_distributed, resolve_device
 
@@ -76,6 +76,37 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     if dtype is torch.float16 and device.type != "cuda":
         raise ValueError("train.precision=fp16 needs CUDA; use bf16 on CPU")
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+#: Stages of a recogniser that ``train.fp32_stages`` may keep out of mixed precision.
+MODEL_STAGES: tuple[str, ...] = ("rectifier", "backbone", "sequence", "decoder")
+
+
+def keep_stages_in_fp32(model: torch.nn.Module, stages: Sequence[str]) -> None:
+    """Make the named stages of ``model`` run in fp32 under a mixed-precision autocast (``train.fp32_stages``):
+    e.g. a MobileNetV2 backbone, whose depthwise convolutions are slower in bf16 on CPUs, beside a bf16 LSTM
+    (``model.sequence.autocast=true``). Each stage's ``forward`` is wrapped on the instance (the weights and
+    their names are untouched, so checkpoints do not change): autocast is switched off inside and floating
+    inputs are cast to the stage's parameter dtype. Outside autocast nothing changes."""
+    unknown = [s for s in stages if s not in MODEL_STAGES]
+    if unknown:
+        raise ConfigError(f"train.fp32_stages: unknown stage {unknown[0]!r}; use some of {', '.join(MODEL_STAGES)}")
+    for name in stages:
+        stage = getattr(model, name)
+        inner = stage.forward
+        param = next(stage.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+
+        def forward(*args: Any, _inner: Callable[..., Any] = inner, _dtype: torch.dtype = dtype,
+                    **kwargs: Any) -> Any:
+            device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+            if not torch.is_autocast_enabled(device):
+                return _inner(*args, **kwargs)
+            args = tuple(a.to(_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+            with torch.autocast(device_type=device, enabled=False):
+                return _inner(*args, **kwargs)
+
+        stage.forward = forward
 
 
 def setup_run(cfg: Config) -> tuple[torch.device, DistInfo]:

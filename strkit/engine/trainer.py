@@ -53,7 +53,7 @@ from .finetune import FreezeParameters, adopt_init_config, init_with_charset_cha
 from .loop import Hook, MeanWindow, ObserveValidation, RunLoop, ValidationObserver
 from .optim import build_optimizer, build_scheduler, set_schedule_length
 from .run_data import RunData, build_run_data
-from .runtime import autocast_context
+from .runtime import autocast_context, keep_stages_in_fp32
 
 log = logging.getLogger("strkit")
 
@@ -117,6 +117,7 @@ class Trainer(RunLoop):
             log.info("initialised %d tensors from %s", len(names), source)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        keep_stages_in_fp32(self.model, cfg.train.fp32_stages)  # a no-op outside autocast
         self.hooks = [FreezeParameters(self.model, cfg.train.freeze), _FitScheduleToBudget(), _KeepBest()]
         if cfg.train.snapshot_every > 0:
             self.hooks.append(_KeepSnapshots(cfg.train.snapshot_every))
