@@ -356,6 +356,31 @@ def test_bundle_drops_training_only_parts_and_runs_int8_on_request(tmp_path):
         Recognizer.from_pretrained(bundle=bundle, backend="torch", int8=True)
 
 
+def test_bundle_under_another_zoo_name(tmp_path):
+    """--bundle-name: a second model beside the default one (e.g. the old default kept as ``fast``)."""
+    from strkit.export import write_bundle
+
+    model, cfg = tiny("mbv2-ctc")
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32)
+    bundle = tmp_path / "bundle"
+    write_bundle(ckpt, fp32, bundle)
+    written = write_bundle(ckpt, fp32, bundle, name="fast")
+    assert sorted(p.name for p in written.values()) == ["fast.onnx", "fast.pt"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["default.onnx", "default.pt", "fast.onnx", "fast.pt"]
+    assert Recognizer.from_pretrained("fast", bundle=bundle, threads=1).backend.path.name == "fast.onnx"
+    assert Recognizer.from_pretrained(bundle=bundle, threads=1).backend.path.name == "default.onnx"
+    with pytest.raises(ValueError, match="bundle name '../x'"):
+        write_bundle(ckpt, fp32, bundle, name="../x")
+    from strkit.cli.export import main as export_main
+
+    with pytest.raises(SystemExit) as exc:  # refused before any work
+        export_main([str(ckpt), "--bundle", str(bundle), "--bundle-name", "../x"])
+    assert exc.value.code == 2
+
+
 # ----------------------------------------------------------------------------------------------
 # The text, with a real oracle: the bundled default model on rendered words it reads
 # ----------------------------------------------------------------------------------------------

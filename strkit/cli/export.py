@@ -12,6 +12,7 @@ Exit status: 0, 1 if an fp32 export reads any parity image differently from PyTo
 from __future__ import annotations
 
 import argparse
+import re
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,13 @@ from strkit.cli.common import (
 )
 
 INT8_ACCURACY_TOLERANCE = 0.5  # points of word accuracy, per benchmark
+
+
+def _bundle_name(text: str) -> str:
+    """A zoo name: letters, digits, '-' and '_' (it names the bundle's files)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '-' and '_' (it names the files)")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a model bundle for Recognizer.from_pretrained into DIR (strkit/assets for the "
                         "packaged default model): default.pt (inference-only checkpoint), default.onnx and, when "
                         "--int8 kept every benchmark's accuracy within 0.5 point on the whole sets, default.int8.onnx")
+    p.add_argument("--bundle-name", default="default", metavar="NAME", type=_bundle_name,
+                   help="the zoo name of the bundle's files (NAME.pt, NAME.onnx, NAME.int8.onnx; default: default, "
+                        "the model from_pretrained() loads without a name)")
     p.add_argument("--speed", action="store_true",
                    help="also time batch-1 latency and batch-64 throughput: PyTorch, ONNX fp32, int8")
     return p
@@ -293,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             int8_ok = _int8_bundle_verdict(args, report)
             written = write_bundle(args.checkpoint, report["files"]["onnx"], args.bundle,
                                    int8_path=report["files"]["int8"] if int8_ok else None,
-                                   info={"int8_accuracy": report.get("int8_accuracy"), "parity": report["parity"]})
+                                   info={"int8_accuracy": report.get("int8_accuracy"), "parity": report["parity"]},
+                                   name=args.bundle_name)
             report["bundle"] = {k: str(v) for k, v in written.items()}
             print(f"bundle in {args.bundle}: {', '.join(sorted(p.name for p in written.values()))}")
     except (ExportError, BenchmarkError, FileNotFoundError, ValueError) as exc:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from strkit.checkpoint import load_checkpoint, save_checkpoint
 from strkit.export.common import atomic_path
-from strkit.inference.metadata import BUNDLE_CHECKPOINT, BUNDLE_INT8, BUNDLE_ONNX
+
+#: The zoo name of the model ``Recognizer.from_pretrained()`` loads without a name.
+DEFAULT_BUNDLE_NAME = "default"
 
 
 def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | Path,
-                 int8_path: str | Path | None = None, info: dict[str, Any] | None = None) -> dict[str, Path]:
+                 int8_path: str | Path | None = None, info: dict[str, Any] | None = None,
+                 name: str = DEFAULT_BUNDLE_NAME) -> dict[str, Path]:
     """Write the files :meth:`strkit.api.Recognizer.from_pretrained` loads into ``out_dir``: an
     inference-only copy of ``checkpoint`` (weights, config, charset, architecture; no optimiser state,
     no training-only heads), the fp32 ONNX export and, when given, the int8 export (a stale int8 file
@@ -22,10 +26,14 @@ def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | P
 
     Args:
         info: notes stored in the checkpoint's ``extra['bundle']`` (e.g. the source run, accuracy).
+        name: the zoo name (``NAME.pt``, ``NAME.onnx``, ``NAME.int8.onnx``; ``default`` is the model
+            ``from_pretrained()`` loads without a name): letters, digits, ``-`` and ``_``.
 
     Returns:
         {"checkpoint", "onnx"[, "int8"]} -> written paths.
     """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise ValueError(f"bundle name {name!r}: use letters, digits, '-' and '_' (it names the files)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = load_checkpoint(checkpoint)
@@ -33,13 +41,13 @@ def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | P
     config = copy.deepcopy(payload["config"])
     config.setdefault("model", {})["aux_ctc"] = 0.0  # the training-only head is not in the bundle
     extra = {**payload.get("extra", {}), "bundle": {"source": str(checkpoint), **(info or {})}}
-    written = {"checkpoint": save_checkpoint(out / BUNDLE_CHECKPOINT, config=config,
+    written = {"checkpoint": save_checkpoint(out / f"{name}.pt", config=config,
                                              charset=payload["charset"], state_dict=state,
                                              metrics=payload.get("metrics"), step=payload.get("step", 0),
                                              arch=payload.get("arch"), extra=extra,
                                              calibration=payload.get("calibration"))}
-    for key, src, name in (("onnx", onnx_path, BUNDLE_ONNX), ("int8", int8_path, BUNDLE_INT8)):
-        target = out / name
+    for key, src, suffix in (("onnx", onnx_path, ".onnx"), ("int8", int8_path, ".int8.onnx")):
+        target = out / f"{name}{suffix}"
         if src is None:
             target.unlink(missing_ok=True)
             continue
