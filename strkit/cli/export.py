@@ -12,8 +12,8 @@ Exit status: 0, 1 if an fp32 export reads any parity image differently from PyTo
 from __future__ import annotations
 
 import argparse
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any
 
