@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -38,6 +40,13 @@ def test_backbone_in_fp32_beside_a_bf16_lstm():
     x = torch.rand(2, 1, 32, 100)
     reference = _model(sequence_autocast=True)
     assert torch.equal(model(x).logits, reference(x).logits)  # outside autocast: unchanged
+    copied = copy.deepcopy(model)  # a copy keeps the behaviour on its own weights
+    assert _stage_dtypes(copied) == {"backbone": torch.float32, "sequence": torch.bfloat16}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            model.backbone(torch.rand(2, 3, 32, 100))  # wrong channel count: the stage raises inside
+        assert torch.is_autocast_enabled("cpu")  # its autocast-off context was left on the way out
+    assert not model.backbone._fp32_contexts
 
 
 def test_unknown_stage_is_a_config_error():

@@ -85,28 +85,36 @@ MODEL_STAGES: tuple[str, ...] = ("rectifier", "backbone", "sequence", "decoder")
 def keep_stages_in_fp32(model: torch.nn.Module, stages: Sequence[str]) -> None:
     """Make the named stages of ``model`` run in fp32 under a mixed-precision autocast (``train.fp32_stages``):
     e.g. a MobileNetV2 backbone, whose depthwise convolutions are slower in bf16 on CPUs, beside a bf16 LSTM
-    (``model.sequence.autocast=true``). Each stage's ``forward`` is wrapped on the instance (the weights and
-    their names are untouched, so checkpoints do not change): autocast is switched off inside and floating
-    inputs are cast to the stage's parameter dtype. Outside autocast nothing changes."""
+    (``model.sequence.autocast=true``). Forward hooks on each stage switch autocast off around its forward and
+    cast floating inputs to the stage's parameter dtype; the weights and their names are untouched (checkpoints
+    do not change), and a copy of the model keeps the behaviour. Outside autocast nothing changes."""
     unknown = [s for s in stages if s not in MODEL_STAGES]
     if unknown:
         raise ConfigError(f"train.fp32_stages: unknown stage {unknown[0]!r}; use some of {', '.join(MODEL_STAGES)}")
     for name in stages:
         stage = getattr(model, name)
-        inner = stage.forward
-        param = next(stage.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
+        stage._fp32_contexts = []  # one entry per call in progress: the autocast-off context, or None
+        stage.register_forward_pre_hook(_enter_fp32)
+        stage.register_forward_hook(_exit_fp32, always_call=True)
 
-        def forward(*args: Any, _inner: Callable[..., Any] = inner, _dtype: torch.dtype = dtype,
-                    **kwargs: Any) -> Any:
-            device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
-            if not torch.is_autocast_enabled(device):
-                return _inner(*args, **kwargs)
-            args = tuple(a.to(_dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-            with torch.autocast(device_type=device, enabled=False):
-                return _inner(*args, **kwargs)
 
-        stage.forward = forward
+def _enter_fp32(stage: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+    if not torch.is_autocast_enabled(device):
+        stage._fp32_contexts.append(None)
+        return None
+    context = torch.autocast(device_type=device, enabled=False)
+    context.__enter__()
+    stage._fp32_contexts.append(context)
+    param = next(stage.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _exit_fp32(stage: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    context = stage._fp32_contexts.pop() if stage._fp32_contexts else None
+    if context is not None:
+        context.__exit__(None, None, None)
 
 
 def setup_run(cfg: Config) -> tuple[torch.device, DistInfo]:
