@@ -39,3 +39,5 @@ row concat12k_s0 0 "data.train.2.concat_p=0.2" "data.train.4.concat_p=0.2"
 row realistic12k_s0 0 "data.train.1.path=data_lmdb/synth_realistic_119k"
 # equal time for the 48-pixel row: it trains at about 151 images/s against 243-298 at 32 pixels
 row h48_7k_s0 0 data.img_h=48 train.steps=7000
+# the teacher-filtered mjsynth LMDB (python tools/curate.py filter data_lmdb/synth_mj_119k data_lmdb/synth_mj_119k_filtered)
+row filtered12k_s0 0 "data.train.1.path=data_lmdb/synth_mj_119k_filtered"
