@@ -52,6 +52,9 @@ def test_cli_writes_the_png(snapshot_run, tiny_benchmarks, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert any(TINY_BENCHMARK in r for r in rows)
+    assert lc.load_cache(snapshot_run, [TINY_BENCHMARK], "36") and not lc.load_cache(snapshot_run, ["SVT_647"], "36")
+    assert main([str(snapshot_run), "--out", str(png), "--benchmarks", TINY_BENCHMARK, "--no-eval", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == rows  # the same points, from the cache
 
 
 def test_cli_user_errors(tmp_path, capsys):

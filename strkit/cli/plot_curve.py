@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     benchmarks = args.benchmarks or list(cfg.eval.benchmarks)
     protocol = args.protocol or cfg.eval.protocol
     if args.no_eval:
-        suffix = f"@{protocol}:{','.join(benchmarks)}"
-        cache = {k: v for k, v in lc.load_cache(run).items() if k.endswith(suffix)}
+        cache = lc.load_cache(run, benchmarks, protocol)
     else:
         import torch
 

@@ -84,10 +84,21 @@ def curve_points(run_dir: str | Path, cache: dict[str, dict[str, float]] | None 
     return [points[s] for s in sorted(points)]
 
 
-def load_cache(run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """The cached snapshot evaluations of a run ({} when none)."""
+def load_cache(run_dir: str | Path, benchmarks: Sequence[str] | None = None,
+               protocol: str = "36") -> dict[str, dict[str, float]]:
+    """The cached snapshot evaluations of a run ({} when none); with ``benchmarks``, only those scored on
+    exactly these benchmarks under ``protocol``."""
     path = Path(run_dir) / CACHE_NAME
-    return json.loads(path.read_text()) if path.is_file() else {}
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    if benchmarks is None:
+        return cache
+    suffix = _key_suffix(benchmarks, protocol)
+    return {k: v for k, v in cache.items() if k.endswith(suffix)}
+
+
+def _key_suffix(benchmarks: Sequence[str], protocol: str) -> str:
+    """What a cache key adds to the snapshot's file name: the protocol and the benchmarks scored."""
+    return f"@{protocol}:{','.join(benchmarks)}"
 
 
 def _write_cache(run_dir: Path, cache: dict[str, dict[str, float]]) -> None:
@@ -108,7 +119,7 @@ def evaluate_snapshots(run_dir: str | Path, benchmarks: Sequence[str], root: str
 
     run = Path(run_dir)
     cache = load_cache(run)
-    key_suffix = f"@{protocol}:{','.join(benchmarks)}"
+    key_suffix = _key_suffix(benchmarks, protocol)
     for snap in sorted((run / "snapshots").glob("step_*.pt")):
         key = snap.name + key_suffix
         if key in cache:
