@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from strkit.data.teacher_cache import TeacherCache, TeacherCacheError, TeacherTarget, image_key
+from strkit.data.teacher_cache import TeacherCache, TeacherCacheError, TeacherTarget, image_key, stored_meta
 from strkit.engine.distill import bag_kl, frame_kl, mutual_kl, sequence_targets
 
 STUDENT = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]]]))  # softmax gives these rows back
@@ -100,3 +100,11 @@ def test_cache_round_trip_resume_and_guards(tmp_path):
         TeacherCache(tmp_path / "c", "t1", "abcd")
     with pytest.raises(TeacherCacheError, match="no teacher cache"):
         TeacherCache(tmp_path / "empty", "t1", "abc", readonly=True)
+    again.close()
+    reader.close()
+    # a rank that did not fill the cache opens it by the teacher its meta record names
+    assert stored_meta(tmp_path / "c")["teacher"] == "t1"
+    opened = TeacherCache.open_readonly(tmp_path / "c", "abc")
+    assert opened.readonly and opened.meta["teacher"] == "t1" and opened.get(keys[0]).text == "ab"
+    with pytest.raises(TeacherCacheError, match="no teacher cache"):
+        stored_meta(tmp_path / "empty")

@@ -109,6 +109,12 @@ class TeacherCache:
                                     f"or tools/curate.py)")
         self._check_meta()
 
+    @classmethod
+    def open_readonly(cls, path: str | Path, charset: Iterable[str], teacher: str = "") -> TeacherCache:
+        """An existing cache for reading (data workers, DDP ranks that did not fill it); ``teacher`` "" =
+        the teacher that filled it (from its meta record)."""
+        return cls(path, teacher or stored_meta(path)["teacher"], charset, readonly=True)
+
     # -- handles (one per process: DataLoader workers fork) -----------------------------------------
     def _handle(self) -> lmdb.Environment:
         # py-lmdb allows one Environment per folder and process: cache objects of one folder share it,
@@ -172,6 +178,21 @@ class TeacherCache:
     def size_bytes(self) -> int:
         """Bytes the cache takes on disk."""
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+
+def stored_meta(path: str | Path) -> dict[str, Any]:
+    """The meta record of the teacher cache in ``path`` (format, teacher, charset)."""
+    if not (Path(path) / "data.mdb").is_file():
+        raise TeacherCacheError(f"{path}: no teacher cache here")
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            raw = txn.get(_META_KEY)
+    finally:
+        env.close()
+    if raw is None:
+        raise TeacherCacheError(f"{path} is not a teacher cache")
+    return json.loads(raw)
 
 
 class TeacherTargets:

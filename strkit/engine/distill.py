@@ -18,7 +18,6 @@ targets already folded into those classes (:class:`~strkit.inference.teachers.Cl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from torch import Tensor
 
 from strkit.charset import Charset
 from strkit.config import ConfigError, DistillConfig
-from strkit.data.teacher_cache import TeacherCache, TeacherCacheError, TeacherTarget, image_key
+from strkit.data.teacher_cache import TeacherCache, TeacherTarget, image_key
 from strkit.inference.teachers import ClassMap, Teacher, build_teacher
 
 log = logging.getLogger("strkit")
@@ -209,8 +208,7 @@ class Distiller:
             cache.close()
         if barrier is not None:
             barrier()
-        name = self.teacher_name or json.loads(_read_meta(path))["teacher"]
-        return TeacherCache(path, name, self.charset.chars, readonly=True)
+        return TeacherCache.open_readonly(path, self.charset.chars, self.teacher_name)
 
     def _fill(self, cache: TeacherCache, datasets: Sequence[tuple[str, str, Any]]) -> dict[str, float]:
         from tqdm import tqdm
@@ -298,18 +296,3 @@ class Distiller:
                 parts["distill_sequence"] = float(seq.detach())
             parts["distill_sequence_fraction"] = float(seq_mask.float().mean())
         return total, parts
-
-
-def _read_meta(path: Path) -> bytes:
-    """The meta record of a teacher cache (for ranks that did not fill it)."""
-    import lmdb
-
-    env = lmdb.open(str(path), readonly=True, lock=False)
-    try:
-        with env.begin() as txn:
-            raw = txn.get(b"__meta__")
-    finally:
-        env.close()
-    if raw is None:
-        raise TeacherCacheError(f"{path} is not a teacher cache")
-    return raw
