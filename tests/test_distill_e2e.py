@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from test_train_e2e import small_model_config, tiny_overrides
 
 from strkit.config import ConfigError, load_config
 from strkit.data.teacher_cache import TeacherCache, image_key
+from strkit.engine import distill
+from strkit.engine.distill import source_stamp
 
 pytestmark = pytest.mark.slow
 TEACHER = Path(str(resources.files("strkit") / "assets")) / "default.pt"
@@ -27,7 +30,7 @@ def _metric(out: Path, key: str) -> list[float]:
         return [float(r["value"]) for r in csv.DictReader(fh) if r["key"] == key]
 
 
-def test_distilled_training_fills_the_cache_once_and_logs_its_losses(word_folder, tmp_path):
+def test_distilled_training_fills_the_cache_once_and_logs_its_losses(word_folder, tmp_path, monkeypatch):
     from strkit.engine.trainer import Trainer
 
     cache = tmp_path / "cache"
@@ -52,11 +55,27 @@ def test_distilled_training_fills_the_cache_once_and_logs_its_losses(word_folder
     assert bag and all(b >= 0 for b in bag) and fraction == [1.0, 1.0]
     assert _metric(out, "distill_sequence")
 
+    # the source is recorded as complete: a later run neither reads nor even hashes its crops
+    stamp = source_stamp(word_folder, 72)
+    assert reader.source_complete(stamp)
+    reader.close()
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("a completely cached source was hashed again")
+
+    monkeypatch.setattr(distill, "image_key", no_hashing)
     # a loader worker forked after the cache was opened in this process reads it too
     again = Trainer(load_config(small_model_config(), tiny_overrides(word_folder, tmp_path / "run2", steps=3)
                                 + _distill(cache) + ["data.workers=1"]))
     again.fit()
     assert again.distiller.stats["read"] == 0 and again.distiller.stats["crops"] == 72  # cached: not read again
+    labels = word_folder / "labels.tsv"
+    st = labels.stat()
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten source is hashed again
+    try:
+        assert source_stamp(word_folder, 72) != stamp
+    finally:
+        os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_distill_config_errors(word_folder, tmp_path):

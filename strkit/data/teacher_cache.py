@@ -31,6 +31,8 @@ from strkit.data.lmdb.writer import put_all
 
 FORMAT_VERSION = 1
 _META_KEY = b"__meta__"
+#: Records ``__source__/<stamp>``: a training source whose every crop has a target (see source_complete).
+_SOURCE_PREFIX = b"__source__/"
 _HEADER = struct.Struct("<HHfH")  # frames, classes, min confidence, text bytes
 
 
@@ -158,8 +160,31 @@ class TeacherCache:
 
     # -- access ---------------------------------------------------------------------------------
     def __len__(self) -> int:
+        """The number of cached targets (the meta and source records left out)."""
         with self._handle().begin() as txn:
-            return max(0, txn.stat()["entries"] - 1)
+            return max(0, txn.stat()["entries"] - 1 - self._source_records(txn))
+
+    @staticmethod
+    def _source_records(txn: lmdb.Transaction) -> int:
+        cursor = txn.cursor()
+        count = 0
+        if cursor.set_range(_SOURCE_PREFIX):
+            for key in cursor.iternext(values=False):
+                if not bytes(key).startswith(_SOURCE_PREFIX):
+                    break
+                count += 1
+        return count
+
+    def source_complete(self, stamp: str) -> bool:
+        """Whether a source with this stamp (its path, size and modification time, see
+        :func:`strkit.engine.distill.source_stamp`) was read completely into this cache: a later run can skip
+        decoding and hashing all its crops."""
+        with self._handle().begin() as txn:
+            return txn.get(_SOURCE_PREFIX + stamp.encode()) is not None
+
+    def mark_source_complete(self, stamp: str) -> None:
+        """Record that every crop of the source with this stamp has its target here."""
+        self._map_size = put_all(self._handle(), [(_SOURCE_PREFIX + stamp.encode(), b"1")], self._map_size)
 
     def get(self, key: bytes) -> TeacherTarget | None:
         with self._handle().begin(buffers=True) as txn:

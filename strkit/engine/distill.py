@@ -128,6 +128,16 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+def source_stamp(path: str | Path, count: int) -> str:
+    """What identifies a training source's contents for the teacher cache: its resolved path, its number of
+    samples, and the size and modification time of its data file (``data.mdb`` of an LMDB, ``labels.tsv`` of a
+    folder dataset, else the path itself). Rewriting the source changes the stamp, so it is read again."""
+    root = Path(path).resolve()
+    data = next((root / n for n in ("data.mdb", "labels.tsv") if (root / n).is_file()), root)
+    st = data.stat()
+    return f"{root}|{count}|{st.st_size}|{st.st_mtime_ns}"
+
+
 class Distiller:
     """Everything ``distill:`` adds to a training run.
 
@@ -215,13 +225,20 @@ class Distiller:
 
         todo: list[tuple[Any, int]] = []
         total = 0
-        for _, _, ds in datasets:
+        pending: list[str] = []  # stamps of the sources this fill completes
+        for _, path, ds in datasets:
+            total += len(ds)
+            stamp = source_stamp(path, len(ds))
+            if cache.source_complete(stamp):  # read completely by an earlier run: no decoding, no hashing
+                continue
             keys = [image_key(ds[i][0]) for i in range(len(ds))]
             missing = set(cache.missing(keys))
             todo.extend((ds, i) for i, k in enumerate(keys) if k in missing)
-            total += len(keys)
+            pending.append(stamp)
         stats = {"crops": float(total), "read": float(len(todo)), "teacher_seconds": 0.0}
         if not todo:
+            for stamp in pending:
+                cache.mark_source_complete(stamp)
             log.info("teacher cache %s: all %d crops cached", cache.path, total)
             return stats
         teacher = self.teacher()
@@ -245,6 +262,8 @@ class Distiller:
                 log.info(msg)
             bar.update(len(chunk))
         bar.close()
+        for stamp in pending:
+            cache.mark_source_complete(stamp)
         stats["teacher_crops_per_s"] = len(todo) / max(stats["teacher_seconds"], 1e-9)
         return stats
 
