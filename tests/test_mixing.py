@@ -330,3 +330,23 @@ def test_eval_loader_in_order_with_partial_last_batch() -> None:
     assert batches[-1][0].shape == (2, 1, 32, 64)
     assert math.isclose(float(batches[0][0][0].mean()),
                         float(ImageTransform(32, 64)(dataset[0][0]).mean()), rel_tol=1e-6)
+
+
+def test_crop_concatenation_resumes_exactly_and_ignores_workers() -> None:
+    """A source with its own randoms (crop concatenation) draws them from the sample seed: the pairs of batch s
+    are the same with 0 or 2 workers and after a resume at step 3."""
+    from strkit.data.concat_augment import ConcatAugment
+
+    def sources() -> list:
+        return [ConcatAugment(ListDataset("a", 9), p=0.5, max_aspect=20, max_length=25, seed=1), ListDataset("b", 14)]
+
+    transform = ImageTransform(32, 96, channels=3, keep_ratio=True)
+    zero = _take(build_mixed_loader(sources(), [1, 1], 4, transform, num_workers=0, seed=2), 6)
+    two = _take(build_mixed_loader(sources(), [1, 1], 4, transform, num_workers=2, seed=2), 6)
+    resumed = _take(build_mixed_loader(sources(), [1, 1], 4, transform, num_workers=2, seed=2, start_step=3), 3)
+    labels = [label for _, batch in zero for label in batch]
+    assert any(label.count("a:") == 2 for label in labels)  # some pairs were formed
+    for (xa, la), (xb, lb) in zip(zero, two, strict=True):
+        assert la == lb and torch.equal(xa, xb)
+    for (xa, la), (xb, lb) in zip(zero[3:], resumed, strict=True):
+        assert la == lb and torch.equal(xa, xb)

@@ -6,8 +6,10 @@ than ``max_aspect`` (width / height; the model input's own ratio, so the join is
 joined label fits ``max_length``; otherwise the item is returned alone. This shows the model word
 boundaries and context it rarely sees in single-word crops at no rendering cost.
 
-Enabled per training source with ``concat_p`` in the data config. The pairing draws from a per-worker
-generator, so a resumed run pairs differently from an uninterrupted one (everything else resumes exactly).
+Enabled per training source with ``concat_p`` in the data config. In the training loader each item's pairing
+is drawn from that sample's seed (the mixed sampler's per-sample seed, handed down through
+:meth:`seed_sample`), so it does not depend on the loader workers and a resumed run pairs exactly as an
+uninterrupted one; items read without a seed draw from a per-worker generator.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+#: Keeps the pairing draws apart from the image augmentation, which is seeded from the same sample seed.
+_PAIRING_KEY = 0xC0CA7
 
 
 class ConcatAugment(Dataset):
@@ -43,6 +48,7 @@ class ConcatAugment(Dataset):
         self.seed = int(seed)
         self._rng: np.random.Generator | None = None
         self._pid = -1
+        self._sample_seed: int | None = None
         self.pairs = 0
 
     def __len__(self) -> int:
@@ -60,9 +66,17 @@ class ConcatAugment(Dataset):
             self._pid = os.getpid()
         return self._rng
 
+    def seed_sample(self, seed: int) -> None:
+        """Draw the next item's pairing from ``seed`` (the sampler's seed of that sample)."""
+        self._sample_seed = int(seed)
+
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         item = self.dataset[index]
-        rng = self._generator()
+        if self._sample_seed is not None:
+            rng = np.random.default_rng([_PAIRING_KEY, self.seed, self._sample_seed])
+            self._sample_seed = None
+        else:
+            rng = self._generator()
         if self.p <= 0 or rng.random() >= self.p or len(item) != 2:  # items with geometry stay single
             return item
         other = self.dataset[int(rng.integers(len(self)))]

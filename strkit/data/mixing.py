@@ -25,6 +25,7 @@ exactly resumable.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -319,6 +320,29 @@ class MixedBatchSampler(Sampler[list[int]]):
 # ----------------------------------------------------------------------------------------------
 # Loaders
 # ----------------------------------------------------------------------------------------------
+class SeededConcatDataset(ConcatDataset):
+    """The sources of a mixed loader as one dataset; a sample's seed (:meth:`seed_sample`, called by
+    :class:`~strkit.data.transforms.TransformedDataset` before each item) is handed to the source that loads
+    the item when that source draws randoms of its own (e.g. crop concatenation)."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        super().__init__(datasets)
+        self._sample_seed: int | None = None
+
+    def seed_sample(self, seed: int) -> None:
+        """The seed of the next item's sample."""
+        self._sample_seed = int(seed)
+
+    def __getitem__(self, idx: int) -> Any:
+        if self._sample_seed is not None:
+            source = bisect.bisect_right(self.cumulative_sizes, idx if idx >= 0 else len(self) + idx)
+            seed_source = getattr(self.datasets[source], "seed_sample", None)
+            if seed_source is not None:
+                seed_source(self._sample_seed)
+            self._sample_seed = None
+        return super().__getitem__(idx)
+
+
 def _loader_generator(*keys: int) -> torch.Generator:
     """A torch generator seeded from integer keys (for DataLoader worker seeds)."""
     seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
@@ -368,7 +392,7 @@ def build_mixed_loader(datasets: Sequence[Dataset], ratios: Sequence[float], bat
                                 shuffle=True, names=names, schedules=schedules, seed_samples=True)
     logger.info("%s (ratios %s, %d worker(s), rank %d/%d, from step %d)", sampler.composition(),
                 ", ".join(f"{r:g}" for r in sampler.ratios), num_workers, rank, world_size, start_step)
-    dataset = TransformedDataset(ConcatDataset(datasets), transform, teacher=teacher)
+    dataset = TransformedDataset(SeededConcatDataset(datasets), transform, teacher=teacher)
     generator = _loader_generator(seed, rank, start_step)
     # Single-threaded OpenCV in the parent *before* workers fork: a forked child that calls
     # cv2.setNumThreads while it inherited a live OpenCV thread pool can hang.

@@ -397,9 +397,10 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, index: int | SeededIndex) -> tuple[Any, ...]:
         if isinstance(index, SeededIndex):
-            seed_sample = getattr(self.transform, "seed_sample", None)
-            if seed_sample is not None:
-                seed_sample(index.seed)
+            for part in (self.transform, self.dataset):  # the augmentation, and sources with randoms of their own
+                seed_sample = getattr(part, "seed_sample", None)
+                if seed_sample is not None:
+                    seed_sample(index.seed)
             index = index.index
         item = self.dataset[index]
         image, label = item[0], item[1]
