@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             run, benchmarks, args.root or cfg.data.benchmark_root, protocol=protocol,
             on_done=lambda name, r: print(f"{name}: total {r['total']:.2f}%", file=sys.stderr, flush=True))
     points = lc.curve_points(run, cache, processes=args.processes)
-    out = lc.plot_curve(points, args.out or run / "learning_curve.png", title=f"{run.name} ({protocol} protocol)",
-                        references=dict(args.reference))
+    out = lc.plot_curve(points, args.out or run / "learning_curve.png",
+                        title=f"{run} (benchmarks: {protocol} protocol)", references=dict(args.reference))
     print(f"wrote {out} ({len(points)} points, {len(cache)} snapshots scored)")
     if args.json:
         print(json.dumps([{"step": p.step, "cpu_hours": round(p.cpu_hours, 4), **p.accuracy} for p in points]))

@@ -155,13 +155,16 @@ def plot_curve(points: Sequence[CurvePoint], path: str | Path, title: str = "",
         ys = [p.accuracy[name] for p in points if name in p.accuracy]
         style: dict[str, Any] = ({"linewidth": 1.0, "alpha": 0.7} if name == "validation"
                                  else {"marker": "o", "linewidth": 2.2 if name == "total" else 1.2})
-        ax.plot(xs, ys, label=name if name != "validation" else "validation (held-out training crops)", **style)
+        label = name if name != "validation" else "validation (held-out training crops, the model's charset)"
+        ax.plot(xs, ys, label=label, **style)
     for label, value in (references or {}).items():
         ax.axhline(value, linestyle="--", linewidth=1.0, color="grey")
-        ax.annotate(label, (0, value), textcoords="offset points", xytext=(4, 3), fontsize=8, color="grey")
+        ax.annotate(label, xy=(0.01, value), xycoords=("axes fraction", "data"), textcoords="offset points",
+                    xytext=(0, 3), fontsize=8, color="grey")
     ax.set_xlabel("CPU-hours of training (elapsed seconds × threads × processes / 3600)")
     ax.set_ylabel("word accuracy (%)")
     ax.set_ylim(0, 100)
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     if title:
