@@ -68,9 +68,10 @@ class CompiledModule(torch.nn.Module):
         failure: None while compiled, else the one-line reason compilation was given up.
     """
 
-    def __init__(self, module: torch.nn.Module, mode: str = "default", backend: Any = "inductor") -> None:
+    def __init__(self, module: torch.nn.Module, mode: str | bool = "default", backend: Any = "inductor") -> None:
         super().__init__()
-        if compile_mode(mode) == "off":
+        mode = compile_mode(mode)
+        if mode == "off":
             raise ValueError("CompiledModule needs a compile mode other than 'off'")
         self.module = module
         compiled = torch.compile(module, mode=None if mode == "default" else mode, backend=backend)
