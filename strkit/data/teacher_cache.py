@@ -182,9 +182,11 @@ class TeacherCache:
         with self._handle().begin() as txn:
             return txn.get(_SOURCE_PREFIX + stamp.encode()) is not None
 
-    def mark_source_complete(self, stamp: str) -> None:
-        """Record that every crop of the source with this stamp has its target here."""
-        self._map_size = put_all(self._handle(), [(_SOURCE_PREFIX + stamp.encode(), b"1")], self._map_size)
+    def mark_sources_complete(self, stamps: Iterable[str]) -> None:
+        """Record that every crop of the sources with these stamps has its target here (one transaction)."""
+        records = [(_SOURCE_PREFIX + stamp.encode(), b"1") for stamp in stamps]
+        if records:
+            self._map_size = put_all(self._handle(), records, self._map_size)
 
     def get(self, key: bytes) -> TeacherTarget | None:
         with self._handle().begin(buffers=True) as txn:

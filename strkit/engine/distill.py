@@ -221,8 +221,6 @@ class Distiller:
         return TeacherCache.open_readonly(path, self.charset.chars, self.teacher_name)
 
     def _fill(self, cache: TeacherCache, datasets: Sequence[tuple[str, str, Any]]) -> dict[str, float]:
-        from tqdm import tqdm
-
         todo: list[tuple[Any, int]] = []
         total = 0
         pending: list[str] = []  # stamps of the sources this fill completes
@@ -236,11 +234,18 @@ class Distiller:
             todo.extend((ds, i) for i, k in enumerate(keys) if k in missing)
             pending.append(stamp)
         stats = {"crops": float(total), "read": float(len(todo)), "teacher_seconds": 0.0}
-        if not todo:
-            for stamp in pending:
-                cache.mark_source_complete(stamp)
+        if todo:
+            self._read(cache, todo, total, stats)
+        else:
             log.info("teacher cache %s: all %d crops cached", cache.path, total)
-            return stats
+        cache.mark_sources_complete(pending)
+        return stats
+
+    def _read(self, cache: TeacherCache, todo: Sequence[tuple[Any, int]], total: int,
+              stats: dict[str, float]) -> None:
+        """Read the ``todo`` crops (``(dataset, index)``) with the teacher into ``cache``; timing into ``stats``."""
+        from tqdm import tqdm
+
         teacher = self.teacher()
         class_map = ClassMap(teacher.classes, self.charset)
         bs = max(1, self.cfg.batch_size)
@@ -262,10 +267,7 @@ class Distiller:
                 log.info(msg)
             bar.update(len(chunk))
         bar.close()
-        for stamp in pending:
-            cache.mark_source_complete(stamp)
         stats["teacher_crops_per_s"] = len(todo) / max(stats["teacher_seconds"], 1e-9)
-        return stats
 
     # -- the loss of a batch --------------------------------------------------------------------
     def loss(self, logits: Tensor, targets: Sequence[TeacherTarget | None], ctc: bool,
