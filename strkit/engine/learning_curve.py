@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +100,11 @@ def _key_suffix(benchmarks: Sequence[str], protocol: str) -> str:
 
 
 def _write_cache(run_dir: Path, cache: dict[str, dict[str, float]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".curve.", suffix=".tmp", dir=run_dir)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(cache, fh, indent=1, sort_keys=True)
-    os.replace(tmp, run_dir / CACHE_NAME)
+    from strkit.export.common import atomic_path
+
+    tmp, commit = atomic_path(run_dir / CACHE_NAME)
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    commit()
 
 
 def evaluate_snapshots(run_dir: str | Path, benchmarks: Sequence[str], root: str | Path, protocol: str = "36",
