@@ -139,6 +139,12 @@ class SchedulerConfig:
     min_lr_ratio: float = 0.01
 
 
+#: ``train.compile`` values: ``off`` or a ``torch.compile`` mode (``default`` = torch's default mode); see
+#: :mod:`strkit.engine.compilation`.
+COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune",
+                                  "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation, precision, logging and checkpointing."""

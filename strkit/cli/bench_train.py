@@ -15,10 +15,7 @@ from pathlib import Path
 
 from strkit.cli.bench import BENCH_COMMANDS, report
 from strkit.cli.common import fail
-
-#: ``train.compile`` values (the same as :data:`strkit.engine.compilation.COMPILE_MODES`, not imported
-#: here: it imports torch).
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from strkit.config import COMPILE_MODES
 
 
 def _on_off(value: str) -> bool:

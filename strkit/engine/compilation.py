@@ -19,13 +19,10 @@ from typing import Any
 
 import torch
 
-from strkit.config import ConfigError
+from strkit.config import COMPILE_MODES, ConfigError
 
 log = logging.getLogger(__name__)
 
-#: ``train.compile`` values: ``off`` or a ``torch.compile`` mode (``default`` = torch's default mode).
-COMPILE_MODES: tuple[str, ...] = ("off", "default", "reduce-overhead", "max-autotune",
-                                  "max-autotune-no-cudagraphs")
 
 
 def compile_mode(setting: str | bool) -> str:
