@@ -187,6 +187,22 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
     assert [r["chosen"] for r in rows] == ["top", "top", "random"]
     assert load_config(out / "fidelity" / "x2" / rows[0]["trial"] / "config.yaml").train.steps == 6
 
+    # a run cut before it recorded its score continues from its last.pt (nothing retrained from scratch), and
+    # --jobs 2 trains the runs of another budget in two worker processes
+    run0 = out / "fidelity" / "x2" / rows[0]["trial"]
+    (run0 / "fidelity.json").unlink()
+    capsys.readouterr()
+    assert main(["fidelity", str(out), "--factor", "2", "--top", "2", "--random", "1"]) == 0
+    assert f"continuing {run0 / 'last.pt'}" in capsys.readouterr().err
+    with (out / "fidelity.csv").open() as fh:
+        assert list(csv.DictReader(fh)) == rows
+    assert (run0 / "fidelity.json").is_file()
+    assert load_config(run0 / "config.yaml").train.steps == 6
+    assert main(["fidelity", str(out), "--factor", "3", "--top", "2", "--random", "0", "--jobs", "2",
+                 "--threads", "1"]) == 0
+    assert sorted(p.name for p in (out / "fidelity" / "x3").iterdir()) == sorted(r["trial"] for r in rows[:2])
+    assert all((out / "fidelity" / "x3" / r["trial"] / "fidelity.json").is_file() for r in rows[:2])
+
 
 def test_pruned_trials_stop_early(tmp_path, word_folder):
     optuna = pytest.importorskip("optuna")

@@ -8,8 +8,9 @@ added to its 'overrides'):
     strkit-tune report OUT
         OUT/best.yaml (train it: strkit-train BASE --protocol OUT/best.yaml), OUT/top/*.yaml, trials.csv,
         report.md (trials table, parameter importances), history.png
-    strkit-tune fidelity OUT --factor 4 --top 5 --random 2
-        retrain those protocols at 4x the proxy budget; Spearman rank correlation proxy vs long
+    strkit-tune fidelity OUT --factor 4 --top 5 --random 2 [--jobs 2 --threads 1]
+        retrain those protocols at 4x the proxy budget (a rerun continues cut runs from their last.pt);
+        Spearman rank correlation proxy vs long
 
 The objective is the best validation accuracy on the held-out part of the training data, never a benchmark
 test set. Many machines work one study when they run the same command with the same --storage (an Optuna
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     fid.add_argument("--random", type=non_negative_int, default=2,
                      help="random other complete protocols retrained (default 2)")
     fid.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random choice")
+    fid.add_argument("--jobs", type=positive_int, default=1,
+                     help="long runs trained at once in worker processes (default 1)")
     fid.add_argument("--threads", type=non_negative_int, default=0,
                      help="torch threads of each long run (default: the base config's train.threads)")
     _storage_args(fid)
@@ -154,7 +157,8 @@ def _fidelity(args: argparse.Namespace) -> int:
     from strkit.engine.tuning import study_report
 
     result = study_report.fidelity_check(_load(args), args.out, factor=args.factor, top=args.top,
-                                   random_count=args.random, seed=args.seed, threads=args.threads)
+                                         random_count=args.random, seed=args.seed, threads=args.threads,
+                                         jobs=args.jobs)
     print(result.table(), end="")
     return 0
 

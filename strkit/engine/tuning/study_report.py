@@ -198,13 +198,45 @@ class FidelityResult:
         return "\n".join(lines) + f"\n\nSpearman rank correlation (proxy vs {self.factor:g}x): {self.rho:.3f}\n"
 
 
-def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 5, random_count: int = 2,
-                   seed: int = 0, threads: int = 0) -> FidelityResult:
-    """Retrain the ``top`` best and ``random_count`` random other complete protocols at ``factor`` times the
-    proxy budget (in ``<out>/fidelity/x<factor>/<trial>``; finished ones are reused, so a rerun continues)
-    and compare the rankings. Writes ``fidelity.csv`` and ``fidelity.md`` into ``out``."""
+def _long_run(number: int, base: str, protocol: dict[str, Any], overrides: list[str], run_dir: str,
+              budget: str) -> float:
+    """Train the fidelity run of trial ``number`` (continuing its ``last.pt`` when an earlier attempt was
+    cut), record its best validation accuracy in ``run_dir/fidelity.json`` and return it. A top-level
+    function, so that a spawned worker process can run it."""
     from strkit.engine.trainer import Trainer
 
+    cfg = build_config(base, protocol, overrides)
+    last = Path(run_dir) / "last.pt"
+    if last.is_file():
+        log.info("fidelity: continuing %s", last)
+        trainer = Trainer(cfg, resume=last)
+    else:
+        trainer = Trainer(cfg, overwrite=True)
+    trainer.fit()
+    score = float(trainer.best.get("val_accuracy", math.nan))
+    (Path(run_dir) / "fidelity.json").write_text(json.dumps({"trial": number, "val_accuracy": score,
+                                                              "budget": budget}))
+    return score
+
+
+def _long_run_worker(args: tuple[int, str, dict[str, Any], list[str], str, str]) -> float:
+    """:func:`_long_run` in a pool worker: strkit's messages to stderr first."""
+    logger = logging.getLogger("strkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s fidelity %(levelname)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    return _long_run(*args)
+
+
+def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 5, random_count: int = 2,
+                   seed: int = 0, threads: int = 0, jobs: int = 1) -> FidelityResult:
+    """Retrain the ``top`` best and ``random_count`` random other complete protocols at ``factor`` times the
+    proxy budget (in ``<out>/fidelity/x<factor>/<trial>``) and compare the rankings. Finished runs are
+    reused and a cut one continues from its ``last.pt``, so a rerun continues; ``jobs`` > 1 trains that many
+    runs at once in worker processes (give each its share of the cores with ``threads``). Writes
+    ``fidelity.csv`` and ``fidelity.md`` into ``out``."""
     complete = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
                       key=lambda t: -t.value)
     if len(complete) < 2:
@@ -215,21 +247,28 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
     chosen += [(t, "random") for t in random.Random(seed).sample(rest, min(random_count, len(rest)))]
     attrs = study.user_attrs
     budget = Budget(**attrs["budget"]).scaled(factor)
-    rows = []
+    long: dict[int, float] = {}
+    todo: list[tuple[int, str, dict[str, Any], list[str], str, str]] = []
     for t, why in chosen:
         run_dir = Path(out) / "fidelity" / f"x{factor:g}" / str(t.number)
         result = run_dir / "fidelity.json"
         if result.is_file():
-            long = json.loads(result.read_text())["val_accuracy"]
-        else:
-            cfg = build_config(attrs["base"], t.user_attrs["protocol"],
-                               [*attrs["proxy"], *run_overrides(budget, run_dir, attrs.get("subset", 1.0), threads)])
-            log.info("fidelity: trial %d (%s) at %s", t.number, why, budget.describe())
-            trainer = Trainer(cfg, overwrite=True)
-            trainer.fit()
-            long = float(trainer.best.get("val_accuracy", math.nan))
-            result.write_text(json.dumps({"trial": t.number, "val_accuracy": long, "budget": budget.describe()}))
-        rows.append({"trial": t.number, "chosen": why, "proxy": float(t.value), "long": float(long)})
+            long[t.number] = json.loads(result.read_text())["val_accuracy"]
+            continue
+        log.info("fidelity: trial %d (%s) at %s", t.number, why, budget.describe())
+        overrides = [*attrs["proxy"], *run_overrides(budget, run_dir, attrs.get("subset", 1.0), threads)]
+        todo.append((t.number, attrs["base"], t.user_attrs["protocol"], overrides, str(run_dir),
+                     budget.describe()))
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1) as pool:
+            scores = pool.map(_long_run_worker, todo, chunksize=1)
+    else:
+        scores = [_long_run(*a) for a in todo]
+    long.update((a[0], score) for a, score in zip(todo, scores, strict=True))
+    rows = [{"trial": t.number, "chosen": why, "proxy": float(t.value), "long": float(long[t.number])}
+            for t, why in chosen]
     res = FidelityResult(rows, spearman([r["proxy"] for r in rows], [r["long"] for r in rows]), factor)
     with (Path(out) / "fidelity.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["trial", "chosen", "proxy", "long"])
