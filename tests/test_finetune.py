@@ -13,9 +13,10 @@ from strkit.charset import Charset
 from strkit.checkpoint import load_checkpoint
 from strkit.cli.train import packaged_config
 from strkit.config import ConfigError, SourceConfig, load_config
-from strkit.engine.finetune import adopt_init_config, bundled_models, init_with_charset_change, resolve_init_source
+from strkit.engine.finetune import adopt_init_config, init_with_charset_change, resolve_init_source
 from strkit.engine.run_data import with_replay
 from strkit.models.recognizer import build_model
+from strkit.models.zoo import get_zoo_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def small_run(word_folder, tmp_path_factory) -> Path:
 
 
 def test_init_sources(small_run):
-    assert resolve_init_source("default") == bundled_models()["default"]
+    assert resolve_init_source("default") == get_zoo_model("default").checkpoint
     assert resolve_init_source(str(small_run)) == small_run / "best.pt"
     assert resolve_init_source(str(small_run / "last.pt")) == small_run / "last.pt"
     with pytest.raises(ConfigError, match="bundled model"):
@@ -73,7 +74,7 @@ def test_finetune_config_takes_the_bundled_model_and_ships_with_the_package():
     assert (REPO / "configs/train/finetune.yaml").read_text() == Path(shipped).read_text()
     assert packaged_config("/nowhere/configs/train/finetune.yaml") == shipped
     cfg = adopt_init_config(load_config(shipped, []))
-    default = load_checkpoint(bundled_models()["default"])["config"]
+    default = load_checkpoint(get_zoo_model("default").checkpoint)["config"]
     assert cfg.model.backbone == default["model"]["backbone"] and cfg.model.charset == "36_lowercase"
     assert (cfg.data.img_h, cfg.data.img_w, cfg.data.channels) == (32, 128, 1)
     assert adopt_init_config(load_config(shipped, ["model.charset=94_full"])).model.charset == "94_full"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -27,17 +26,12 @@ from strkit.charset import Charset
 from strkit.checkpoint import init_from_checkpoint, load_checkpoint
 from strkit.codecs import CTCCodec
 from strkit.config import Config, ConfigError, from_dict
+from strkit.models.zoo import zoo_models
 
 from .loop import Hook, RunLoop
 from .optim import parameters_with_prefix
 
 log = logging.getLogger("strkit")
-
-
-def bundled_models() -> dict[str, Path]:
-    """Bundled model name -> its checkpoint in the installed package (``strkit/assets/<name>.pt``)."""
-    assets = Path(str(resources.files("strkit") / "assets"))
-    return {p.stem: p for p in sorted(assets.glob("*.pt"))}
 
 
 def resolve_init_source(name: str) -> Path:
@@ -52,9 +46,9 @@ def resolve_init_source(name: str) -> Path:
         return path
     if path.is_dir() and (path / "best.pt").is_file():
         return path / "best.pt"
-    bundled = bundled_models()
+    bundled = zoo_models()
     if name in bundled:
-        return bundled[name]
+        return bundled[name].checkpoint
     raise ConfigError(f"train.init_from: '{name}' is neither a checkpoint, a run folder with best.pt nor a "
                       f"bundled model ({', '.join(bundled) or 'none installed'})")
 
