@@ -170,6 +170,33 @@ def test_eval_and_recognize_tools_on_generated_crops(bundled_checkpoint, tiny_be
     assert line["text"] == labels["images/000000.png"]
 
 
+def test_eval_on_your_own_test_sets(bundled_checkpoint, tiny_benchmarks, tmp_path, capsys):
+    """--data PATH: any folder dataset or LMDB is a row of the table, named by its folder (parents added
+    where two folders share a name), scored like a benchmark; a path that is neither is one line, exit 2."""
+    from conftest import TINY_BENCHMARK
+
+    from strkit.cli.eval import main as eval_main
+
+    for parent in ("curved", "persp"):
+        shutil.copytree(tiny_benchmarks / TINY_BENCHMARK, tmp_path / parent / "words")
+    base = ["--out", str(tmp_path / "eval"), "--no-speed", "--threads", "1"]
+    assert eval_main([str(bundled_checkpoint), "--data", str(tmp_path / "curved" / "words"),
+                      str(tmp_path / "persp" / "words"), *base]) == 0
+    rows = json.loads((tmp_path / "eval" / "results.json").read_text())["benchmarks"]
+    assert [r["name"] for r in rows] == ["curved/words", "persp/words"]  # no benchmark without --benchmarks
+    assert rows[0]["count"] == 288 and rows[0]["accuracy"] == rows[1]["accuracy"] >= 85.0
+    # beside a benchmark: the same crops score the same
+    assert eval_main([str(bundled_checkpoint), "--benchmarks", TINY_BENCHMARK, "--root", str(tiny_benchmarks),
+                      "--data", str(tmp_path / "curved" / "words"), *base]) == 0
+    rows = json.loads((tmp_path / "eval" / "results.json").read_text())["benchmarks"]
+    assert [r["name"] for r in rows] == [TINY_BENCHMARK, "words"]
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    capsys.readouterr()
+    assert eval_main([str(bundled_checkpoint), "--data", str(tmp_path), *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--data {tmp_path}" in err[0] and "labels.tsv" in err[0]
+
+
 def test_eval_unknown_benchmark_is_a_clear_error(checkpoint, tmp_path, capsys):
     from strkit.cli.eval import main as eval_main
 

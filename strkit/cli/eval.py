@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmark names or groups (default: the checkpoint's eval.benchmarks); "
                         "groups: benchmark_7248, benchmark_7672, available")
     p.add_argument("--root", default=None, help="folder holding the benchmarks (default: data.benchmark_root)")
+    p.add_argument("--data", nargs="+", default=[], metavar="PATH",
+                   help="your own test sets: LMDBs (data.mdb) or folder datasets (labels.tsv), each a row named "
+                        "by its folder; with --data and no --benchmarks only these are evaluated")
     p.add_argument("--protocol", choices=["36", "62", "94"], default=None,
                    help="characters compared: 36 (case-insensitive alphanumeric), 62 (case-sensitive), "
                         "94 (with punctuation) (default: the checkpoint's eval.protocol)")
@@ -151,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_calibrated and Path(args.save_calibrated).exists():
         raise FileExistsError(f"--save-calibrated {args.save_calibrated} exists; remove it or give a new file")
     models = [resolve_model(arg) for arg in args.checkpoints]  # every path checked before any work
+    from strkit.data.benchmarks import dataset_kind
+
+    for path in args.data:
+        if dataset_kind(Path(path)) is None:
+            raise FileNotFoundError(f"--data {path}: not an LMDB (data.mdb) nor a folder dataset (labels.tsv)")
     import torch
 
     from strkit.data.benchmarks import BenchmarkNotFoundError
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 root: str = root) -> Any:
             try:
                 return evaluate_benchmarks(
-                    model, cfg, args.benchmarks or cfg.eval.benchmarks, root,
+                    model, cfg, args.benchmarks or ([] if args.data else cfg.eval.benchmarks), root, data=args.data,
                     protocol=args.protocol or cfg.eval.protocol, batch_size=args.batch_size, workers=args.workers,
                     device=torch.device(args.device), precision=args.precision, keep_wrong=args.wrong,
                     speed=speed, model_name=name, progress=progress, confidence=args.confidence,

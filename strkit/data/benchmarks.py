@@ -205,17 +205,42 @@ def load_benchmark(name: str, root: str | Path, channels: int = 3,
     """
     canon = _require_name(name)
     path = find_benchmark(canon, root)
-    ds: LmdbDataset | FolderDataset
-    if dataset_kind(path) == "lmdb":
-        ds = LmdbDataset(path, label_filter=label_filter, channels=channels)
-    else:
-        ds = FolderDataset(path, label_filter=label_filter, channels=channels)
+    ds = load_test_set(path, channels, label_filter)
     expected = BENCHMARKS[canon]
     if ds.num_records != expected:
         raise BenchmarkCountError(f"benchmark {canon} at {path} has {ds.num_records} records, expected "
                                   f"{expected}. It is incomplete or a different split; replace it with the "
                                   f"standard {canon} set.")
     return ds
+
+
+def load_test_set(path: str | Path, channels: int = 3,
+                  label_filter: LabelFilter | None = None) -> LmdbDataset | FolderDataset:
+    """A labelled test set at ``path``: an LMDB (``data.mdb``) or a folder dataset (``labels.tsv``), e.g. a
+    user's own held-out crops or rendered curved text; items as in :func:`load_benchmark`.
+
+    Raises:
+        BenchmarkNotFoundError: ``path`` is neither.
+    """
+    path = Path(path)
+    kind = dataset_kind(path)
+    if kind is None:
+        raise BenchmarkNotFoundError(f"test set {path}{relative_note(path)}: not an LMDB (data.mdb) nor a folder "
+                                     f"dataset ({LABELS_FILE}); give the folder that holds one of them")
+    if kind == "lmdb":
+        return LmdbDataset(path, label_filter=label_filter, channels=channels)
+    return FolderDataset(path, label_filter=label_filter, channels=channels)
+
+
+def test_set_names(paths: Sequence[str | Path]) -> list[str]:
+    """Table names of test sets given by path: the folder name, with as many parent folders as it takes
+    to tell them apart (``curved/lmdb`` and ``persp/lmdb``)."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for depth in range(1, max((len(x) for x in parts), default=1) + 1):
+        names = ["/".join(x[-depth:]) for x in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same folder twice
 
 
 def available_benchmarks(root: str | Path) -> list[str]:

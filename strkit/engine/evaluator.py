@@ -16,16 +16,17 @@ import csv
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from strkit.charset import protocol_filter
 from strkit.config import Config
-from strkit.data.benchmarks import expand_benchmarks, load_benchmark
+from strkit.data.benchmarks import expand_benchmarks, load_benchmark, load_test_set, test_set_names
 from strkit.data.mixing import build_eval_loader
 from strkit.engine.metrics import ECE_BINS, RecognitionMetrics, combine
 from strkit.inference.backend import InferenceBackend
@@ -190,8 +191,9 @@ def evaluate_benchmarks(model: RecognitionModel | InferenceBackend, cfg: Config,
                         keep_wrong: bool = False, speed: bool = True,
                         model_name: str = "model", progress: bool = False,
                         on_result: Callable[[RecognitionMetrics], None] | None = None,
-                        confidence: str = DEFAULT_CONFIDENCE) -> EvalReport:
-    """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded).
+                        confidence: str = DEFAULT_CONFIDENCE, data: Sequence[str | Path] = ()) -> EvalReport:
+    """Evaluate ``model`` on the named benchmarks (groups such as ``benchmark_7672`` are expanded), then on
+    the test sets at the paths ``data`` (LMDB or folder datasets, named by their folders; no count check).
 
     ``model``: a recogniser (preprocessed as ``cfg.data`` says) or any inference backend (preprocessed
     as its ``input_spec`` says; ``speed`` is then not measured). ``progress``: a progress bar per
@@ -207,8 +209,13 @@ def evaluate_benchmarks(model: RecognitionModel | InferenceBackend, cfg: Config,
         speed = False
     results: list[RecognitionMetrics] = []
     wrong: dict[str, list[dict]] = {}
-    for name in expand_benchmarks(names):
-        ds = load_benchmark(name, root, channels=transform.channels)
+    sets: list[tuple[str, Callable[[], Any]]] = [
+        (name, lambda name=name: load_benchmark(name, root, channels=transform.channels))
+        for name in expand_benchmarks(names)]
+    sets += [(name, lambda path=path: load_test_set(path, channels=transform.channels))
+             for name, path in zip(test_set_names(data), data, strict=True)]
+    for name, load in sets:
+        ds = load()
         loader = build_eval_loader(ds, transform, batch_size=batch_size, num_workers=workers)
         m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong, progress, confidence)
         results.append(m)
