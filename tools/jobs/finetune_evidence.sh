@@ -62,7 +62,7 @@ ft euro "data.train=[{path: $R/euro_train, kind: lmdb, name: euro}]" model.chars
 [ -f "$R/euro_test.md" ] || taskset -c "$CORE" python - "$R" <<'PY' > "$R/euro_test.md"
 import sys
 from strkit.api import Recognizer
-from strkit.data.lmdb import LmdbDataset
+from strkit.data.lmdb.reader import LmdbDataset
 from strkit.charset import Charset
 R = sys.argv[1]
 cs = Charset.from_spec(f"{R}/charset_36_eur_gbp.txt")
