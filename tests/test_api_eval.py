@@ -191,6 +191,16 @@ def test_eval_on_your_own_test_sets(bundled_checkpoint, tiny_benchmarks, tmp_pat
     rows = json.loads((tmp_path / "eval" / "results.json").read_text())["benchmarks"]
     assert [r["name"] for r in rows] == [TINY_BENCHMARK, "words"]
     assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    # several protocols from one reading: each in its folder, the first equal to a run of that protocol alone
+    assert eval_main([str(bundled_checkpoint), "--data", str(tmp_path / "curved" / "words"), "--protocol", "36",
+                      "62", "94", *base]) == 0
+    scored = {p: json.loads((tmp_path / "eval" / f"protocol_{p}" / "results.json").read_text())
+              for p in ("36", "62", "94")}
+    assert [scored[p]["protocol"] for p in scored] == ["36", "62", "94"]
+    assert scored["36"]["benchmarks"] == rows[1:]
+    # a stricter protocol never scores a reading higher
+    assert scored["36"]["total"]["accuracy"] >= scored["62"]["total"]["accuracy"] >= scored["94"]["total"]["accuracy"]
+    assert {scored[p]["total"]["count"] for p in scored} == {288}
     capsys.readouterr()
     assert eval_main([str(bundled_checkpoint), "--data", str(tmp_path), *base]) == 2
     err = capsys.readouterr().err.strip().splitlines()

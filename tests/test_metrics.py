@@ -72,6 +72,24 @@ class _Scripted:
         return out
 
 
+def test_one_reading_scored_under_every_protocol():
+    """score_loader reads each batch once and scores it under each protocol exactly as evaluate_loader
+    does under that protocol alone."""
+    import torch
+
+    from strkit.engine.evaluator import score_loader
+
+    loader = [(torch.zeros(2, 1, 4, 4), LABELS[:2]), (torch.zeros(3, 1, 4, 4), LABELS[2:])]
+    model = _Scripted(PREDICTIONS)
+    scored = score_loader(model, loader, ["94", "36", "62"], "hand", torch.device("cpu"), keep_wrong=True)
+    assert model.queue == []  # every prediction consumed once
+    for protocol, m in zip(["94", "36", "62"], scored, strict=True):
+        correct, ned = EXPECTED[protocol]
+        assert (m.count, m.correct) == (5, correct)
+        assert m.ned == pytest.approx(100 * sum(ned) / 5)
+        assert [w[0] for w in m.wrong] == [i for i, v in enumerate(ned) if v < 1]
+
+
 @pytest.mark.parametrize("protocol", ["36", "62", "94"])
 def test_evaluator_scores_hand_made_predictions(protocol, tmp_path):
     import csv

@@ -4,7 +4,8 @@ A CHECKPOINT is a best.pt / last.pt, a run folder (its best.pt) or the name of a
 strkit ('default'; 'strkit models' lists them). Each benchmark's word accuracy is printed as soon as it is
 scored, then the table (word accuracy, 1-NED, and the expected calibration error (ECE) of the word
 confidence). Results go to --out; without it, beside a checkpoint (RUN/eval) or, for a bundled model, to
-./eval_NAME in the current directory.
+./eval_NAME in the current directory. --data PATH adds your own test sets (folder datasets or LMDBs);
+--protocol 36 62 94 scores one reading of every image under each protocol (OUT/protocol_P/).
 
 Calibration: --fit-temperature --val-source run|PATH fits a temperature on held-out training crops (the
 checkpoint's own validation split, or a folder dataset or LMDB; never a benchmark), evaluates the
@@ -47,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", default=[], metavar="PATH",
                    help="your own test sets: LMDBs (data.mdb) or folder datasets (labels.tsv), each a row named "
                         "by its folder; with --data and no --benchmarks only these are evaluated")
-    p.add_argument("--protocol", choices=["36", "62", "94"], default=None,
+    p.add_argument("--protocol", choices=["36", "62", "94"], nargs="+", default=None,
                    help="characters compared: 36 (case-insensitive alphanumeric), 62 (case-sensitive), "
-                        "94 (with punctuation) (default: the checkpoint's eval.protocol)")
+                        "94 (with punctuation) (default: the checkpoint's eval.protocol); several (36 62 94) "
+                        "score one reading of each image under each, written to OUT/protocol_P/")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default 64)")
     p.add_argument("--workers", type=non_negative_int, default=0,
                    help="data loader processes (default 0: load in the main process)")
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from strkit.data.benchmarks import BenchmarkNotFoundError
-    from strkit.engine.evaluator import evaluate_benchmarks
+    from strkit.engine.evaluator import evaluate_protocols
     from strkit.models.pretrained import load_model
 
     if args.threads:
@@ -178,51 +180,60 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{name} ({_suffix(args.overrides)})"
         root = args.root or cfg.data.benchmark_root
 
+        protocols = list(dict.fromkeys(args.protocol or [cfg.eval.protocol]))
+
         def run(speed: bool, tag: str = "", name: str = name, cfg: Any = cfg, model: Any = model,
-                root: str = root) -> Any:
+                root: str = root, protocols: list[str] = protocols) -> list[Any]:
+            def show(protocol: str, m: Any) -> None:
+                label = f" [{protocol}]" if len(protocols) > 1 else ""
+                print(f"{name}{tag}{label}: {m.name} {m.accuracy:.2f}% word accuracy, ECE {m.ece:.2f}%, "
+                      f"{m.count} images", flush=True)
+
             try:
-                return evaluate_benchmarks(
-                    model, cfg, args.benchmarks or ([] if args.data else cfg.eval.benchmarks), root, data=args.data,
-                    protocol=args.protocol or cfg.eval.protocol, batch_size=args.batch_size, workers=args.workers,
-                    device=torch.device(args.device), precision=args.precision, keep_wrong=args.wrong,
-                    speed=speed, model_name=name, progress=progress, confidence=args.confidence,
-                    on_result=lambda m: print(f"{name}{tag}: {m.name} {m.accuracy:.2f}% word accuracy, "
-                                              f"ECE {m.ece:.2f}%, {m.count} images", flush=True))
+                return evaluate_protocols(
+                    model, cfg, args.benchmarks or ([] if args.data else cfg.eval.benchmarks), root, protocols,
+                    batch_size=args.batch_size, workers=args.workers, device=torch.device(args.device),
+                    precision=args.precision, keep_wrong=args.wrong, speed=speed, model_name=name,
+                    progress=progress, confidence=args.confidence, data=args.data, on_result=show)
             except BenchmarkNotFoundError as exc:
                 hint = "; give the folder holding the benchmarks with --root" if f"under {root}" in str(exc) else ""
                 raise BenchmarkNotFoundError(f"{str(exc).rstrip('.')}{hint}") from None
 
-        calibration = before = None
+        calibration = None
+        befores: list[Any] = []
         if args.fit_temperature:
             calibration = _fit_temperature(args, model, cfg, name)
             model.temperature = 1.0
-            before = run(speed=False, tag=" (T=1)")
+            befores = run(speed=False, tag=" (T=1)")
             model.temperature = calibration.temperature
-            report = run(speed=not args.no_speed, tag=f" (T={calibration.temperature:.3f})")
+            reports = run(speed=not args.no_speed, tag=f" (T={calibration.temperature:.3f})")
         else:
-            report = run(speed=not args.no_speed)
+            reports = run(speed=not args.no_speed)
         suffix = f"_{_suffix(args.overrides)}" if args.overrides else ""
         if args.out:
-            out = Path(args.out) / name if len(models) > 1 else Path(args.out)
+            base = Path(args.out) / name if len(models) > 1 else Path(args.out)
         elif bundled:
-            out = Path.cwd() / f"eval_{default_name}{suffix}"
+            base = Path.cwd() / f"eval_{default_name}{suffix}"
         else:
-            out = ckpt.resolve().parent / f"eval{suffix}"
-        report.write(out)
-        print(report.to_markdown())
-        print(f"written: {out}/results.md, results.csv, results.json")
-        if calibration is not None:
-            table = _calibration_table(name, before, report, calibration.temperature)
-            (out / "calibration.md").write_text(table)
-            (out / "calibration.json").write_text(json.dumps(
-                {"fit": calibration.to_dict(), "before": before.to_dict(), "after": report.to_dict()}, indent=2))
-            print(table)
-            print(f"written: {out}/calibration.md, calibration.json")
-            if args.save_calibrated:
-                from strkit.engine.calibration import save_calibrated
+            base = ckpt.resolve().parent / f"eval{suffix}"
+        for i, report in enumerate(reports):
+            out = base / f"protocol_{report.protocol}" if len(reports) > 1 else base
+            report.write(out)
+            print(report.to_markdown())
+            print(f"written: {out}/results.md, results.csv, results.json")
+            if calibration is not None:
+                before = befores[i]
+                table = _calibration_table(name, before, report, calibration.temperature)
+                (out / "calibration.md").write_text(table)
+                (out / "calibration.json").write_text(json.dumps(
+                    {"fit": calibration.to_dict(), "before": before.to_dict(), "after": report.to_dict()}, indent=2))
+                print(table)
+                print(f"written: {out}/calibration.md, calibration.json")
+        if calibration is not None and args.save_calibrated:
+            from strkit.engine.calibration import save_calibrated
 
-                written = save_calibrated(ckpt, args.save_calibrated, calibration)
-                print(f"written: {written} (the checkpoint with temperature {calibration.temperature:.3f})")
+            written = save_calibrated(ckpt, args.save_calibrated, calibration)
+            print(f"written: {written} (the checkpoint with temperature {calibration.temperature:.3f})")
     return 0
 
 

@@ -113,19 +113,28 @@ class EvalReport:
         return paths
 
 
-@torch.inference_mode()
 def evaluate_loader(model: RecognitionModel | InferenceBackend, loader: DataLoader, protocol: str, name: str,
                     device: torch.device, precision: str = "fp32",
                     keep_wrong: bool = False, progress: bool = False,
                     confidence: str = DEFAULT_CONFIDENCE) -> RecognitionMetrics:
     """Score ``model`` (a recogniser or any inference backend) on every batch of ``loader`` (images
-    B×C×H×W, raw labels); ``progress``: a progress bar (images) on stderr; ``confidence``: the word
-    confidence mode (:data:`strkit.inference.options.CONFIDENCE_MODES`; ``product`` = the decoder's own)."""
+    B×C×H×W, raw labels) under ``protocol``; ``progress``: a progress bar (images) on stderr;
+    ``confidence``: the word confidence mode (:data:`strkit.inference.options.CONFIDENCE_MODES`;
+    ``product`` = the decoder's own)."""
+    return score_loader(model, loader, [protocol], name, device, precision, keep_wrong, progress, confidence)[0]
+
+
+@torch.inference_mode()
+def score_loader(model: RecognitionModel | InferenceBackend, loader: DataLoader, protocols: Sequence[str],
+                 name: str, device: torch.device, precision: str = "fp32", keep_wrong: bool = False,
+                 progress: bool = False, confidence: str = DEFAULT_CONFIDENCE) -> list[RecognitionMetrics]:
+    """:func:`evaluate_loader` under several protocols at once: the model reads each image once, and each
+    protocol scores those readings (one :class:`RecognitionMetrics` per protocol, in order)."""
     from tqdm import tqdm
 
     if isinstance(model, torch.nn.Module):
         model.eval()
-    metrics = RecognitionMetrics(name=name)
+    metrics = [RecognitionMetrics(name=name) for _ in protocols]
     index = 0
     dataset = getattr(loader, "dataset", None)  # a DataLoader; any iterable of batches works too
     total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
@@ -133,10 +142,10 @@ def evaluate_loader(model: RecognitionModel | InferenceBackend, loader: DataLoad
     for images, labels in loader:
         with autocast_context(device, precision):
             preds = model.predict(images.to(device))
-        texts = [protocol_filter(p.text, protocol) for p in preds]
-        gts = [protocol_filter(t, protocol) for t in labels]
-        metrics.update(texts, gts, [prediction_confidence(p, confidence) for p in preds], start_index=index,
-                       keep_wrong=keep_wrong)
+        confidences = [prediction_confidence(p, confidence) for p in preds]
+        for protocol, m in zip(protocols, metrics, strict=True):
+            m.update([protocol_filter(p.text, protocol) for p in preds], [protocol_filter(t, protocol) for t in labels],
+                     confidences, start_index=index, keep_wrong=keep_wrong)
         index += len(labels)
         bar.update(len(labels))
     bar.close()
@@ -199,6 +208,20 @@ def evaluate_benchmarks(model: RecognitionModel | InferenceBackend, cfg: Config,
     as its ``input_spec`` says; ``speed`` is then not measured). ``progress``: a progress bar per
     benchmark on stderr; ``on_result``: called with each benchmark's metrics as soon as it is scored (to
     stream results); ``confidence``: the word confidence mode."""
+    return evaluate_protocols(model, cfg, names, root, [protocol], batch_size, workers, device, precision,
+                              keep_wrong, speed, model_name, progress,
+                              None if on_result is None else lambda _, m: on_result(m), confidence, data)[0]
+
+
+def evaluate_protocols(model: RecognitionModel | InferenceBackend, cfg: Config, names: list[str],
+                       root: str | Path, protocols: Sequence[str], batch_size: int = 64, workers: int = 0,
+                       device: torch.device | None = None, precision: str = "fp32", keep_wrong: bool = False,
+                       speed: bool = True, model_name: str = "model", progress: bool = False,
+                       on_result: Callable[[str, RecognitionMetrics], None] | None = None,
+                       confidence: str = DEFAULT_CONFIDENCE, data: Sequence[str | Path] = ()) -> list[EvalReport]:
+    """:func:`evaluate_benchmarks` under several protocols (``["36", "62", "94"]``) from one reading of
+    each image: one :class:`EvalReport` per protocol, in order (the speed, measured once, in each).
+    ``on_result(protocol, metrics)`` is called as each set is scored under each protocol."""
     is_module = isinstance(model, torch.nn.Module)
     if is_module:
         device = device or next(model.parameters()).device
@@ -207,8 +230,8 @@ def evaluate_benchmarks(model: RecognitionModel | InferenceBackend, cfg: Config,
         device = device or torch.device("cpu")
         transform = model.input_spec.transform()
         speed = False
-    results: list[RecognitionMetrics] = []
-    wrong: dict[str, list[dict]] = {}
+    results: list[list[RecognitionMetrics]] = [[] for _ in protocols]
+    wrong: list[dict[str, list[dict]]] = [{} for _ in protocols]
     sets: list[tuple[str, Callable[[], Any]]] = [
         (name, lambda name=name: load_benchmark(name, root, channels=transform.channels))
         for name in expand_benchmarks(names)]
@@ -217,16 +240,16 @@ def evaluate_benchmarks(model: RecognitionModel | InferenceBackend, cfg: Config,
     for name, load in sets:
         ds = load()
         loader = build_eval_loader(ds, transform, batch_size=batch_size, num_workers=workers)
-        m = evaluate_loader(model, loader, protocol, name, device, precision, keep_wrong, progress, confidence)
-        results.append(m)
-        if on_result is not None:
-            on_result(m)
-        if keep_wrong:
-            paths = getattr(ds, "paths", None)
-            wrong[name] = [{"index": i, "image": str(paths[i]) if paths is not None else f"#{i + 1}",
-                            "label": g, "prediction": p, "confidence": c} for i, g, p, c in m.wrong]
-    total = combine(results)
+        scored = score_loader(model, loader, protocols, name, device, precision, keep_wrong, progress, confidence)
+        for i, (protocol, m) in enumerate(zip(protocols, scored, strict=True)):
+            results[i].append(m)
+            if on_result is not None:
+                on_result(protocol, m)
+            if keep_wrong:
+                paths = getattr(ds, "paths", None)
+                wrong[i][name] = [{"index": j, "image": str(paths[j]) if paths is not None else f"#{j + 1}",
+                                   "label": g, "prediction": p, "confidence": c} for j, g, p, c in m.wrong]
     sp = (measure_speed(model, cfg.data.img_h, cfg.data.img_w, cfg.data.channels, device, precision)
           if speed else None)
-    return EvalReport(model_name=model_name, protocol=protocol, results=results, total=total, speed=sp,
-                      wrong=wrong)
+    return [EvalReport(model_name=model_name, protocol=protocol, results=res, total=combine(res), speed=sp,
+                       wrong=wr) for protocol, res, wr in zip(protocols, results, wrong, strict=True)]
