@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -158,7 +159,11 @@ def test_fixed_baseline_subcommand(tmp_path, capsys):
     space = load_config(TINY)
     op = space.model.backbone["normal_ops"][-1]
     assert main(["fixed", str(TINY), "--op", op, "--out", str(out)]) == 0
-    assert "train it: python tools/train.py" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "train it: python tools/train.py" in printed
+    # the costs of the baseline, to match it against a searched network (no latency without search.lut)
+    costs = re.search(r"searched parts: ([0-9.]+) M parameters, ([0-9.]+) MFLOPs per image\n", printed)
+    assert costs and float(costs[1]) > 0 and float(costs[2]) > 0 and "latency table" not in printed
     ops = arch_ops(load_arch(out / "arch.json"))
     kernel = op.split("_")[0]
     assert ops[1:] == [op] * (len(ops) - 1) and ops[0].startswith(kernel)  # first cell: same kernel

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from strkit.cli.common import Parser, non_negative_int, positive_int, resume_path, setup_logging, user_errors
 from strkit.config import Config, load_config
@@ -130,14 +131,32 @@ def _fixed(cfg: Config, op: str, first_op: str | None, out: str | None) -> int:
     from strkit.nas.arch import arch_ops, fixed_arch, save_arch
 
     folder = Path(out) if out else Path(cfg.train.out_dir).parent / f"fixed_{op}"
-    arch = fixed_arch(_model(cfg), op, first_op)
+    model = _model(cfg)
+    arch = fixed_arch(model, op, first_op)
     arch_path = save_arch(arch, folder / "arch.json")
     train_path = write_retrain_config(cfg, arch_path, folder / "train.yaml", folder / "run")
     if "rectifier" in arch:
         print(f"rectifier: {' '.join(arch_ops(arch, 'rectifier'))}")
-    print(f"{' '.join(arch_ops(arch))}\narchitecture: {arch_path}\n"
+    print(f"{' '.join(arch_ops(arch))}\n{_arch_costs(cfg, model, arch)}\narchitecture: {arch_path}\n"
           f"train it: python tools/train.py {train_path}")
     return 0
+
+
+def _arch_costs(cfg: Config, model: Any, arch: dict[str, Any]) -> str:
+    """One line: the searched parts' parameters and MFLOPs of ``arch`` in ``model``'s space, and its
+    whole-recogniser latency by the search's latency table (``search.lut``) when one is given."""
+    from strkit.nas.arch import arch_ops, searched_edges
+    from strkit.nas.latency.cost import CostModel
+    from strkit.nas.latency.table import load_lut
+
+    ops = [*arch_ops(arch), *(arch_ops(arch, "rectifier") if "rectifier" in arch else [])]
+    choices = [e.candidates.index(o) for e, o in zip(searched_edges(model), ops, strict=True)]
+    text = (f"searched parts: {CostModel(model, 'params').of_choices(choices):.3f} M parameters, "
+            f"{CostModel(model, 'flops').of_choices(choices):.1f} MFLOPs per image")
+    lut = cfg.search.get("lut")
+    if lut and Path(lut).is_file():
+        text += f"; latency table ({lut}): {CostModel(model, 'latency', load_lut(lut)).of_choices(choices):.2f} ms"
+    return text
 
 
 @user_errors
