@@ -41,3 +41,8 @@ row realistic12k_s0 0 "data.train.1.path=data_lmdb/synth_realistic_119k"
 row h48_7k_s0 0 data.img_h=48 train.steps=7000
 # the teacher-filtered mjsynth LMDB (python tools/curate.py filter data_lmdb/synth_mj_119k data_lmdb/synth_mj_119k_filtered)
 row filtered12k_s0 0 "data.train.1.path=data_lmdb/synth_mj_119k_filtered"
+# the levers together (session 9): randaug + crop concatenation + the teacher-filtered mjsynth, two seeds
+COMBINED=(data.augment=randaug "data.augment_options={n: 2, m: 5}" "data.train.2.concat_p=0.2"
+          "data.train.4.concat_p=0.2" "data.train.1.path=data_lmdb/synth_mj_119k_filtered")
+row combined12k_s0 0 "${COMBINED[@]}"
+row combined12k_s1 1 "${COMBINED[@]}"
