@@ -135,6 +135,48 @@ def test_resume_after_sigkill_matches_uninterrupted_run(word_folder, tmp_path):
         assert torch.equal(v, res_state[k]), f"{k} differs after resume"
 
 
+def test_sigterm_saves_the_step_and_exits_143_then_resume_is_exact(word_folder, tmp_path):
+    """SIGTERM during a step: the run finishes that step, saves last.pt at it (between two save_every
+    checkpoints: nothing lost), says how to continue on stderr and exits 128 + 15; resumed from there it
+    ends with the weights of the run that was never stopped."""
+    from strkit.engine.trainer import Trainer
+
+    total, stop_at, pause_at = 1000, 12, 7
+    stopped_dir, ref_dir, marker = tmp_path / "stopped", tmp_path / "ref", tmp_path / "paused"
+    args = [*tiny_overrides(word_folder, stopped_dir), f"train.steps={total}"]
+    proc = _run_paused_in_subprocess(pause_at, marker, [str(small_model_config()), *args])
+    try:
+        deadline = time.monotonic() + 300  # a hang guard only
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"training subprocess ended early:\n{proc.stdout.read().decode()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the training subprocess did not reach step 7")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # while step 7 runs (paused inside it) ...
+        time.sleep(0.5)
+        out, _ = proc.communicate(timeout=300)  # ... which then ends (stdin closed)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "stopped: stopped by SIGTERM at step 8" in text and "--resume" in text
+    assert load_checkpoint(stopped_dir / "last.pt")["step"] == 8  # not the step-6 checkpoint
+    assert not (stopped_dir / "best.pt").exists() or load_checkpoint(stopped_dir / "best.pt")["step"] == 6
+
+    resumed = Trainer(load_config(small_model_config(), args), resume=stopped_dir / "last.pt")
+    assert resumed.step == 8
+    resumed.cfg.train.steps = stop_at
+    resumed.fit()
+    ref = Trainer(load_config(small_model_config(), [*tiny_overrides(word_folder, ref_dir), f"train.steps={total}"]))
+    ref.cfg.train.steps = stop_at
+    ref.fit()
+    res_state = resumed.model.state_dict()
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, res_state[k]), f"{k} differs after the stop and resume"
+
+
 def test_resume_with_workers_and_augmentation_matches_uninterrupted_run(word_folder, tmp_path, monkeypatch):
     """Resume is exact with 2 loader workers and random augmentation on (the shipped data configs' setting):
     a run resumed from the checkpoint it wrote at step 4 ends with the same weights at step 8 as the run

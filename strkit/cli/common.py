@@ -82,6 +82,11 @@ def user_errors(main: Callable[..., int]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs)
         except Exception as exc:
+            runtime = sys.modules.get("strkit.engine.runtime")  # only a run loop raises it: no import here
+            if runtime is not None and isinstance(exc, runtime.RunInterrupted):
+                # a long run killed on purpose: last.pt is saved, say how to go on; exit as the kill would
+                print(f"stopped: {one_line(str(exc))}", file=sys.stderr)
+                return 128 + exc.signum
             if os.environ.get(DEBUG_ENV) or not is_user_error(exc):
                 raise
             message = str(exc) or type(exc).__name__

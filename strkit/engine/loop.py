@@ -41,7 +41,9 @@ from .distributed import shutdown
 from .run_dir import prepare_out_dir_on_main
 from .runtime import (
     Ranks,
+    RunInterrupted,
     RunLogger,
+    StopSignals,
     TimeBudget,
     check_resume,
     optimiser_step,
@@ -317,9 +319,17 @@ class RunLoop:
         batches = self.batches()
         self.budget.start()
         self._call("before_run")
+        signals = StopSignals()
         try:
+            signals.__enter__()
             while self.step < self.last_step():
-                self.run_step(next(batches))
+                try:
+                    batch = next(batches)
+                except Exception:
+                    if signals.received:  # the signal also reached the loader's workers
+                        self._interrupted(signals.received)
+                    raise
+                self.run_step(batch)
                 self.step += 1
                 self._call("after_step")
                 if self.step % cfg.log_every == 0 or self.step >= self.last_step():
@@ -344,7 +354,11 @@ class RunLoop:
                     self._save_last()
                 if out_of_time or stopped:
                     break
+                signum = signals.requested(self.ranks)
+                if signum:
+                    self._interrupted(signum)
         finally:
+            signals.__exit__()
             if bar is not None:
                 bar.close()
             self.logger.close()
@@ -365,6 +379,11 @@ class RunLoop:
             reason = f"stopped after validation: {stop}" if str(stop) else "stopped after validation"
         self.ranks.barrier()
         return str(self.ranks.broadcast(reason))
+
+    def _interrupted(self, signum: int) -> None:
+        """Save ``last.pt`` at the current step and raise :class:`RunInterrupted`."""
+        self._save_last()
+        raise RunInterrupted(signum, self.step, self.out_dir / "last.pt")
 
     def _save_last(self) -> None:
         self.save("last.pt", self.last_val, full_state=self.resumable)

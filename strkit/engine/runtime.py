@@ -21,6 +21,8 @@ import contextlib
 import csv
 import logging
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -199,6 +201,59 @@ class TimeBudget:
         if self.max_minutes <= 0:
             return False
         return bool(ranks.broadcast(self.elapsed_s / 60 >= self.max_minutes))
+
+
+# -- stopping on a signal -------------------------------------------------------------------------
+class RunInterrupted(Exception):  # noqa: N818 (how a run ended, not an error of the user)
+    """The run stopped on SIGTERM / SIGINT after saving ``last.pt``; ``--resume`` continues it.
+
+    Attributes:
+        signum: the signal's number (the tools exit with ``128 + signum``, as the shell does for a kill).
+        step: the step saved.
+        path: the checkpoint written.
+    """
+
+    def __init__(self, signum: int, step: int, path: Path) -> None:
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {path}: continue "
+                         f"the run with --resume")
+
+
+class StopSignals:
+    """While a run's loop runs: the first SIGTERM or SIGINT asks it to stop after the step in progress
+    (it saves ``last.pt`` and raises :class:`RunInterrupted`), so that killing a long job loses nothing; a
+    second signal acts as it would without this (the handlers in place before are back). Handlers can only
+    be set in the main thread; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+        self._restore()
+        log.warning("%s received: stopping after this step (a second one stops at once)",
+                    signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def requested(self, ranks: Ranks) -> int:
+        """The signal rank 0 received (0 = none): every rank gets the same answer at the same step (a
+        collective call in a distributed run: every rank must make it)."""
+        return int(ranks.broadcast(self.received))  # type: ignore[call-overload]  (no-op in one process)
 
 
 # -- the log --------------------------------------------------------------------------------------
