@@ -98,6 +98,17 @@ def _run_paused_in_subprocess(pause_at: int, marker: Path, args: list[str]) -> s
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def _wait_for_pause(proc: subprocess.Popen, marker: Path) -> None:
+    """Until the subprocess of :func:`_run_paused_in_subprocess` pauses (its marker exists)."""
+    deadline = time.monotonic() + 300  # a hang guard only: the test waits for the marker, not for time
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training subprocess ended early:\n{proc.stdout.read().decode()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the training subprocess did not pause within 300 s ({marker})")
+        time.sleep(0.05)
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(word_folder, tmp_path):
     """A run killed with SIGKILL between two checkpoints and resumed from last.pt ends with the same weights."""
     from strkit.engine.trainer import Trainer
@@ -108,13 +119,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(word_folder, tmp_path):
     args = [*tiny_overrides(word_folder, killed_dir), f"train.steps={total}"]
     proc = _run_paused_in_subprocess(pause_at, marker, [str(small_model_config()), *args])
     try:
-        deadline = time.monotonic() + 300  # a hang guard only: the test waits for the marker, not for time
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"training subprocess ended early:\n{proc.stdout.read().decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("the training subprocess did not reach step 7")
-            time.sleep(0.05)
+        _wait_for_pause(proc, marker)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -146,13 +151,7 @@ def test_sigterm_saves_the_step_and_exits_143_then_resume_is_exact(word_folder, 
     args = [*tiny_overrides(word_folder, stopped_dir), f"train.steps={total}"]
     proc = _run_paused_in_subprocess(pause_at, marker, [str(small_model_config()), *args])
     try:
-        deadline = time.monotonic() + 300  # a hang guard only
-        while not marker.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"training subprocess ended early:\n{proc.stdout.read().decode()}")
-            if time.monotonic() > deadline:
-                pytest.fail("the training subprocess did not reach step 7")
-            time.sleep(0.05)
+        _wait_for_pause(proc, marker)
         proc.send_signal(signal.SIGTERM)  # while step 7 runs (paused inside it) ...
         time.sleep(0.5)
         out, _ = proc.communicate(timeout=300)  # ... which then ends (stdin closed)
