@@ -204,9 +204,10 @@ def ctc_decoder(**kw):
                           blank=codec.blank), codec
 
 
-def attention_decoder():
+def attention_decoder(name: str = "attention", **kw):
     codec = AttentionCodec(CHARSET, 8)
-    dec = DECODERS.build({"name": "attention", "hidden_size": 16}, input_size=16,
+    size = {"hidden_size": 16} if name == "attention" else {"d_model": 16, "num_heads": 2, "ffn_size": 32}
+    dec = DECODERS.build({"name": name, **size, **kw}, input_size=16,
                          num_classes=codec.num_classes, max_length=8, bos=codec.bos, eos=codec.eos,
                          pad=codec.pad)
     return dec, codec
@@ -225,6 +226,41 @@ def test_ctc_decoder_shapes_and_loss():
         low = dec(feats)
         assert low.dtype == torch.bfloat16
         assert dec.loss(low, codec.encode(["abc", "7"])).dtype == torch.float32
+
+
+def test_label_smoothing_of_every_decoder_against_hand_computed_values():
+    """CTC: (1 − ε)·CTC + ε·KL(uniform ‖ p) over the frames; cross-entropy decoders: torch's smoothed
+    cross-entropy. Uniform frames add nothing; a bad ε is named."""
+    from strkit.models.decoders.smoothing import uniform_kl
+
+    dec, codec = ctc_decoder()
+    smooth, _ = ctc_decoder(label_smoothing=0.2)
+    targets = codec.encode(["ab", "7"])
+    flat = torch.zeros(2, 6, 37)  # uniform frames: the KL term is 0
+    assert smooth.loss(flat, targets) == pytest.approx(0.8 * dec.loss(flat, targets).item())
+    # one frame: p = softmax([log 3, 0, 0]) = [3/5, 1/5, 1/5]; KL(u || p) = log(1/3) - mean(log p)
+    p = torch.tensor([0.6, 0.2, 0.2])
+    by_hand = float(torch.log(torch.tensor(1 / 3)) - torch.log(p).mean())
+    assert uniform_kl(p.log().view(1, 1, 3)) == pytest.approx(by_hand, rel=1e-6)
+    logits = torch.randn(2, 6, 37)
+    kl = uniform_kl(logits.log_softmax(-1))
+    assert smooth.loss(logits, targets) == pytest.approx(0.8 * dec.loss(logits, targets).item() + 0.2 * kl.item(),
+                                                          rel=1e-5)
+    att, acodec = attention_decoder(label_smoothing=0.1)
+    tokens = acodec.encode(["ab", "c"])
+    logits = torch.randn(2, 9, 39)
+    gold = tokens["tokens"][:, 1:].reshape(-1)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 39), gold, ignore_index=att.pad,
+                                                 label_smoothing=0.1)
+    assert att.loss(logits, tokens) == pytest.approx(expected.item())
+    assert att.loss(logits, tokens) != pytest.approx(attention_decoder()[0].loss(logits, tokens).item())
+    vl, _ = attention_decoder("iterative_vl", label_smoothing=0.1, iterations=0)
+    assert vl.label_smoothing == 0.1
+    for build, name in ((ctc_decoder, "ctc"), (attention_decoder, "attention"),
+                        (lambda **kw: attention_decoder("iterative_vl", **kw), "iterative_vl")):
+        for bad in (1.0, -0.1):
+            with pytest.raises(ValueError, match=f"decoder '{name}': label_smoothing must be in"):
+                build(label_smoothing=bad)
 
 
 def test_ctc_beam_and_lexicon_decoding(tmp_path):

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from strkit.codecs import AttentionCodec
 from strkit.greedy_decoding import Prediction
+from strkit.models.decoders.smoothing import check_label_smoothing
 from strkit.models.registry import DECODERS
 
 
@@ -26,6 +27,7 @@ class AttentionDecoder(nn.Module):
         input_size: D; num_classes: K (charset + EOS/BOS/PAD); max_length: longest label.
         bos, eos, pad: special token ids (from the codec).
         hidden_size: LSTM and attention size (256 in TRBA).
+        label_smoothing: ε of the cross-entropy (training only; 0 = off).
 
     Shapes: ``forward(features: B×T×D, targets={'tokens': B×(max_length+2)} | None)
     -> logits B×(max_length+1)×K``. Runs in the dtype of its weights (fp32 unless the model was cast
@@ -36,8 +38,9 @@ class AttentionDecoder(nn.Module):
     codec_ids = ("bos", "eos", "pad")
 
     def __init__(self, input_size: int, num_classes: int, max_length: int, bos: int, eos: int, pad: int,
-                 hidden_size: int = 256) -> None:
+                 hidden_size: int = 256, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = check_label_smoothing("attention", label_smoothing)
         self.i2h = nn.Linear(input_size, hidden_size, bias=False)
         self.h2h = nn.Linear(hidden_size, hidden_size)
         self.score = nn.Linear(hidden_size, 1, bias=False)
@@ -98,7 +101,7 @@ class AttentionDecoder(nn.Module):
                              f"steps; encode labels with the model's codec")
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1),
-                                   ignore_index=self.pad)
+                                   ignore_index=self.pad, label_smoothing=self.label_smoothing)
 
     def decode(self, logits: Tensor, codec: AttentionCodec) -> list[Prediction]:
         """B×(max_length+1)×K logits -> B predictions (greedy, up to the first EOS)."""

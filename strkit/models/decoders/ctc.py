@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from strkit.codecs import CTCCodec
 from strkit.greedy_decoding import Prediction
 from strkit.models.decoders import ctc_search
+from strkit.models.decoders.smoothing import check_label_smoothing, uniform_kl
 from strkit.models.registry import DECODERS
 
 
@@ -26,16 +27,23 @@ def read_lexicon(path: str | Path) -> list[str]:
     return [w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()]
 
 
-def ctc_loss(logits: Tensor, targets: dict[str, Tensor], blank: int = 0) -> Tensor:
+def ctc_loss(logits: Tensor, targets: dict[str, Tensor], blank: int = 0, label_smoothing: float = 0.0) -> Tensor:
     """Mean CTC loss of B×T×K logits (per-sample loss / target length, averaged; infinite losses
     zeroed), computed in fp32. ``targets``: ``targets`` (concatenated ids, or B×S padded) and
-    ``target_lengths`` (B,), as :class:`strkit.codecs.CTCCodec` encodes them."""
+    ``target_lengths`` (B,), as :class:`strkit.codecs.CTCCodec` encodes them.
+
+    ``label_smoothing`` ε > 0: ``(1 − ε)·CTC + ε·KL(uniform ‖ p)``, the KL averaged over every frame of
+    the batch: the CTC form of label smoothing (a confidence penalty on each frame's distribution, which
+    CTC otherwise drives to one-hot spikes)."""
     with torch.autocast(device_type=logits.device.type, enabled=False):
         log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # T×B×K
         n_frames, batch = log_probs.shape[:2]
         input_lengths = torch.full((batch,), n_frames, dtype=torch.long, device=logits.device)
-        return F.ctc_loss(log_probs, targets["targets"], input_lengths, targets["target_lengths"],
+        loss = F.ctc_loss(log_probs, targets["targets"], input_lengths, targets["target_lengths"],
                           blank=blank, reduction="mean", zero_infinity=True)
+        if label_smoothing > 0:
+            loss = (1.0 - label_smoothing) * loss + label_smoothing * uniform_kl(log_probs)
+        return loss
 
 
 @DECODERS.register("ctc")
@@ -52,6 +60,7 @@ class CTCDecoder(nn.Module):
             decoding returns the lexicon word with the highest CTC probability.
         lexicon_candidates: for lexicons larger than this, only the words closest (edit distance) to
             the greedy output are scored; 0 = score every word.
+        label_smoothing: ε of :func:`ctc_loss` (training only; 0 = plain CTC).
 
     Shapes: ``forward(features: B×T×D, targets=None) -> logits B×T×K``.
     """
@@ -61,8 +70,9 @@ class CTCDecoder(nn.Module):
 
     def __init__(self, input_size: int, num_classes: int, max_length: int, blank: int = 0,
                  beam_width: int = 1, lexicon: str | Sequence[str] | None = None,
-                 lexicon_candidates: int = 200) -> None:
+                 lexicon_candidates: int = 200, label_smoothing: float = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = check_label_smoothing("ctc", label_smoothing)
         if beam_width < 1:
             raise ValueError(f"decoder 'ctc': beam_width must be >= 1, got {beam_width}")
         self.fc = nn.Linear(input_size, num_classes)
@@ -81,7 +91,7 @@ class CTCDecoder(nn.Module):
 
         ``targets``: ``targets`` (concatenated ids, or B×S padded) and ``target_lengths`` (B,).
         """
-        return ctc_loss(logits, targets, self.blank)
+        return ctc_loss(logits, targets, self.blank, self.label_smoothing)
 
     # -- decoding ----------------------------------------------------------------------------------
     def decode(self, logits: Tensor, codec: CTCCodec) -> list[Prediction]:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from strkit.codecs import AttentionCodec
 from strkit.greedy_decoding import Prediction
 from strkit.models.decoders.bcn import BCNLanguageModel, corrupt_tokens, one_hot_probs
+from strkit.models.decoders.smoothing import check_label_smoothing
 from strkit.models.decoders.transformer import EncoderLayer, sinusoid_encoding
 from strkit.models.registry import DECODERS
 
@@ -114,6 +115,7 @@ class IterativeVLDecoder(nn.Module):
         key_channels: width of the position attention's key U-Net.
         length_mask: the language model also hides positions after the predicted end of the word.
         loss_weights: ``[vision, language, fusion]`` weights of the deep-supervision loss.
+        label_smoothing: ε of every cross-entropy term (training only; 0 = off).
 
     Attributes:
         vision_encoder, position_attention, vision_classifier, language (the BCN), fusion,
@@ -128,8 +130,10 @@ class IterativeVLDecoder(nn.Module):
     def __init__(self, input_size: int, num_classes: int, max_length: int, bos: int, eos: int, pad: int,
                  d_model: int = 256, num_heads: int = 4, ffn_size: int = 1024, encoder_layers: int = 2,
                  lm_layers: int = 3, iterations: int = 3, dropout: float = 0.1, key_channels: int = 64,
-                 length_mask: bool = True, loss_weights: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+                 length_mask: bool = True, loss_weights: Sequence[float] = (1.0, 1.0, 1.0),
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
+        self.label_smoothing = check_label_smoothing("iterative_vl", label_smoothing)
         if iterations < 0 or encoder_layers < 0:
             raise ValueError(f"decoder 'iterative_vl': iterations and encoder_layers must be >= 0, got "
                              f"{iterations} and {encoder_layers}")
@@ -192,7 +196,7 @@ class IterativeVLDecoder(nn.Module):
     def _ce(self, logits: Tensor, gold: Tensor) -> Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), gold.reshape(-1),
-                                   ignore_index=self.pad)
+                                   ignore_index=self.pad, label_smoothing=self.label_smoothing)
 
     def iteration_losses(self, targets: dict[str, Tensor]) -> dict[str, list[float]]:
         """Cross-entropy of every output of the last forward (with targets): ``vision`` [1 value],
