@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def _states(out: Path) -> list[str]:
 
 
 @needs_optuna
-def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, capsys):
+def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, capsys, caplog):
     from strkit.cli.train import main as train_main
     from strkit.cli.tune import main
 
@@ -191,9 +192,10 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
     # --jobs 2 trains the runs of another budget in two worker processes
     run0 = out / "fidelity" / "x2" / rows[0]["trial"]
     (run0 / "fidelity.json").unlink()
-    capsys.readouterr()
-    assert main(["fidelity", str(out), "--factor", "2", "--top", "2", "--random", "1"]) == 0
-    assert f"continuing {run0 / 'last.pt'}" in capsys.readouterr().err
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="strkit"):
+        assert main(["fidelity", str(out), "--factor", "2", "--top", "2", "--random", "1"]) == 0
+    assert f"continuing {run0 / 'last.pt'}" in caplog.text
     with (out / "fidelity.csv").open() as fh:
         assert list(csv.DictReader(fh)) == rows
     assert (run0 / "fidelity.json").is_file()
