@@ -46,3 +46,7 @@ COMBINED=(data.augment=randaug "data.augment_options={n: 2, m: 5}" "data.train.2
           "data.train.4.concat_p=0.2" "data.train.1.path=data_lmdb/synth_mj_119k_filtered")
 row combined12k_s0 0 "${COMBINED[@]}"
 row combined12k_s1 1 "${COMBINED[@]}"
+# a TPS rectifier in front of the default model (kept at the identity for the clean warm-up), for #22's
+# "a rectifier where it pays": scored on the benchmarks and on rendered curved / perspective text
+row tps12k_s0 0 "model.rectifier={name: tps, num_fiducial: 20, loc_channels: [64, 128, 256, 512], loc_hidden: 256}" \
+  "train.freeze={rectifier.: 1200}"
