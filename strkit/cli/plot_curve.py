@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", nargs="*", type=_reference, default=[], metavar="LABEL=ACCURACY",
                    help="dashed reference lines, e.g. 'PP-OCRv4 total=84.3'")
     p.add_argument("--json", action="store_true", help="also print the curve points as JSON")
+    p.add_argument("--title", default=None, help="plot title (default: the run folder and the protocol)")
     return p
 
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             on_done=lambda name, r: print(f"{name}: total {r['total']:.2f}%", file=sys.stderr, flush=True))
     points = lc.curve_points(run, cache, processes=args.processes)
     out = lc.plot_curve(points, args.out or run / "learning_curve.png",
-                        title=f"{run} (benchmarks: {protocol} protocol)", references=dict(args.reference))
+                        title=args.title or f"{run} (benchmarks: {protocol} protocol)", references=dict(args.reference))
     print(f"wrote {out} ({len(points)} points, {len(cache)} snapshots scored)")
     if args.json:
         print(json.dumps([{"step": p.step, "cpu_hours": round(p.cpu_hours, 4), **p.accuracy} for p in points]))
