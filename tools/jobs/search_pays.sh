@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# "Does the search pay at a real budget" (docs/benchmarks.md): the wide search's backbone against fixed
+# MobileNetV2 baselines of the same space, each trained with the default-model v2 campaign's recipe
+# (configs/train/default_v2.yaml: data, 94 classes, BiLSTM 192, AdamW one-cycle) for FULL_MINUTES (120) of
+# one core, the schedule fitted to that budget; then the benchmarks under the 36/62/94 protocols and the
+# measured batch-1 latency of each trained network (ONNX Runtime and PyTorch, one thread).
+#
+# The baselines (python tools/search.py fixed configs/search/mbv2_cpu_wide.yaml --op OP prints their costs):
+#   searched (configs/archs/mbv2_cpu_wide_t7ms.json): 1.093 M searched-part parameters, latency table 6.63 ms
+#   every cell k5_e3: 1.070 M, 6.82 ms   (the equal-parameter one, and of about equal latency)
+#   every cell k3_e3: 1.019 M, 6.86 ms   (the best fixed network of the 3,000-step table, equal latency)
+#
+#   STATE=/root/strkit-jobs/state CORE=0 nohup tools/jobs/search_pays.sh > search_pays.log 2>&1 &
+#
+# Resumable: rerun it and each row continues from its last.pt (the budget is summed over resumes). ROWS
+# (default all) picks rows by name; rows compared should run under the same load (one per core).
+JOB=search_pays
+# shellcheck source=tools/jobs/common.sh
+source "$(dirname "$0")/common.sh"
+synth clean 40000 7 synth_clean_40k
+synth mjsynth 119000 1 synth_mj_119k
+synth realistic 400000 3 synth_realistic_400k
+SETS="IIIT5K_3000 SVT_647 IC13_857 IC13_1015 IC15_2077"
+row() {  # name arch
+  local name=$1 arch=$2 out=runs/search_pays/$1
+  case " ${ROWS:-all} " in *" all "*|*" $name "*) ;; *) return ;; esac
+  if [ ! -f "$out.done" ]; then
+    local r=; [ -f "$out/last.pt" ] && r=--resume
+    /usr/bin/time -f "$name wall %e s, peak RSS %M KB" pinned python tools/train.py configs/train/default_v2.yaml \
+      model.backbone.arch="$arch" train.max_minutes="${FULL_MINUTES:-120}" train.snapshot_every=0 train.val_every=1000 \
+      train.out_dir="$out" $r && touch "$out.done"
+  fi
+  if [ -f "$out.done" ] && [ ! -f "$out/eval.done" ]; then
+    pinned python tools/eval.py "$out/best.pt" --benchmarks $SETS --protocol 36 62 94 --threads 1 --no-speed \
+      --no-progress --out "$out/eval" && touch "$out/eval.done"
+  fi
+  if [ -f "$out/eval.done" ] && [ ! -f "$out/speed.json" ]; then
+    pinned python tools/export.py "$out/best.pt" --out "$out/export" --onnx --no-accuracy --parity-count 50 \
+      && pinned python tools/bench.py infer --models "$out/best.pt" "$out/export/model.onnx" --backend torch onnxruntime \
+        --threads 1 --repeats 200 --batch-repeats 5 --img-w 128 --json "$out/speed.json"
+  fi
+}
+row searched configs/archs/mbv2_cpu_wide_t7ms.json
+row fixed_k5_e3 configs/archs/mbv2_cpu_wide_fixed_k5_e3.json
+row fixed_k3_e3 configs/archs/mbv2_cpu_wide_fixed_k3_e3.json
