@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import logging
+import os
 import random
 import signal
 import threading
@@ -229,14 +230,18 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received = 0
+        self._pid = 0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked data-loader worker inherited the handler: the run decides
+            return
         self.received = signum
         self._restore()
         log.warning("%s received: stopping after this step (a second one stops at once)",
