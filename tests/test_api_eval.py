@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from strkit.api import Recognizer, load_image
@@ -290,6 +291,27 @@ def test_evaluation_accepts_any_inference_backend(bundled_checkpoint, tiny_bench
                for b in backends]
     accuracies = {round(r.total.accuracy, 2) for r in reports}
     assert len(accuracies) == 1 and reports[0].total.count == 288
+
+
+def test_the_pytorch_backend_runs_a_fused_copy(bundled_checkpoint, synth_words):
+    """TorchBackend folds every Conv2d + BatchNorm2d pair of a copy (the caller's model keeps its BatchNorms):
+    the same logits to float rounding and the same readings as the model itself; fuse=False runs the model."""
+    from strkit.inference.metadata import InputSpec
+    from strkit.inference.torch_backend import TorchBackend
+    from strkit.models.pretrained import load_model
+
+    model, cfg = load_model(bundled_checkpoint)
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    backend = TorchBackend(model, InputSpec.from_data_config(cfg.data), "cpu")
+    assert backend.model.fused_pairs == bns > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.model.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == bns  # untouched
+    assert TorchBackend(model, InputSpec.from_data_config(cfg.data), "cpu", fuse=False).model is model
+    images = torch.stack([backend.input_spec.transform()(img) for img in synth_words.images[:32]])
+    with torch.inference_mode():
+        reference = model.eval()(images).logits
+    torch.testing.assert_close(backend.logits(images), reference, atol=1e-4, rtol=1e-4)
+    assert [p.text for p in backend.predict(images)] == [p.text for p in model.predict(images)]
 
 
 def test_loading_a_checkpoint_for_inference_does_not_load_the_exporter(checkpoint):

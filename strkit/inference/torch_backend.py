@@ -9,6 +9,7 @@ from strkit.charset import Charset
 from strkit.greedy_decoding import Prediction
 from strkit.inference.decoding import scale_logits
 from strkit.inference.metadata import ExportMetadata, InputSpec
+from strkit.models.optimize import fuse_for_inference
 from strkit.models.recognizer import RecognitionModel
 
 
@@ -21,6 +22,9 @@ class TorchBackend:
         device: where to run.
         channels_last: store weights and inputs channels-last (NHWC); often faster for convolutions on
             CPUs with AVX-512 (measure: it depends on the backbone).
+        fuse: run a copy of ``model`` with every Conv2d + BatchNorm2d pair folded into one convolution
+            (:func:`strkit.models.optimize.fuse_for_inference`: the same function, one kernel fewer per
+            pair; the caller's model is left as it was). ``False`` runs ``model`` itself.
 
     Any input width is accepted (``dynamic_width``): convolutions and the sequence stage follow it, and
     a TPS rectifier resamples to its fixed output size.
@@ -30,9 +34,9 @@ class TorchBackend:
     dynamic_width = True
 
     def __init__(self, model: RecognitionModel, input_spec: InputSpec, device: str | torch.device = "cpu",
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, fuse: bool = True) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = (fuse_for_inference(model) if fuse else model).to(self.device).eval()
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
