@@ -35,9 +35,8 @@ row() {  # name arch
       --no-progress --out "$out/eval" && touch "$out/eval.done"
   fi
   if [ -f "$out/eval.done" ] && [ ! -f "$out/speed.json" ]; then
-    pinned python tools/export.py "$out/best.pt" --out "$out/export" --onnx --no-accuracy --parity-count 50 \
-      && pinned python tools/bench.py infer --models "$out/best.pt" "$out/export/model.onnx" --backend torch onnxruntime \
-        --threads 1 --repeats 200 --batch-repeats 5 --img-w 128 --json "$out/speed.json"
+    pinned python tools/bench.py infer --models "$out/best.pt" --backend torch onnxruntime --precision fp32 \
+      --channels-last on --threads 1 --repeats 200 --batch-repeats 5 --img-w 128 --max-busy 2 --json "$out/speed.json"
   fi
 }
 row searched configs/archs/mbv2_cpu_wide_t7ms.json
