@@ -14,6 +14,7 @@ output folder, ``metrics.csv`` / TensorBoard, the progress bar, the time budget 
             metrics = validate() on rank 0;  log them;  hooks.after_validation(metrics)  (may stop the run)
         then, and every save_every steps:  save last.pt;  barrier
         stop when out of time or asked to
+        on SIGTERM / SIGINT (rank 0's, broadcast): save last.pt at this step, raise RunInterrupted
 
 A subclass supplies the step (:meth:`RunLoop.run_step`, which calls :meth:`RunLoop.forward_loss` for the
 model's forward pass and :meth:`RunLoop.optimise` for backward and the optimiser step), its log row, its
@@ -319,49 +320,47 @@ class RunLoop:
         batches = self.batches()
         self.budget.start()
         self._call("before_run")
-        signals = StopSignals()
-        try:
-            signals.__enter__()
-            while self.step < self.last_step():
-                try:
-                    batch = next(batches)
-                except Exception:
-                    if signals.received:  # the signal also reached the loader's workers
-                        self._interrupted(signals.received)
-                    raise
-                self.run_step(batch)
-                self.step += 1
-                self._call("after_step")
-                if self.step % cfg.log_every == 0 or self.step >= self.last_step():
-                    row = {"step": self.step, **self.log_row()}
-                    self.logger.log(row)
+        with StopSignals() as signals:
+            try:
+                while self.step < self.last_step():
+                    try:
+                        batch = next(batches)
+                    except Exception:
+                        if signals.received:  # the signal also reached the loader's workers
+                            self._interrupted(signals.received)
+                        raise
+                    self.run_step(batch)
+                    self.step += 1
+                    self._call("after_step")
+                    if self.step % cfg.log_every == 0 or self.step >= self.last_step():
+                        row = {"step": self.step, **self.log_row()}
+                        self.logger.log(row)
+                        if bar is not None:
+                            bar.set_postfix(**self.progress_postfix(row, self.last_val))
+                        self._call("after_log", row)
+                        if bar is not None:
+                            bar.total = self.last_step()
                     if bar is not None:
-                        bar.set_postfix(**self.progress_postfix(row, self.last_val))
-                    self._call("after_log", row)
-                    if bar is not None:
-                        bar.total = self.last_step()
+                        bar.update(1)
+                    out_of_time = self.budget.spent(self.ranks)
+                    if out_of_time:
+                        reason = "time"
+                    stopped = ""
+                    if self.step % cfg.val_every == 0 or self.step >= self.last_step() or out_of_time:
+                        stopped = self._validation()
+                        reason = stopped or reason
+                        self._save_last()
+                    elif self.step % cfg.save_every == 0:
+                        self._save_last()
+                    if out_of_time or stopped:
+                        break
+                    signum = signals.requested(self.ranks)
+                    if signum:
+                        self._interrupted(signum)
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                out_of_time = self.budget.spent(self.ranks)
-                if out_of_time:
-                    reason = "time"
-                stopped = ""
-                if self.step % cfg.val_every == 0 or self.step >= self.last_step() or out_of_time:
-                    stopped = self._validation()
-                    reason = stopped or reason
-                    self._save_last()
-                elif self.step % cfg.save_every == 0:
-                    self._save_last()
-                if out_of_time or stopped:
-                    break
-                signum = signals.requested(self.ranks)
-                if signum:
-                    self._interrupted(signum)
-        finally:
-            signals.__exit__()
-            if bar is not None:
-                bar.close()
-            self.logger.close()
+                    bar.close()
+                self.logger.close()
         self._call("after_run", reason)
         return reason
 
