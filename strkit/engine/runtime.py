@@ -216,8 +216,8 @@ class RunInterrupted(Exception):  # noqa: N818 (how a run ended, not an error of
 
     def __init__(self, signum: int, step: int, path: Path) -> None:
         self.signum, self.step, self.path = signum, step, path
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {path}: continue "
-                         f"the run with --resume")
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {path} (the same "
+                         f"command with --resume continues the run; a protocol-search trial is rerun instead)")
 
 
 class StopSignals:
