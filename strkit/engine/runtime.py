@@ -217,7 +217,8 @@ class RunInterrupted(Exception):  # noqa: N818 (how a run ended, not an error of
     def __init__(self, signum: int, step: int, path: Path) -> None:
         self.signum, self.step, self.path = signum, step, path
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; saved {path} (the same "
-                         f"command with --resume continues the run; a protocol-search trial is rerun instead)")
+                         f"command with --resume continues the run; a protocol search goes on with new trials "
+                         f"when its command is run again)")
 
 
 class StopSignals:
