@@ -156,11 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_calibrated and Path(args.save_calibrated).exists():
         raise FileExistsError(f"--save-calibrated {args.save_calibrated} exists; remove it or give a new file")
     models = [resolve_model(arg) for arg in args.checkpoints]  # every path checked before any work
-    from strkit.data.benchmarks import dataset_kind
+    from strkit.data.benchmarks import test_set_kind
 
     for path in args.data:
-        if dataset_kind(Path(path)) is None:
-            raise FileNotFoundError(f"--data {path}: not an LMDB (data.mdb) nor a folder dataset (labels.tsv)")
+        test_set_kind(path, "--data")
     import torch
 
     from strkit.data.benchmarks import BenchmarkNotFoundError

@@ -223,13 +223,19 @@ def load_test_set(path: str | Path, channels: int = 3,
         BenchmarkNotFoundError: ``path`` is neither.
     """
     path = Path(path)
-    kind = dataset_kind(path)
-    if kind is None:
-        raise BenchmarkNotFoundError(f"test set {path}{relative_note(path)}: not an LMDB (data.mdb) nor a folder "
-                                     f"dataset ({LABELS_FILE}); give the folder that holds one of them")
-    if kind == "lmdb":
+    if test_set_kind(path) == "lmdb":
         return LmdbDataset(path, label_filter=label_filter, channels=channels)
     return FolderDataset(path, label_filter=label_filter, channels=channels)
+
+
+def test_set_kind(path: str | Path, what: str = "test set") -> str:
+    """:func:`dataset_kind` of a test set given by path, or :class:`BenchmarkNotFoundError` naming it as
+    ``what`` (e.g. ``--data``) when it is neither an LMDB nor a folder dataset."""
+    kind = dataset_kind(Path(path))
+    if kind is None:
+        raise BenchmarkNotFoundError(f"{what} {path}{relative_note(Path(path))}: not an LMDB (data.mdb) nor a "
+                                     f"folder dataset ({LABELS_FILE}); give the folder that holds one of them")
+    return kind
 
 
 def test_set_names(paths: Sequence[str | Path]) -> list[str]:

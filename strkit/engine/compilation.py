@@ -24,7 +24,6 @@ from strkit.config import COMPILE_MODES, ConfigError
 log = logging.getLogger(__name__)
 
 
-
 def compile_mode(setting: str | bool) -> str:
     """The :data:`COMPILE_MODES` entry a ``train.compile`` setting means (``False`` = ``off``, ``True`` =
     ``default``); :class:`ConfigError` for anything else."""

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from strkit.engine.tuning.protocol_space import TuneError, build_config, import_optuna
-from strkit.engine.tuning.trials import Budget, run_overrides
+from strkit.engine.tuning.trials import Budget, run_overrides, worker_logging
 
 log = logging.getLogger("strkit")
 
@@ -221,12 +221,7 @@ def _long_run(number: int, base: str, protocol: dict[str, Any], overrides: list[
 
 def _long_run_worker(args: tuple[int, str, dict[str, Any], list[str], str, str]) -> float:
     """:func:`_long_run` in a pool worker: strkit's messages to stderr first."""
-    logger = logging.getLogger("strkit")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s fidelity %(levelname)s %(message)s", "%H:%M:%S"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    worker_logging("fidelity")
     return _long_run(*args)
 
 

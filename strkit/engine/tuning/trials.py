@@ -305,14 +305,19 @@ class FailureStreak:
             study.stop()
 
 
-def _worker_main(job: StudyJob, worker: int) -> None:
-    """Entry point of a spawned worker process: strkit's messages to stderr, then :func:`run_worker`."""
+def worker_logging(tag: str) -> None:
+    """In a spawned worker process: strkit's INFO messages to stderr, each line tagged ``tag`` (once)."""
     logger = logging.getLogger("strkit")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(f"%(asctime)s worker {worker} %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {tag} %(levelname)s %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+
+
+def _worker_main(job: StudyJob, worker: int) -> None:
+    """Entry point of a spawned worker process: strkit's messages to stderr, then :func:`run_worker`."""
+    worker_logging(f"worker {worker}")
     run_worker(job, worker)
 
 
