@@ -82,3 +82,19 @@ def test_randaug_follows_per_sample_seeds():
         outs.append(row)
     assert all(np.array_equal(a, b) for a, b in zip(*outs, strict=True))
     assert len({x.tobytes() for x in outs[0]}) > 3
+
+
+def test_randaug_pickles_for_spawn_started_loader_workers():
+    """A spawn-started DataLoader worker (macOS, Windows, a worker of ``tune.py --jobs``) pickles the
+    transform: the lazily built ``Curve``/``Shrink`` classes must be found again by name."""
+    import pickle
+
+    import strkit.data.str_augment as module
+
+    assert module.Curve is _curve_class() and module.Shrink is _shrink_class()
+    aug = build_augmentation("randaug", channels=1, seed=3, options={"n": 3, "m": 8})
+    clone = pickle.loads(pickle.dumps(aug))
+    img = render_word("pickle", np.random.default_rng(2), h=32, w=128)[:, :, 0].copy()
+    assert all(np.array_equal(aug(img), clone(img)) for _ in range(4))  # same seed, same draws
+    with pytest.raises(AttributeError):
+        module.NoSuchTransform  # noqa: B018

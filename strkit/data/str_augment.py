@@ -13,6 +13,7 @@ Registered as the ``randaug`` preset; options come from ``data.augment_options``
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import cv2
@@ -23,8 +24,11 @@ from strkit.data.augment import AUGMENTATIONS, AlbumentationsPipeline, Augment, 
 _BORDER = cv2.BORDER_REPLICATE
 
 
+@cache
 def _curve_class() -> type:
-    """The ``Curve`` transform class (built lazily: albumentations is imported on first use only)."""
+    """The ``Curve`` transform class (built lazily: albumentations is imported on first use only; one class
+    per process, found again by name as ``strkit.data.str_augment.Curve`` so its instances pickle for
+    spawn-started DataLoader workers)."""
     A = import_albumentations()
 
     class Curve(A.DualTransform):
@@ -51,12 +55,15 @@ def _curve_class() -> type:
         def get_transform_init_args_names(self) -> tuple[str, ...]:
             return ("bend",)
 
+    Curve.__qualname__ = "Curve"
     return Curve
 
 
+@cache
 def _shrink_class() -> type:
     """The ``Shrink`` transform class: the crop is scaled down to ``1 - s`` of its width and height (``s``
-    up to ``amount``) and centred on its own replicated border, as text seen from further away."""
+    up to ``amount``) and centred on its own replicated border, as text seen from further away (lazy and
+    picklable like :func:`_curve_class`)."""
     A = import_albumentations()
 
     class Shrink(A.DualTransform):
@@ -76,7 +83,18 @@ def _shrink_class() -> type:
         def get_transform_init_args_names(self) -> tuple[str, ...]:
             return ("amount",)
 
+    Shrink.__qualname__ = "Shrink"
     return Shrink
+
+
+_LAZY_CLASSES = {"Curve": _curve_class, "Shrink": _shrink_class}
+
+
+def __getattr__(name: str) -> type:
+    """``Curve`` and ``Shrink`` as module attributes, built on first access (how pickle finds them)."""
+    if name in _LAZY_CLASSES:
+        return _LAZY_CLASSES[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def str_ops(channels: int, m: float) -> list[Any]:
