@@ -10,24 +10,21 @@ RNG states, sampler position) for an exact resume. A calibrated checkpoint also 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from strkit.atomic import atomic_write
 from strkit.config import relative_note
 
 FORMAT = "strkit-checkpoint"
 VERSION = 1
 
 
-# The temporary files of atomic_torch_save of a checkpoint: ``.<name>.pt.<8 random characters of mkstemp>.tmp``.
-_TEMP_PREFIX = "."
-_TEMP_SUFFIX = ".tmp"
+# The temporary files an interrupted atomic_torch_save of a checkpoint leaves: ``.<name>.pt.<8 characters>.tmp``.
 _TEMP_NAME = re.compile(r"^\..+\.pt\.[a-z0-9_]{8}\.tmp$")
 
 
@@ -35,48 +32,12 @@ class CheckpointError(ValueError):
     """A file is not a readable strkit checkpoint."""
 
 
-def process_umask() -> int:
-    """The process's file-creation mask (read from ``/proc`` where possible, so that it is not changed
-    even for a moment; else set and restored)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def new_file_mode() -> int:
-    """The permissions a plain new file gets (``0666`` minus the umask, usually ``0644``). Atomic writes
-    go through :func:`tempfile.mkstemp`, which creates ``0600``; they set this mode before the rename."""
-    return 0o666 & ~process_umask()
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``.
-
-    A crash (or SIGKILL) at any moment leaves either the old file or the new one, never a torn file. The
-    file gets the permissions of any new file (:func:`new_file_mode`), not the temporary file's ``0600``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to a temporary file in the target folder, fsync, then rename over ``path``
+    (:func:`strkit.atomic.atomic_write`: a crash at any moment leaves the old file or the new one)."""
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
+    return Path(path)
 
 
 def stale_temporaries(folder: str | Path) -> list[Path]:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 
+from strkit.atomic import atomic_write
 from strkit.data.benchmarks import BENCHMARKS, BenchmarkLeakError, BenchmarkNotFoundError, dataset_kind, find_benchmark
 from strkit.data.cache import private_cache_folder
 from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
@@ -134,21 +134,14 @@ def _cache_file(name: str) -> Path:
 def _write_atomically(path: Path, write: object) -> None:
     """Write ``path`` via a temporary file in its folder and a rename (``write(file object)``); a cache
     that cannot be written is skipped with a warning."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        log.debug("not caching %s: %s", path, exc)
+    if not path.parent.is_dir():  # the cache folder could not be made (see _cache_path)
+        log.debug("not caching %s: no folder", path)
         return
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_write(path, "wb", fsync=False) as fh:
             write(fh)  # type: ignore[operator]
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         log.warning("cannot write the fingerprint cache %s: %s", path, exc)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def benchmark_fingerprints(root: str | Path | None) -> BenchmarkFingerprints | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from strkit.atomic import write_text_atomic
 from strkit.charset import Charset, protocol_filter
 from strkit.data.folder import read_gt_file, resolve_gt_file
 from strkit.data.lmdb.format import decode_image
@@ -333,10 +334,5 @@ def _tsv_field(value: object) -> str:
 
 def _write_tsv(path: str | Path, header: list[str] | None, rows: list[list[object]]) -> Path:
     """Write rows as TSV to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     lines = ([header] if header else []) + rows
-    tmp.write_text("".join("\t".join(_tsv_field(v) for v in row) + "\n" for row in lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "".join("\t".join(_tsv_field(v) for v in row) + "\n" for row in lines))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from strkit.atomic import write_text_atomic
+
 #: The cache of snapshot evaluations inside a run folder.
 CACHE_NAME = "curve.json"
 
@@ -100,11 +102,7 @@ def _key_suffix(benchmarks: Sequence[str], protocol: str) -> str:
 
 
 def _write_cache(run_dir: Path, cache: dict[str, dict[str, float]]) -> None:
-    from strkit.export.common import atomic_path
-
-    tmp, commit = atomic_path(run_dir / CACHE_NAME)
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    commit()
+    write_text_atomic(run_dir / CACHE_NAME, json.dumps(cache, indent=1, sort_keys=True))
 
 
 def evaluate_snapshots(run_dir: str | Path, benchmarks: Sequence[str], root: str | Path, protocol: str = "36",

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from strkit.atomic import atomic_path
 from strkit.data.transforms import ImageTransform
 from strkit.models.recognizer import RecognitionModel
 
@@ -101,10 +102,9 @@ def save_figure(columns: Sequence[Column], labels: Sequence[str], path: str | Pa
             if c == 0:
                 ax.set_ylabel(labels[r], fontsize=6, rotation=0, ha="right", va="center")
     fig.tight_layout(pad=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # the row labels stay inside the picture
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")  # the row labels stay inside
+    finally:
+        plt.close(fig)
+    return Path(path)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 from typing import Protocol
 
+from strkit.atomic import atomic_write
 from strkit.checkpoint import remove_stale_temporaries
 
 log = logging.getLogger("strkit")
@@ -59,10 +59,8 @@ def trim_metrics(path: Path, step: int) -> int:
         kept.append(row)
     dropped = len(rows) - len(kept)
     if dropped:
-        tmp = path.with_name(f".{path.name}.trim.tmp")
-        with tmp.open("w", newline="") as fh:
+        with atomic_write(path, "w", newline="") as fh:
             csv.writer(fh).writerows(kept)
-        os.replace(tmp, path)
     return dropped
 
 

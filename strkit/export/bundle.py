@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from strkit.atomic import atomic_path
 from strkit.checkpoint import load_checkpoint, save_checkpoint
-from strkit.export.common import atomic_path
 
 #: The zoo name of the model ``Recognizer.from_pretrained()`` loads without a name.
 DEFAULT_BUNDLE_NAME = "default"
@@ -51,9 +51,8 @@ def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | P
         if src is None:
             target.unlink(missing_ok=True)
             continue
-        tmp, commit = atomic_path(target)
-        shutil.copyfile(src, tmp)
-        commit()
+        with atomic_path(target) as tmp:
+            shutil.copyfile(src, tmp)
         written[key] = target
     for path in written.values():
         os.chmod(path, 0o644)  # package data: readable by everyone (temporary files are created 0600)

@@ -4,18 +4,14 @@ example inputs, the probe that compares an exported graph with PyTorch, and atom
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from strkit.checkpoint import new_file_mode
 from strkit.inference.metadata import InputSpec
 from strkit.models.recognizer import RecognitionModel
 
@@ -102,16 +98,5 @@ def probe(model: RecognitionModel, run: Callable[[Tensor], Any], x: Tensor) -> s
     return mismatch(ref, out)
 
 
-def atomic_path(path: Path) -> tuple[Path, Callable[[], None]]:
-    """A temporary file beside ``path`` (mode ``0666`` minus the umask, as a plain new file) and a
-    function that moves it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the result gets what any new file gets
-    finally:
-        os.close(fd)
-    return Path(tmp), lambda: os.replace(tmp, path)
 
 

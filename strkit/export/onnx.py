@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from strkit.atomic import atomic_path
 from strkit.checkpoint import CheckpointError
 from strkit.export.common import (
     ExportError,
     LogitsOnly,
-    atomic_path,
     default_input_spec,
     eval_mode,
     example_input,
@@ -89,13 +89,8 @@ def write_onnx_metadata(model_proto: Any, meta: ExportMetadata, path: str | Path
     model_proto.doc_string = (f"strkit {meta.pipeline} recogniser: {INPUT_NAME} B×{meta.input.channels}×"
                               f"{meta.input.img_h}×W float32 in [-1, 1] -> {OUTPUT_NAME} B×L×{meta.num_classes}")
     path = Path(path)
-    tmp, commit = atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         onnx.save(model_proto, str(tmp))
-        commit()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from strkit.atomic import atomic_path
 from strkit.export.common import (
     ExportError,
     LogitsOnly,
-    atomic_path,
     default_input_spec,
     eval_mode,
     example_input,
@@ -56,14 +56,8 @@ def export_torchscript(model: RecognitionModel, path: str | Path, *, input_spec:
         meta = meta.with_extra(dynamic_width_note=f"width fixed to {spec.img_w}: at width "
                                                   f"{probe_width(spec)} {note}")
     path = Path(path)
-    tmp, commit = atomic_path(path)
-    try:
-        with quiet_tracing():
-            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
-        commit()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, quiet_tracing():
+        torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA_FILE: meta.to_json()})
     return meta
 
 

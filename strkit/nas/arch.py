@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from strkit.atomic import write_text_atomic
 from strkit.models.backbones.searched import (
     ARCH_FORMAT,
     ARCH_PARTS,
@@ -162,12 +163,7 @@ def arch_ops(arch: Mapping[str, Any], part: str = "backbone") -> list[str]:
 def save_arch(arch: Mapping[str, Any], path: str | Path) -> Path:
     """Validate ``arch`` and write it as indented JSON (write to a temporary file, then rename)."""
     data = validate_arch(arch, "architecture to save")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def build_searched(arch: str | Path | Mapping[str, Any], in_channels: int | None = None,

@@ -8,8 +8,10 @@
 #   STATE=/root/strkit-jobs/state CORES=0,1 JOBS=2 nohup tools/jobs/protocol_study.sh > protocol_study.log 2>&1 &
 #
 # CORES: the CPUs it may use (taskset list); JOBS: trials / long runs trained at once (one thread each).
-# PHASES (default "study fidelity compare") picks phases; TRIALS (30), MINUTES (5: the proxy budget) and
-# FULL_MINUTES (60: the comparison's budget) size them. The comparison runs JOBS rows at a time; equal budgets
+# PHASES (default "study fidelity compare") picks phases; TRIALS (30), MINUTES (6: the proxy budget),
+# PRUNE_AFTER (180: seconds before the pruner's first decision) and FULL_MINUTES (60: the comparison's
+# budget) size them. A 3-minute proxy is too short: no trial of a first study (session 10) left the CTC
+# plateau in it (validation 0 % in 9 of 10 trials), so its ranking was noise. The comparison runs JOBS rows at a time; equal budgets
 # are wall-clock minutes, so compared rows should share the machine's load (run them JOBS=2 side by side).
 JOB=tune
 # shellcheck source=tools/jobs/common.sh
@@ -25,7 +27,7 @@ has() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if has study; then
   on python tools/tune.py run configs/tune/default_model.yaml --out "$OUT" --trials "${TRIALS:-30}" \
-    --minutes "${MINUTES:-5}" --jobs "$JOBS" --threads "$JOBS" || exit 1
+    --minutes "${MINUTES:-6}" --min-resource "${PRUNE_AFTER:-180}" --jobs "$JOBS" --threads "$JOBS" || exit 1
 fi
 if has fidelity; then
   on python tools/tune.py fidelity "$OUT" --factor 4 --top 5 --random 2 --jobs "$JOBS" --threads 1 || exit 1

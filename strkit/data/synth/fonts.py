@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import ImageFont, features
 
+from strkit.atomic import write_text_atomic
 from strkit.charset import Charset
 from strkit.data.cache import cache_dir
 from strkit.data.synth.config import FontConfig
@@ -179,10 +180,7 @@ class AuditCache:
         if not self.dirty:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"versions": _versions(), "entries": self.entries}))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps({"versions": _versions(), "entries": self.entries}))
             self.dirty = False
         except OSError as exc:
             log.warning("font audit cache %s not written (%s); fonts will be audited again next time",

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from strkit.atomic import write_text_atomic
 from strkit.models.backbones.searched import arch_sections
 from strkit.nas.arch import find_supernet, searched_parts
 from strkit.nas.proxyless import MixedEdge
@@ -211,12 +212,7 @@ class LatencyTable:
         return table
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
