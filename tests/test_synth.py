@@ -221,6 +221,23 @@ def test_font_discovery_counts_and_sampling(fonts94: FontSet, tmp_path: Path) ->
         discover_fonts(cfg.fonts, Charset.from_spec("94_full"))
 
 
+
+def test_few_system_font_families_warn_with_the_install_command(monkeypatch, caplog) -> None:
+    """A bare machine (matplotlib's fonts only) renders, but says how to get the recommended fonts."""
+    import strkit.data.synth.fonts as fonts
+
+    monkeypatch.setattr(fonts, "standard_font_dirs", lambda: [matplotlib_font_dir()])
+    cfg = load_synth_config("clean", {"fonts.system": True})
+    with caplog.at_level("WARNING", logger="strkit"):
+        found = discover_fonts(cfg.fonts, Charset.from_spec("36_lowercase"))
+    assert found.report.families < fonts.FEW_FAMILIES
+    assert any("install_fonts.sh" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cfg = load_synth_config("clean", FONTS_ONLY_MPL)  # the user chose the folders: no advice
+    with caplog.at_level("WARNING", logger="strkit"):
+        discover_fonts(cfg.fonts, Charset.from_spec("36_lowercase"))
+    assert not any("install_fonts.sh" in r.getMessage() for r in caplog.records)
+
 # ----------------------------------------------------------------------------------------------
 # config
 # ----------------------------------------------------------------------------------------------

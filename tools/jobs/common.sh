@@ -22,6 +22,11 @@ pinned() { taskset -c "$CORE" "$@"; }
 
 synth() {  # preset count seed name: data_lmdb/NAME, resumed from NAME.partial after an interruption
   [ -f "data_lmdb/$4/data.mdb" ] && return
+  # the recorded rows were rendered with the recommended fonts: without them the data is not the same
+  if command -v dpkg-query >/dev/null && ! dpkg-query -W fonts-aenigma >/dev/null 2>&1; then
+    echo "synth $4: the recommended fonts are not installed; run sudo tools/install_fonts.sh first" >&2
+    exit 2
+  fi
   local r=; [ -d "data_lmdb/$4.partial" ] && r=--resume
   pinned python tools/synth.py --preset "$1" --count "$2" --workers 1 --seed "$3" --out "data_lmdb/$4" --no-progress $r
 }

@@ -455,6 +455,11 @@ class FontSet:
         return f
 
 
+#: Fewer usable families than this from the standard folders: the recommended fonts are not installed
+#: (matplotlib's and Debian's base fonts give about 11 families; docs/fonts.md).
+FEW_FAMILIES = 40
+
+
 def discover_fonts(cfg: FontConfig, charset: Charset, extra_dirs: Sequence[str | Path] = (),
                    use_cache: bool = True, workers: int = 1, progress: bool = False) -> FontSet:
     """Find, audit and filter fonts for ``charset`` (see the module docstring).
@@ -490,6 +495,10 @@ def discover_fonts(cfg: FontConfig, charset: Charset, extra_dirs: Sequence[str |
                            f"fonts.coverage={cfg.coverage} asks of every face; install a font that has "
                            f"{'them' if len(report.undrawn) > 1 else 'it'} (see docs/fonts.md) or add its "
                            f"folder with --fonts (fonts.dirs)")
+    if cfg.system and report.families < FEW_FAMILIES:
+        log.warning("only %d font families found: synthetic data is far less diverse than with the "
+                    "recommended fonts (sudo tools/install_fonts.sh, docs/fonts.md: about 530 families)",
+                    report.families)
     return FontSet(faces, sampling=cfg.sampling, report=report, weights=cfg.family_weights)
 
 
