@@ -98,8 +98,8 @@ def test_fingerprints_and_lmdb_counts_are_cached(tmp_path, monkeypatch):
     def no_hashing(*args, **kwargs):
         raise AssertionError("hashed again although nothing changed")
 
-    monkeypatch.setattr(fingerprints, "iter_raw_images", no_hashing)
-    monkeypatch.setattr(fingerprints, "_set_images", no_hashing)
+    monkeypatch.setattr(fingerprints, "iter_raw_records", no_hashing)
+    monkeypatch.setattr(fingerprints, "_set_records", no_hashing)
     assert benchmark_fingerprints(root).sets == prints.sets  # from the cache
     with pytest.raises(BenchmarkLeakError, match="contains 2 images"):  # the LMDB's count, from the cache
         assert_no_benchmark_images(ds, "db", root)
@@ -117,6 +117,42 @@ def test_fingerprints_and_lmdb_counts_are_cached(tmp_path, monkeypatch):
     os.utime(db / "data.mdb", ns=(1, 1))
     with pytest.raises(BenchmarkLeakError, match="contains 1 image of"):
         assert_no_benchmark_images(LmdbDataset(db), "db", root)
+
+
+def test_re_encoded_copies_with_the_same_label_are_refused(tmp_path):
+    """A test crop saved as JPEG or resized is caught when it keeps its label; the same word in another
+    image, or the same image under another label, is not."""
+    import cv2
+    import numpy as np
+
+    root = fake_root(tmp_path / "bench")
+    prints = benchmark_fingerprints(root)
+    (image, label), (other_image, other_label) = read_gt_file(root / "SVT_647" / "labels.tsv")[:2]
+    grey = cv2.imdecode(np.frombuffer(image.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    jpeg = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    resized = cv2.imencode(".png", cv2.resize(grey, (100, 32), interpolation=cv2.INTER_CUBIC))[1].tobytes()
+    assert prints.find(jpeg, label) == "SVT_647" and prints.find(resized, label.upper() + "!") == "SVT_647"
+    assert prints.find(jpeg, label + "x") is None  # another label: not compared
+    other = cv2.imdecode(np.frombuffer(other_image.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    other_jpeg = cv2.imencode(".jpg", other, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    assert other_label != label and prints.find(other_jpeg, label) is None  # another image with this label
+    assert prints.find(other_image.read_bytes(), label) == "SVT_647"  # a byte copy, whatever its label
+    assert prints.find(b"not an image", label) is None
+    db = tmp_path / "db"
+    with LmdbWriter(db) as w:
+        w.put(jpeg, label)
+        w.put(other_jpeg, "unrelated")
+    with pytest.raises(BenchmarkLeakError, match=r"contains 1 image of .*re-encoded copies with the same label"):
+        assert_no_benchmark_images(LmdbDataset(db), "db", root)
+
+
+def test_real_training_splits_pass_the_re_encoded_copy_check(shared_benchmarks):
+    """No crop of the real training splits reaches LOOK_MIN against a same-label test crop (IIIT5K_train
+    holds near-duplicates of IIIT5K_3000 crops up to 0.968: the threshold must stay above them)."""
+    prints = benchmark_fingerprints(shared_benchmarks)
+    for split in ("IIIT5K_train", "SVT_train", "IC15_train"):
+        gt = shared_benchmarks / split / "labels.tsv"
+        assert not fingerprints._count(fingerprints._folder_records(gt), prints), split
 
 
 def test_real_svt_test_crops_under_another_name(shared_benchmarks, tmp_path):

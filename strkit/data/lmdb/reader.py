@@ -387,6 +387,22 @@ def iter_raw_images(path: str | Path) -> Iterator[bytes]:
             yield value
 
 
+def iter_raw_records(path: str | Path) -> Iterator[tuple[bytes, str]]:
+    """Every ``(image-%09d value, label-%09d value)`` pair of the LMDB at ``path``, in key order: the
+    encoded image bytes and the stored label (UTF-8, undecodable bytes replaced; ``""`` when missing)."""
+    path = lmdb_dir(path)
+    prefix = b"image-"
+    with ENV_CACHE.begin(path) as txn:
+        cursor = txn.cursor()
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                break
+            label = txn.get(b"label-" + key[len(prefix):])
+            yield value, (label.decode("utf-8", "replace") if label is not None else "")
+
+
 def _scan_labels(txn: lmdb.Transaction, num_samples: int) -> Iterator[tuple[int, bytes]]:
     """Yield (index, raw label) for every ``label-%09d`` key with 1 <= index <= num_samples, in order."""
     cursor = txn.cursor()
