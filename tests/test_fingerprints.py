@@ -152,7 +152,7 @@ def test_real_training_splits_pass_the_re_encoded_copy_check(shared_benchmarks):
     prints = benchmark_fingerprints(shared_benchmarks)
     for split in ("IIIT5K_train", "SVT_train", "IC15_train"):
         gt = shared_benchmarks / split / "labels.tsv"
-        assert not fingerprints._count(fingerprints._folder_records(gt), prints), split
+        assert not fingerprints._count(fingerprints.folder_records(gt), prints), split
 
 
 def test_real_svt_test_crops_under_another_name(shared_benchmarks, tmp_path):

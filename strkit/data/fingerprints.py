@@ -77,7 +77,7 @@ def thumbnail(data: bytes) -> np.ndarray | None:
     return cv2.resize(img, THUMB_SIZE[::-1], interpolation=cv2.INTER_AREA)
 
 
-def _unit(thumbs: np.ndarray) -> np.ndarray:
+def unit_rows(thumbs: np.ndarray) -> np.ndarray:
     """(N, H, W) uint8 thumbnails -> (N, H·W) float32 rows of zero mean and unit norm (flat rows stay 0)."""
     x = thumbs.reshape(len(thumbs), -1).astype(np.float32)
     x -= x.mean(axis=1, keepdims=True)
@@ -116,7 +116,7 @@ class BenchmarkFingerprints:
         thumb = thumbnail(data)
         if thumb is None:
             return None
-        scores = candidates[0] @ _unit(thumb[None])[0]
+        scores = candidates[0] @ unit_rows(thumb[None])[0]
         best = int(np.argmax(scores))
         return candidates[1][best] if scores[best] >= LOOK_MIN else None
 
@@ -158,7 +158,7 @@ def _inventory(sets: list[tuple[str, Path]]) -> list[list[object]]:
     return rows
 
 
-def _folder_records(gt: Path) -> Iterator[tuple[bytes, str]]:
+def folder_records(gt: Path) -> Iterator[tuple[bytes, str]]:
     """The bytes and label of every readable image listed in the gt file ``gt``."""
     for image, label in read_gt_file(gt):
         try:
@@ -171,7 +171,7 @@ def _set_records(folder: Path) -> Iterator[tuple[bytes, str]]:
     if dataset_kind(folder) == "lmdb":
         yield from iter_raw_records(folder)
     else:
-        yield from _folder_records(folder / LABELS_FILE)
+        yield from folder_records(folder / LABELS_FILE)
 
 
 def _cache_file(name: str) -> Path:
@@ -253,7 +253,7 @@ def _looks(keys: list[str], thumbs: np.ndarray, sets: list[str]) -> dict[str, tu
     rows: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
         rows.setdefault(k, []).append(i)
-    units = _unit(thumbs) if len(thumbs) else np.zeros((0, THUMB_SIZE[0] * THUMB_SIZE[1]), np.float32)
+    units = unit_rows(thumbs) if len(thumbs) else np.zeros((0, THUMB_SIZE[0] * THUMB_SIZE[1]), np.float32)
     return {k: (units[idx], [sets[i] for i in idx]) for k, idx in rows.items()}
 
 
@@ -297,7 +297,7 @@ def benchmark_images_in(dataset: torch.utils.data.Dataset, prints: BenchmarkFing
         if isinstance(ds, LmdbDataset):
             counts = _lmdb_counts(ds.path, prints)
         elif isinstance(ds, FolderDataset):
-            counts = _count(_folder_records(ds.gt_file), prints)
+            counts = _count(folder_records(ds.gt_file), prints)
         else:  # pragma: no cover - a record dataset of another kind: nothing stored to compare
             continue
         if counts:
