@@ -155,6 +155,10 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     grad_clip: float = 5.0
+    # Decay of the exponential moving average of the weights (strkit.engine.ema), e.g. 0.999; 0 = off. With
+    # it, validation, best.pt and the snapshots use the averaged weights (the raw ones are validated too, as
+    # val_raw_*), and last.pt keeps both.
+    ema: float = 0.0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 | fp16
     channels_last: bool = False

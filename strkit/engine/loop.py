@@ -208,7 +208,8 @@ class RunLoop:
         if not self.ranks.is_main:
             return None
         return save_checkpoint(self.out_dir / name, config=self.cfg.to_dict(), charset=self.model.charset.to_dict(),
-                               state_dict=self.model.state_dict(), step=self.step,
+                               state_dict=self.model.state_dict() if full_state else self.inference_state(),
+                               step=self.step,
                                metrics=self.checkpoint_metrics(metrics),
                                arch=getattr(self.model, "arch", None),
                                rectifier_arch=getattr(self.model, "rectifier_arch", None),
@@ -226,6 +227,11 @@ class RunLoop:
     def checkpoint_extra(self) -> dict[str, Any]:
         """The checkpoint's ``extra`` entry."""
         return {}
+
+    def inference_state(self) -> dict[str, Any]:
+        """The weights an inference-only checkpoint (``full_state=False``: ``best.pt``, snapshots) stores
+        (default: the model's own; a run with a weight average stores the average)."""
+        return self.model.state_dict()
 
     def checkpoint_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """The metrics stored in a checkpoint (default: the last validation's)."""

@@ -19,7 +19,9 @@ Observers: ``Trainer(cfg, on_validation=fn)`` calls ``fn(step, metrics)`` on ran
 the run there, like a spent budget (``last.pt`` is written and :meth:`Trainer.fit` returns). Protocol search
 uses it to report intermediate accuracies to its pruner (:mod:`strkit.engine.tuning`).
 
-What plugs in: distillation (``distill:``) adds its loss term to :meth:`Trainer.train_step`; fine-tuning
+What plugs in: a weight average (``train.ema``, :mod:`strkit.engine.ema`) follows every optimiser step and
+is what validation, ``best.pt`` and the snapshots use; distillation (``distill:``) adds its loss term to
+:meth:`Trainer.train_step`; fine-tuning
 (``train.init_from``, ``train.freeze``) initialises the model and freezes parameters through a hook
 (:mod:`strkit.engine.finetune`).
 
@@ -49,6 +51,7 @@ from strkit.models.recognizer import AUX_CTC_PREFIX, GEOMETRY_TARGETS, Recogniti
 
 from .compilation import maybe_compile
 from .distill import Distiller
+from .ema import WeightAverage
 from .finetune import FreezeParameters, adopt_init_config, init_with_charset_change, resolve_init_source
 from .loop import Hook, MeanWindow, ObserveValidation, RunLoop, ValidationObserver
 from .optim import build_optimizer, build_scheduler, set_schedule_length
@@ -118,6 +121,11 @@ class Trainer(RunLoop):
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         keep_stages_in_fp32(self.model, cfg.train.fp32_stages)  # a no-op outside autocast
+        if not 0.0 <= cfg.train.ema < 1.0:
+            raise ConfigError(f"train.ema must lie in [0, 1) (the decay of the weight average, e.g. 0.999; "
+                              f"0 = off), got {cfg.train.ema!r}")
+        # The weight average (train.ema): from the initial (or init_from) weights; a resume restores it.
+        self.ema = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.hooks = [FreezeParameters(self.model, cfg.train.freeze), _FitScheduleToBudget(), _KeepBest()]
         if cfg.train.snapshot_every > 0:
             self.hooks.append(_KeepSnapshots(cfg.train.snapshot_every))
@@ -149,17 +157,30 @@ class Trainer(RunLoop):
 
     # -- state --------------------------------------------------------------------------------
     def state_extras(self) -> dict[str, Any]:
-        return {"best": self.best, "schedule_steps": self.schedule_steps}
+        extras: dict[str, Any] = {"best": self.best, "schedule_steps": self.schedule_steps}
+        if self.ema is not None:
+            extras["ema"] = self.ema.state_dict()
+        return extras
 
     def load_extras(self, payload: dict[str, Any]) -> None:
         ts = payload["train_state"]
         self.best = dict(ts.get("best", {}))
+        if self.ema is not None:
+            if ts.get("ema") is not None:
+                self.ema.load_state_dict(ts["ema"])
+            else:  # train.ema turned on for a run that had none: average from the resumed weights on
+                self.ema = WeightAverage(self.model, self.cfg.train.ema)
+                log.info("train.ema: the run had no weight average; it starts from the weights of step %d",
+                         int(payload["step"]))
         self.schedule_steps = int(ts.get("schedule_steps", self.cfg.train.steps))
         if self.schedule_steps != self.cfg.train.steps:
             set_schedule_length(self.scheduler, self.cfg.train.scheduler, self.schedule_steps)
 
     def checkpoint_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         return {**metrics, **self.corrupt_metrics()}
+
+    def inference_state(self) -> dict[str, Any]:
+        return self.ema.averaged_state(self.model) if self.ema is not None else self.model.state_dict()
 
     def corrupt_metrics(self) -> dict[str, float]:
         """Corrupt records skipped so far: ``corrupt_skipped`` (total) and ``corrupt_skipped/<source>``."""
@@ -237,6 +258,8 @@ class Trainer(RunLoop):
                 loss = loss + extra
         if not self.optimise(loss):
             return None
+        if self.ema is not None:
+            self.ema.update(self.model)
         if out.geometry_loss is not None:
             self.last_geometry_loss = float(out.geometry_loss.detach())
         return float(loss.detach())
@@ -272,11 +295,22 @@ class Trainer(RunLoop):
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         """Word accuracy / 1-NED / confidence on the validation loader (labels already normalised), plus
-        accuracy / 1-NED of every further validation set (``val_<name>_*``)."""
+        accuracy / 1-NED of every further validation set (``val_<name>_*``). With a weight average
+        (``train.ema``) these are the average's, and ``val_raw_accuracy`` / ``val_raw_ned`` the raw weights'."""
         assert self.data is not None
         if self.data.val is None:
             return {}
         self.model.eval()
+        if self.ema is None:
+            return self._validate_weights()
+        raw = self._score(self.data.val, "val", self.cfg.train.val_batches)
+        with self.ema.applied(self.model):
+            metrics = self._validate_weights()
+        return {**metrics, "val_raw_accuracy": raw.accuracy, "val_raw_ned": raw.ned}
+
+    def _validate_weights(self) -> dict[str, float]:
+        """The metrics of :meth:`validate` for the weights the model holds now."""
+        assert self.data is not None and self.data.val is not None
         m = self._score(self.data.val, "val", self.cfg.train.val_batches)
         metrics = {"val_accuracy": m.accuracy, "val_ned": m.ned, "val_confidence": m.mean_confidence,
                    "val_count": float(m.count)}
