@@ -372,21 +372,6 @@ def lmdb_num_samples(path: str | Path) -> int:
         return read_num_samples(txn, path)
 
 
-def iter_raw_images(path: str | Path) -> Iterator[bytes]:
-    """Every stored ``image-%09d`` value (encoded bytes) of the LMDB at ``path``, in key order: all
-    records, whatever their label. The read transaction stays open until the iterator is exhausted."""
-    path = lmdb_dir(path)
-    prefix = b"image-"
-    with ENV_CACHE.begin(path) as txn:
-        cursor = txn.cursor()
-        if not cursor.set_range(prefix):
-            return
-        for key, value in cursor:
-            if not key.startswith(prefix):
-                break
-            yield value
-
-
 def iter_raw_records(path: str | Path) -> Iterator[tuple[bytes, str]]:
     """Every ``(image-%09d value, label-%09d value)`` pair of the LMDB at ``path``, in key order: the
     encoded image bytes and the stored label (UTF-8, undecodable bytes replaced; ``""`` when missing)."""
