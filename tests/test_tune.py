@@ -44,6 +44,12 @@ def test_shipped_spaces_load(word_folder):
     ic15 = next(s for s in proto["data"]["train"] if s["name"] == "IC15_train")
     assert ic15["ratio_schedule"] == [[300, 0.2]]  # a key inside a list: the protocol sets the whole list
     assert all(s["ratio_schedule"][0][0] == 300 for s in proto["data"]["train"])  # tied keys
+    warm = protocol_space.load_space(REPO / "configs" / "tune" / "default_model_warm.yaml")
+    assert "train.ema" in {p.name for p in warm.params} and "curriculum_step" not in {p.name for p in warm.params}
+    # the proxy trials start from the warm checkpoint with the mix from the first step; a protocol does not
+    assert "train.init_from=runs/tune/warm/last.pt" in warm.proxy
+    proto = warm.protocol({"train.ema": 0.999})
+    assert proto["train"]["ema"] == 0.999 and "init_from" not in proto["train"]
     tiny = protocol_space.load_space(TINY, [data_override(word_folder)])
     assert [p.name for p in tiny.params][-1] == "data.augment_options.m"
 
