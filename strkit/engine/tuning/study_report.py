@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from strkit.atomic import atomic_path, atomic_write, write_text_atomic
 from strkit.engine.tuning.protocol_space import TuneError, build_config, import_optuna
 from strkit.engine.tuning.trials import Budget, run_overrides, worker_logging
 
@@ -104,7 +105,8 @@ def plot_history(study: Any, path: Path) -> None:
     ax.set_title(f"study {study.study_name}")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def write_report(study: Any, out: str | Path, top: int = 5) -> dict[str, Path]:
@@ -115,7 +117,7 @@ def write_report(study: Any, out: str | Path, top: int = 5) -> dict[str, Path]:
     files: dict[str, Path] = {}
     columns, rows = trial_rows(study)
     files["trials.csv"] = out / "trials.csv"
-    with files["trials.csv"].open("w", newline="") as fh:
+    with atomic_write(files["trials.csv"], "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -123,11 +125,11 @@ def write_report(study: Any, out: str | Path, top: int = 5) -> dict[str, Path]:
                       key=lambda t: -t.value)
     if complete:
         files["best.yaml"] = out / "best.yaml"
-        files["best.yaml"].write_text(protocol_yaml(study, complete[0], out, "best protocol"))
+        write_text_atomic(files["best.yaml"], protocol_yaml(study, complete[0], out, "best protocol"))
         (out / "top").mkdir(exist_ok=True)
         for rank, t in enumerate(complete[:top], 1):
-            (out / "top" / f"{rank}-trial{t.number}.yaml").write_text(
-                protocol_yaml(study, t, out / "top", f"protocol ranked {rank}"))
+            write_text_atomic(out / "top" / f"{rank}-trial{t.number}.yaml",
+                              protocol_yaml(study, t, out / "top", f"protocol ranked {rank}"))
     importances = param_importances(study)
     files["history.png"] = out / "history.png"
     plot_history(study, files["history.png"])
@@ -153,7 +155,7 @@ def write_report(study: Any, out: str | Path, top: int = 5) -> dict[str, Path]:
     lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
     lines += ["", "![optimisation history](history.png)", ""]
     files["report.md"] = out / "report.md"
-    files["report.md"].write_text("\n".join(lines))
+    write_text_atomic(files["report.md"], "\n".join(lines))
     return files
 
 
@@ -214,8 +216,8 @@ def _long_run(number: int, base: str, protocol: dict[str, Any], overrides: list[
         trainer = Trainer(cfg, overwrite=True)
     trainer.fit()
     score = float(trainer.best.get("val_accuracy", math.nan))
-    (Path(run_dir) / "fidelity.json").write_text(json.dumps({"trial": number, "val_accuracy": score,
-                                                              "budget": budget}))
+    write_text_atomic(Path(run_dir) / "fidelity.json",
+                      json.dumps({"trial": number, "val_accuracy": score, "budget": budget}))
     return score
 
 
@@ -265,9 +267,9 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
     rows = [{"trial": t.number, "chosen": why, "proxy": float(t.value), "long": float(long[t.number])}
             for t, why in chosen]
     res = FidelityResult(rows, spearman([r["proxy"] for r in rows], [r["long"] for r in rows]), factor)
-    with (Path(out) / "fidelity.csv").open("w", newline="") as fh:
+    with atomic_write(Path(out) / "fidelity.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["trial", "chosen", "proxy", "long"])
         writer.writeheader()
         writer.writerows(rows)
-    (Path(out) / "fidelity.md").write_text(res.table())
+    write_text_atomic(Path(out) / "fidelity.md", res.table())
     return res
