@@ -46,6 +46,7 @@ from strkit.atomic import atomic_write
 from strkit.data.benchmarks import BENCHMARKS, BenchmarkLeakError, BenchmarkNotFoundError, dataset_kind, find_benchmark
 from strkit.data.cache import private_cache_folder
 from strkit.data.folder import LABELS_FILE, FolderDataset, read_gt_file
+from strkit.data.image_limits import ImageTooLargeError, check_encoded
 from strkit.data.lmdb.reader import LmdbDataset, iter_raw_records, record_datasets
 
 log = logging.getLogger("strkit")
@@ -70,7 +71,12 @@ def label_key(label: str) -> str:
 
 
 def thumbnail(data: bytes) -> np.ndarray | None:
-    """The grey ``THUMB_SIZE`` thumbnail (uint8, H×W) of an encoded image; ``None`` if undecodable."""
+    """The grey ``THUMB_SIZE`` thumbnail (uint8, H×W) of an encoded image; ``None`` if undecodable or larger
+    than the default pixel limit (checked from the header, before decoding)."""
+    try:
+        check_encoded(data)
+    except ImageTooLargeError:
+        return None
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if img is None or img.size == 0:
         return None
