@@ -151,8 +151,9 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
     from strkit.cli.tune import main
 
     out = tmp_path / "study"
-    args = ["run", str(TINY), data_override(word_folder), "--out", str(out), "--steps", "3", "--pruner", "none",
-            "--threads", "1"]
+    # data.workers=1: the fidelity runs of --jobs 2 below start DataLoader workers inside worker processes
+    args = ["run", str(TINY), data_override(word_folder), "data.workers=1", "--out", str(out), "--steps", "3",
+            "--pruner", "none", "--threads", "1"]
     assert main([*args, "--trials", "2"]) == 0
     assert _states(out) == ["COMPLETE", "COMPLETE"]
     # rerun asking for 3: the study continues from the SQLite file, one more trial

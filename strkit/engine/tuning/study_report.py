@@ -257,10 +257,14 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
         todo.append((t.number, attrs["base"], t.user_attrs["protocol"], overrides, str(run_dir),
                      budget.describe()))
     if jobs > 1 and len(todo) > 1:
+        import concurrent.futures
         import multiprocessing
 
-        with multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), maxtasksperchild=1) as pool:
-            scores = pool.map(_long_run_worker, todo, chunksize=1)
+        # Not a multiprocessing.Pool: its workers are daemonic and may not start the DataLoader workers of
+        # a run with data.workers > 0; an executor's workers may (one run per worker process).
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context(
+                "spawn"), max_tasks_per_child=1) as pool:
+            scores = list(pool.map(_long_run_worker, todo))
     else:
         scores = [_long_run(*a) for a in todo]
     long.update((a[0], score) for a, score in zip(todo, scores, strict=True))
