@@ -35,11 +35,8 @@ TRAIN_SPLITS = ("IIIT5K_train", "SVT_train", "IC15_train")
 
 def _score(prints: fp.BenchmarkFingerprints, data: bytes, label: str) -> float:
     """The highest correlation of this record with a same-label test crop (-1 when none)."""
-    candidates = prints.looks.get(fp.label_key(label))
-    thumb = fp.thumbnail(data)
-    if candidates is None or thumb is None:
-        return -1.0
-    return float(np.max(candidates[0] @ fp.unit_rows(thumb[None])[0]))
+    look = prints.closest_look(data, label)
+    return -1.0 if look is None else look[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,6 +116,12 @@ class BenchmarkFingerprints:
         name = self.sets.get(fingerprint(data))
         if name is not None:
             return name
+        look = self.closest_look(data, label)
+        return look[1] if look is not None and look[0] >= LOOK_MIN else None
+
+    def closest_look(self, data: bytes, label: str) -> tuple[float, str] | None:
+        """The highest thumbnail correlation of this record with a test image of the same label, and that
+        image's test set; None when no test image has the label or the record does not decode."""
         candidates = self.looks.get(label_key(label))
         if candidates is None:
             return None
@@ -124,7 +130,7 @@ class BenchmarkFingerprints:
             return None
         scores = candidates[0] @ unit_rows(thumb[None])[0]
         best = int(np.argmax(scores))
-        return candidates[1][best] if scores[best] >= LOOK_MIN else None
+        return float(scores[best]), candidates[1][best]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,9 +242,10 @@ def benchmark_fingerprints(root: str | Path | None) -> BenchmarkFingerprints | N
     for name, folder in sets:
         for data, label in _set_records(folder):
             found.setdefault(fingerprint(data), name)
-            thumb = thumbnail(data) if label_key(label) else None
+            key_of_label = label_key(label)
+            thumb = thumbnail(data) if key_of_label else None
             if thumb is not None:
-                look_keys.append(label_key(label))
+                look_keys.append(key_of_label)
                 look_thumbs.append(thumb)
                 look_sets.append(name)
     names = [name for name, _ in sets]

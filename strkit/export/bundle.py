@@ -55,5 +55,5 @@ def write_bundle(checkpoint: str | Path, onnx_path: str | Path, out_dir: str | P
             shutil.copyfile(src, tmp)
         written[key] = target
     for path in written.values():
-        os.chmod(path, 0o644)  # package data: readable by everyone (temporary files are created 0600)
+        os.chmod(path, 0o644)  # package data: readable by everyone, whatever the umask
     return written
