@@ -76,6 +76,11 @@ class ReplayConfig:
     seed: int = 777          # of that validation set (training replay draws from other seeds)
 
 
+#: Default pixel limit (width × height) of one image: 40 megapixels, far above any word crop, far below a
+#: decompression bomb (``data.max_pixels``; :mod:`strkit.data.image_limits` applies it).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
 @dataclass
 class DataConfig:
     """Data sources, image geometry and loading."""
@@ -95,6 +100,10 @@ class DataConfig:
     # Options of the augmentation preset, e.g. {n: 2, m: 5} for ``randaug`` (N ops per sample, magnitude 0-10).
     augment_options: dict[str, Any] = field(default_factory=dict)
     workers: int = 2
+    # Images of a training or validation source (lmdb / folder) whose header announces more pixels than this
+    # are unusable records, refused before decoding (a guard against decompression bombs); 0 = no limit of
+    # strkit's own (PIL's ``Image.MAX_IMAGE_PIXELS`` still applies).
+    max_pixels: int = DEFAULT_MAX_PIXELS
     benchmark_root: str = "../shared/benchmarks"
     replay: ReplayConfig = field(default_factory=ReplayConfig)
 
@@ -403,6 +412,7 @@ RANGE_CHECKS: tuple[tuple[str, float, str], ...] = (
     ("data.img_h", 1, "the input height in pixels"),
     ("data.img_w", 1, "the input width in pixels"),
     ("data.workers", 0, "data loader processes, 0 = load in the main process"),
+    ("data.max_pixels", 0, "the largest image in pixels, 0 = no limit"),
     ("eval.batch_size", 1, "images per evaluation batch"),
 )
 

@@ -222,3 +222,33 @@ def test_a_jpeg_announcing_a_huge_frame_is_refused():
     data[sof + 5:sof + 9] = (60000).to_bytes(2, "big") + (60000).to_bytes(2, "big")  # height, width
     with pytest.raises(ImageTooLargeError, match="60000×60000"):
         check_encoded(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["lmdb", "folder"])
+def test_data_max_pixels_reaches_training_sources(kind, bombs, word_png, tmp_path, no_decoding_of_large_images):
+    from strkit.config import SourceConfig, load_config
+    from strkit.data.sources import build_source
+
+    if kind == "lmdb":
+        path = tmp_path / "db"
+        with LmdbWriter(path) as writer:
+            writer.put(word_png.read_bytes(), "abc")  # 100×32 = 3,200 pixels
+    else:
+        path = tmp_path / "gt.txt"
+        path.write_text(f"{word_png}\tabc\n", encoding="utf-8")
+    cfg = load_config(None, ["data.max_pixels=1000"])
+    src = SourceConfig(path=str(path), kind=kind)
+    small = build_source(src, None, 1, None, purpose="eval", max_pixels=cfg.data.max_pixels)
+    with pytest.raises(CorruptRecordError, match="3,200 pixels exceeds the limit of 1,000"):
+        small.strict = True
+        small[0]
+    unlimited = build_source(src, None, 1, None, purpose="eval", max_pixels=0)  # 0 = no limit of strkit's own
+    assert unlimited[0][1] == "abc"
+
+
+def test_data_max_pixels_is_range_checked():
+    from strkit.config import ConfigError, load_config
+
+    assert load_config(None).data.max_pixels == 40_000_000
+    with pytest.raises(ConfigError, match="data.max_pixels.*must be at least 0"):
+        load_config(None, ["data.max_pixels=-5"])

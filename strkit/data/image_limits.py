@@ -17,8 +17,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-#: Default pixel limit (width × height): 40 megapixels, far above any word crop, far below a bomb.
-DEFAULT_MAX_PIXELS = 40_000_000
+from strkit.config import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # the default limit (data.max_pixels)
+
 #: Width/height (or height/width) beyond which a crop gets a warning.
 MAX_ASPECT_RATIO = 25.0
 
@@ -38,7 +38,8 @@ def check_size(width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIX
     """Raise :class:`ImageTooLargeError` when ``width × height`` exceeds ``max_pixels`` (``None``: no limit
     of strkit's own) or PIL's decompression-bomb limit; ``where`` (a path) starts the message."""
     pixels = int(width) * int(height)
-    limits = ((max_pixels, "the limit", "raise it with max_pixels / --max-pixels if the image is genuine"),
+    limits = ((max_pixels, "the limit",
+               "raise it with max_pixels / --max-pixels / data.max_pixels if the image is genuine"),
               (_pil_limit(), "PIL's decompression-bomb limit", "PIL.Image.MAX_IMAGE_PIXELS"))
     for limit, what, hint in limits:
         if limit is not None and limit > 0 and pixels > limit:

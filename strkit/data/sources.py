@@ -23,6 +23,7 @@ from strkit.config import ConfigError, SourceConfig
 from strkit.data.benchmarks import BenchmarkLeakError, assert_not_benchmark, expand_benchmarks, load_benchmark
 from strkit.data.fingerprints import assert_no_benchmark_images
 from strkit.data.folder import FolderDataset
+from strkit.data.image_limits import DEFAULT_MAX_PIXELS
 from strkit.data.lmdb.discovery import open_lmdb_tree
 from strkit.data.lmdb.format import LabelFilter
 from strkit.registry import Registry
@@ -36,16 +37,21 @@ SOURCES: Registry[Dataset] = Registry("data source")
 
 
 @SOURCES.register("lmdb")
-def lmdb_source(path: str, *, label_filter: LabelFilter | None, channels: int, geometry: bool = False) -> Dataset:
+def lmdb_source(path: str, *, label_filter: LabelFilter | None, channels: int, geometry: bool = False,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """One LMDB, or every LMDB below ``path`` (concatenated in sorted path order); with ``geometry``
-    every one of them must hold ``geom-%09d`` records, and items carry the parsed geometry."""
-    return open_lmdb_tree(path, label_filter=label_filter, channels=channels, geometry=geometry)
+    every one of them must hold ``geom-%09d`` records, and items carry the parsed geometry. Records whose
+    image header announces more than ``max_pixels`` pixels are unusable (``None``: no limit)."""
+    return open_lmdb_tree(path, label_filter=label_filter, channels=channels, geometry=geometry,
+                          max_pixels=max_pixels)
 
 
 @SOURCES.register("folder")
-def folder_source(path: str, *, label_filter: LabelFilter | None, channels: int) -> Dataset:
-    """A folder with ``labels.tsv``, or a gt file of ``path<TAB>label`` lines."""
-    return FolderDataset(path, label_filter=label_filter, channels=channels)
+def folder_source(path: str, *, label_filter: LabelFilter | None, channels: int,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
+    """A folder with ``labels.tsv``, or a gt file of ``path<TAB>label`` lines (images of more than
+    ``max_pixels`` pixels are unusable; ``None``: no limit)."""
+    return FolderDataset(path, label_filter=label_filter, channels=channels, max_pixels=max_pixels)
 
 
 SOURCE_LENGTH = 10**7
@@ -62,7 +68,7 @@ def synth_source(path: str, *, label_filter: Any = None, channels: int = 3, **kw
         label_filter: the model's label filter; when it is a :class:`strkit.charset.LabelFilter`, labels
             are rendered directly in its charset and no longer than its ``max_length``.
         channels: 1 (gray) or 3 (RGB).
-        **kw: ignored (other sources' options, e.g. ``benchmark_root``).
+        **kw: ignored (other sources' options, e.g. ``max_pixels``: rendered images are small).
     """
     from strkit.data.synth.dataset import SynthDataset
 
@@ -93,7 +99,8 @@ def check_geometry_source(src: SourceConfig, where: str = "data.train") -> None:
 
 
 def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: int,
-                 benchmark_root: str | None, purpose: str = "train", geometry: bool = False) -> Dataset:
+                 benchmark_root: str | None, purpose: str = "train", geometry: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """The dataset of one configured source.
 
     Args:
@@ -106,6 +113,8 @@ def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: 
         purpose: ``train``, ``search`` or ``val`` (benchmark sets refused), or ``eval``.
         geometry: read the source's word geometry (items ``(image, label, geometry)``); the source
             must be an ``lmdb`` with ``geom-%09d`` records.
+        max_pixels: images of more pixels (from their header) are unusable records (``data.max_pixels``;
+            ``None`` or 0: no limit of strkit's own). Benchmark sets keep the default.
 
     Raises:
         BenchmarkLeakError: a benchmark set given for training, search or validation, by name, place or
@@ -132,10 +141,9 @@ def build_source(src: SourceConfig, label_filter: LabelFilter | None, channels: 
         raise ValueError(f"a data source of kind '{src.kind}' needs a path")
     if purpose in GUARDED_PURPOSES:
         assert_not_benchmark(src.path, benchmark_root)
-    if geometry:
-        dataset = factory(src.path, label_filter=label_filter, channels=channels, geometry=True)
-    else:
-        dataset = factory(src.path, label_filter=label_filter, channels=channels)
+    options: dict[str, Any] = {"geometry": True} if geometry else {}
+    dataset = factory(src.path, label_filter=label_filter, channels=channels, max_pixels=max_pixels or None,
+                      **options)
     if purpose in GUARDED_PURPOSES:
         assert_no_benchmark_images(dataset, src.name or src.path, benchmark_root, purpose)
     return dataset

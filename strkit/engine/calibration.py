@@ -191,12 +191,13 @@ def run_validation_split(cfg: Config, charset: Charset, benchmark_root: str | No
         fraction = d.val_fraction if src.val_fraction is None else src.val_fraction
         if fraction <= 0 or src.kind == "synth" or not Path(src.path).exists():
             continue
-        ds = build_source(src, label_filter, d.channels, root, purpose="train")
+        ds = build_source(src, label_filter, d.channels, root, purpose="train", max_pixels=d.max_pixels)
         parts.append(split_holdout(ds, fraction, cfg.train.seed + i)[1])
         names.append(src.name or src.path)
     for src in d.val:
         if Path(src.path).exists():
-            parts.append(build_source(src, label_filter, d.channels, root, purpose="val"))
+            parts.append(build_source(src, label_filter, d.channels, root, purpose="val",
+                                       max_pixels=d.max_pixels))
             names.append(src.name or src.path)
     if not parts:
         raise ValueError("none of the run's validation data (data.val, or the held-out part of data.train) is "

@@ -137,8 +137,8 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
     to_fill: list[tuple[str, str, Dataset]] = []
     record_sources: list[tuple[str, list[RecordDataset]]] = []
     for i, src in enumerate(sources):
-        ds = build_source(src, label_filter=label_filter, channels=d.channels,
-                          benchmark_root=d.benchmark_root, purpose="train", geometry=geometry and src.geometry)
+        ds = build_source(src, label_filter=label_filter, channels=d.channels, benchmark_root=d.benchmark_root,
+                          purpose="train", geometry=geometry and src.geometry, max_pixels=d.max_pixels)
         name = src.name or f"{src.kind}:{src.path}"
         record_sources.append((name, _shared_counts(ds)))
         if len(ds) == 0:
@@ -159,7 +159,7 @@ def build_run_data(cfg: Config, charset: Charset, dist: DistInfo, start_step: in
         names.append(name)
     for src in d.val:
         val_sets.append(build_source(src, label_filter=label_filter, channels=d.channels,
-                                     benchmark_root=d.benchmark_root, purpose="val"))
+                                     benchmark_root=d.benchmark_root, purpose="val", max_pixels=d.max_pixels))
         record_sources.append((f"val:{src.name or f'{src.kind}:{src.path}'}", _shared_counts(val_sets[-1])))
     label_filter.warn_if_needed()
     if distiller is not None:
