@@ -335,3 +335,35 @@ def test_external_reader_without_its_package_says_how_to_install(monkeypatch: py
     monkeypatch.setitem(sys.modules, "rapidocr", None)  # as if not installed
     with pytest.raises(ImportError, match="pip install rapidocr"):
         build_reader("rapidocr")
+
+
+def test_readers_take_any_bundled_model_by_its_zoo_name(tmp_path: Path, bundled_checkpoint: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench.py compare --readers default fast ...``: every zoo name is a reader, with the same backend
+    suffixes as ``default``; an unknown name lists the bundled ones."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    import strkit.models.zoo
+    from strkit.api import Recognizer
+    from strkit.bench.readers import build_reader
+
+    zoo = tmp_path / "assets"
+    zoo.mkdir()
+    (zoo / "default.pt").symlink_to(bundled_checkpoint)
+    untrained = _untrained_checkpoint(tmp_path)[1]
+    shutil.copyfile(untrained, zoo / "fast.pt")  # a different model under the second name
+    monkeypatch.setattr(strkit.models.zoo, "assets_dir", lambda: zoo)
+    monkeypatch.chdir(tmp_path)  # no file named 'fast' here: the name is the zoo's
+    crop = np.full((32, 100, 3), 255, np.uint8)
+    cv2.putText(crop, "strkit", (4, 23), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 2)
+    fast, default = build_reader("fast:torch"), build_reader("default:torch")
+    assert fast.name == "fast:torch" and "(fast)" in fast.info
+    expected = Recognizer.from_checkpoint(untrained, backend="torch", threads=1).recognize(crop)[0].text
+    assert fast.read(crop) == expected != default.read(crop)
+    with pytest.raises(ValueError, match="use fast, fast:torch, fast:onnx or fast:int8"):
+        build_reader("fast:tensorrt")
+    with pytest.raises(FileNotFoundError, match=r"bundled models \(default, fast\)"):
+        build_reader("fastest")

@@ -4,8 +4,9 @@ optional package is installed, other recognisers, each behind the same call: an 
 
 A reader is built from a spec string by :func:`build_reader`:
 
-- ``default``, ``default:torch``, ``default:int8``: the bundled default model (:meth:`Recognizer.from_pretrained`;
-  ``default`` picks the fastest available backend, ``int8`` its int8 ONNX export);
+- a bundled model by its zoo name (``strkit models`` lists them: ``default``, ``fast`` ...), optionally
+  ``NAME:torch`` / ``NAME:onnx`` / ``NAME:int8`` (:meth:`Recognizer.from_pretrained`; a bare name picks the
+  fastest available backend, ``int8`` its int8 ONNX export);
 - a checkpoint (``.pt``) or exported ``.onnx`` path, optionally ``PATH:torch`` / ``PATH:onnx``;
 - ``rapidocr``: RapidOCR's recogniser alone (no detection, no orientation classifier), whatever model its
   installed version ships (PyPI ``rapidocr``; 3.x ships PP-OCRv6-small's recogniser in the wheel).
@@ -67,14 +68,16 @@ def build_reader(spec: str, threads: int = 1) -> Reader:
         ImportError: an external reader whose package is not installed.
     """
     from strkit.api import Recognizer
+    from strkit.models.zoo import zoo_models
 
     if spec in EXTERNAL_READERS.names():
         return EXTERNAL_READERS.get(spec)(threads)
     base, _, option = spec.partition(":")
-    if base == "default":
+    bundled = sorted(zoo_models())
+    if base in bundled and not Path(base).is_file():
         if option not in ("", "torch", "onnx", "int8"):
-            raise ValueError(f"reader '{spec}': use default, default:torch, default:onnx or default:int8")
-        rec = Recognizer.from_pretrained(threads=threads, backend="torch" if option == "torch" else
+            raise ValueError(f"reader '{spec}': use {base}, {base}:torch, {base}:onnx or {base}:int8")
+        rec = Recognizer.from_pretrained(base, threads=threads, backend="torch" if option == "torch" else
                                          "onnx" if option in ("onnx", "int8") else "auto",
                                          int8=option == "int8")
     else:
@@ -82,7 +85,8 @@ def build_reader(spec: str, threads: int = 1) -> Reader:
             raise ValueError(f"reader '{spec}': the suffix after ':' is a backend, torch or onnx")
         if not Path(base).is_file():
             raise FileNotFoundError(f"reader '{spec}': no such model file {base} (a checkpoint .pt or an "
-                                    f"exported .onnx), and not one of: default, "
+                                    f"exported .onnx), and not one of the bundled models "
+                                    f"({', '.join(bundled) or 'none'}) nor of: "
                                     f"{', '.join(EXTERNAL_READERS.names())}")
         rec = Recognizer.from_checkpoint(base, threads=threads, backend=option or "auto")
     backend: Any = rec.backend

@@ -1,6 +1,6 @@
 """``tools/bench.py compare``: word readers side by side on the same real crops, one image at a time.
 
-Each reader (see :mod:`strkit.bench.readers`: the bundled model, a checkpoint or ``.onnx`` file, and
+Each reader (see :mod:`strkit.bench.readers`: the bundled models by name, a checkpoint or ``.onnx`` file, and
 optional external recognisers such as ``rapidocr``) reads the first ``--count`` crops of a benchmark,
 one call per image (decode already done; preprocessing, model and decoding timed), in ``--rounds``
 interleaved rounds so that a change of machine load hits every reader alike. Reported per reader: median
@@ -28,8 +28,9 @@ class CompareBench:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--readers", nargs="+", default=["default"],
-                            help="default, default:torch, default:onnx, default:int8, a .pt / .onnx path "
-                                 "(optionally PATH:torch / PATH:onnx), rapidocr (default: default)")
+                            help="a bundled model by name (strkit models: default, ...), optionally NAME:torch / "
+                                 "NAME:onnx / NAME:int8; a .pt / .onnx path (optionally PATH:torch / "
+                                 "PATH:onnx); rapidocr (default: default)")
         parser.add_argument("--benchmark", default="IIIT5K_3000", help="benchmark whose crops are read")
         parser.add_argument("--root", default="../shared/benchmarks", help="benchmark root folder")
         parser.add_argument("--count", type=int, default=300, help="first N crops (0 = all; default 300)")
