@@ -47,7 +47,7 @@ row() {  # name seed [--protocol FILE]: FULL_MINUTES of training, then the bench
   local name=$1 seed=$2 out=runs/tune/compare/$1; shift 2
   if [ ! -f "$out.done" ]; then
     local r=; [ -f "$out/last.pt" ] && r=--resume
-    /usr/bin/time -f "$name wall %e s, peak RSS %M KB" on python tools/train.py configs/train/default_model.yaml \
+    /usr/bin/time -f "$name wall %e s, peak RSS %M KB" taskset -c "$CORES" python tools/train.py configs/train/default_model.yaml \
       "$@" train.max_minutes="${FULL_MINUTES:-60}" train.seed="$seed" train.val_every=1000 train.progress=false \
       train.out_dir="$out" $r && touch "$out.done"
   fi
