@@ -59,7 +59,7 @@ def packaged_config(name: str) -> str:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options may stand between the overrides
     setup_logging(args.verbose)
     from strkit.engine.finetune import adopt_init_config
 
