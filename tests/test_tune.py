@@ -296,3 +296,17 @@ def test_missing_optuna_is_one_line(monkeypatch, tmp_path, capsys, word_folder):
     assert main(["report", str(tmp_path)]) == 2
     assert main(["run", str(TINY), data_override(word_folder), "--out", str(tmp_path), "--steps", "1"]) == 2
     assert "pip install 'strkit[tune]'" in capsys.readouterr().err
+
+
+def test_train_options_may_stand_between_the_overrides(tmp_path, capsys):
+    """``tools/train.py CONFIG --protocol FILE key=value`` (the protocol comparison's command line): the
+    overrides after an option are still overrides, and they win over the protocol."""
+    from strkit.cli.train import main as train_main
+
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text("train:\n  batch_size: 48\n  steps: 5\n", encoding="utf-8")
+    for argv in ([str(MODEL), "--protocol", str(protocol), "train.steps=7", "--print-config"],
+                 [str(MODEL), "train.steps=7", "--protocol", str(protocol), "--print-config"]):
+        assert train_main(argv) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert (printed["train"]["batch_size"], printed["train"]["steps"]) == (48, 7)
