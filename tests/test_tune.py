@@ -194,6 +194,13 @@ def test_tiny_study_resume_report_protocol_and_fidelity(tmp_path, word_folder, c
         rows = list(csv.DictReader(fh))
     assert [r["chosen"] for r in rows] == ["top", "top", "random"]
     assert load_config(out / "fidelity" / "x2" / rows[0]["trial"] / "config.yaml").train.steps == 6
+    # the protocol that won at the longer budget, ready to run like best.yaml
+    winner = max(rows, key=lambda r: float(r["long"]))["trial"]
+    picked = (out / "fidelity_best.yaml").read_text()
+    assert f"trial {winner} of study" in picked and "at 2x the proxy budget" in picked
+    assert train_main([str(out / "fidelity_best.yaml"), data_override(word_folder), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["optimizer"]["lr"] == \
+        study.trials[int(winner)].params["train.optimizer.lr"]
 
     # a run cut before it recorded its score continues from its last.pt (nothing retrained from scratch), and
     # --jobs 2 trains the runs of another budget in two worker processes

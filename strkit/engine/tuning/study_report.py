@@ -233,7 +233,8 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
     proxy budget (in ``<out>/fidelity/x<factor>/<trial>``) and compare the rankings. Finished runs are
     reused and a cut one continues from its ``last.pt``, so a rerun continues; ``jobs`` > 1 trains that many
     runs at once in worker processes (give each its share of the cores with ``threads``). Writes
-    ``fidelity.csv`` and ``fidelity.md`` into ``out``."""
+    ``fidelity.csv``, ``fidelity.md`` and ``fidelity_best.yaml`` (the protocol that scored best at the longer
+    budget, ready to run like ``best.yaml``: with a low rank correlation it is the better pick) into ``out``."""
     complete = sorted((t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"),
                       key=lambda t: -t.value)
     if len(complete) < 2:
@@ -276,4 +277,7 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(Path(out) / "fidelity.md", res.table())
+    winner = max(chosen, key=lambda c: long[c[0].number])[0]
+    note = f"best protocol at {factor:g}x the proxy budget ({long[winner.number]:.2f} there)"
+    write_text_atomic(Path(out) / "fidelity_best.yaml", protocol_yaml(study, winner, Path(out), note))
     return res
