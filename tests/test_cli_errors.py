@@ -287,3 +287,29 @@ def test_onnx_cache_is_announced_once(capsys, checkpoint, images, tmp_path, capl
         assert main([str(ckpt), images[0], "--backend", "onnx", "--threads", "1"]) == 0
     announced = [r.getMessage() for r in caplog.records if "ONNX" in r.getMessage()]
     assert len(announced) == 1 and f"{ckpt}.onnx" in announced[0]
+
+
+def test_overrides_may_follow_options_in_every_tool_that_takes_them(capsys):
+    """``strkit-search run CONFIG --print-config train.steps=3`` and the like: key=value overrides after an
+    option are overrides (in order), for a tool with subcommands too; any other leftover is one error line."""
+    import yaml
+
+    from strkit.cli.search import main as search_main
+    from strkit.cli.train import main as train_main
+    from strkit.cli.tune import build_parser as tune_parser
+
+    search_cfg = str(REPO / "configs" / "search" / "tiny.yaml")
+    assert search_main(["run", search_cfg, "train.steps=9", "--print-config", "train.steps=3"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["steps"] == 3  # the later override wins
+    assert train_main([MODEL_CFG, "--print-config", "train.batch_size=5", "--overwrite", "train.steps=4"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["train"]
+    assert (printed["batch_size"], printed["steps"]) == (5, 4)
+    args = tune_parser().parse_with_overrides(["run", "space.yaml", "--out", "o", "data.workers=1", "--steps", "2",
+                                               "train.seed=3"])
+    assert args.overrides == ["data.workers=1", "train.seed=3"] and args.out == "o"
+    for argv, expected in ((["run", search_cfg, "--print-config", "train.steps=3", "stray"],
+                            "strkit-search: error: unrecognized arguments: stray"),
+                           (["lut", search_cfg, "--bogus-option"], "unrecognized arguments: --bogus-option")):
+        with pytest.raises(SystemExit) as info:  # argparse's error
+            search_main(argv)
+        one_error(capsys, int(info.value.code), expected)

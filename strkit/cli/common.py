@@ -60,6 +60,19 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
+    def parse_with_overrides(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """``parse_args`` for a tool whose (sub)command takes ``key.sub=value`` overrides (``args.overrides``):
+        overrides may also stand after options, e.g. ``CONFIG --protocol FILE train.steps=5`` or ``run SPACE
+        --out DIR data.workers=1`` (plain argparse takes the positional list only once). Overrides keep their
+        order; anything else left over is the usual one-line error."""
+        args, extra = self.parse_known_args(argv)
+        if extra:
+            stray = [a for a in extra if a.startswith("-") or "=" not in a]
+            if stray or not hasattr(args, "overrides"):
+                self.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+            args.overrides = [*(args.overrides or []), *extra]
+        return args
+
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a mistake the user can fix (reported in one line) rather than a bug.

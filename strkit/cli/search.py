@@ -27,7 +27,7 @@ from strkit.cli.common import Parser, non_negative_int, positive_int, resume_pat
 from strkit.config import Config, load_config
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     p = Parser(prog="strkit-search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
@@ -161,7 +161,7 @@ def _arch_costs(cfg: Config, model: Any, arch: dict[str, Any]) -> str:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_with_overrides(argv)
     setup_logging(args.verbose)
     cfg = load_config(args.config, args.overrides)
     from strkit.nas.config import search_config

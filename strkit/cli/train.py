@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from strkit.cli.common import check_device, fail, resume_path, setup_logging, user_errors
+from strkit.cli.common import Parser, check_device, fail, resume_path, setup_logging, user_errors
 from strkit.config import Config, load_config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="strkit-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="strkit-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config (see configs/train/), or the name of a config shipped with "
                                   "strkit (finetune)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.steps=1000")
@@ -59,7 +58,7 @@ def packaged_config(name: str) -> str:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)  # options may stand between the overrides
+    args = build_parser().parse_with_overrides(argv)
     setup_logging(args.verbose)
     from strkit.engine.finetune import adopt_init_config
 

@@ -50,7 +50,7 @@ def _storage_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("-v", "--verbose", action="store_true", help="debug log messages")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> Parser:
     from strkit.engine.tuning.trials import PRUNERS, SAMPLERS
 
     p = Parser(prog="strkit-tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,7 +165,7 @@ def _fidelity(args: argparse.Namespace) -> int:
 
 @user_errors
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_with_overrides(argv)
     setup_logging(args.verbose)
     return {"run": _run, "report": _report, "fidelity": _fidelity}[args.command](args)
 
