@@ -317,3 +317,20 @@ def test_train_options_may_stand_between_the_overrides(tmp_path, capsys):
         assert train_main(argv) == 0
         printed = yaml.safe_load(capsys.readouterr().out)
         assert (printed["train"]["batch_size"], printed["train"]["steps"]) == (48, 7)
+
+
+def test_a_moved_study_finds_its_base_config_below_the_working_directory(monkeypatch):
+    """A study file copied to another checkout or machine records a base config path that is gone there: the
+    report and the fidelity check take the longest tail of it that exists below the working directory."""
+    from types import SimpleNamespace
+
+    from strkit.engine.tuning.protocol_space import TuneError
+
+    monkeypatch.chdir(REPO)
+    moved = SimpleNamespace(study_name="s", user_attrs={"base": "/gone/tree-0123/configs/models/mbv2-ctc.yaml"})
+    assert study_report.study_base(moved) == REPO / "configs" / "models" / "mbv2-ctc.yaml"
+    here = SimpleNamespace(study_name="s", user_attrs={"base": str(MODEL)})
+    assert study_report.study_base(here) == MODEL
+    lost = SimpleNamespace(study_name="s", user_attrs={"base": "/gone/configs/models/no-such-model.yaml"})
+    with pytest.raises(TuneError, match="no-such-model.yaml does not exist"):
+        study_report.study_base(lost)

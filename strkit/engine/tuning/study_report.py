@@ -26,14 +26,36 @@ from strkit.engine.tuning.trials import Budget, run_overrides, worker_logging
 log = logging.getLogger("strkit")
 
 
+def study_base(study: Any) -> Path:
+    """The base config of ``study``. A study records it as an absolute path, which is gone when the study
+    file moved (another checkout, a copy of ``study.db`` on a new machine): then the longest tail of that
+    path that exists below the working directory is taken (``configs/train/x.yaml`` from the repository root).
+
+    Raises:
+        TuneError: no such tail exists either.
+    """
+    recorded = Path(study.user_attrs["base"])
+    if recorded.is_file():
+        return recorded
+    parts = recorded.parts[1:] if recorded.is_absolute() else recorded.parts
+    for i in range(len(parts)):
+        tail = Path(*parts[i:])
+        if tail.is_file():
+            log.info("the study's base config %s is gone; using %s", recorded, tail)
+            return tail.absolute()
+    raise TuneError(f"study '{study.study_name}': its base config {recorded} does not exist, nor any tail of that "
+                    f"path below {Path.cwd()}; run from the folder the study was made in (the repository root)")
+
+
 def protocol_yaml(study: Any, trial: Any, out: Path, note: str) -> str:
     """A ready-to-run protocol file of ``trial``: ``_base_`` (the base config, relative to ``out``) and the
     protocol, so that both ``tools/train.py BASE --protocol FILE`` and ``tools/train.py FILE`` run it."""
-    base = os.path.relpath(study.user_attrs["base"], Path(out).absolute())
+    base_path = study_base(study)
+    base = os.path.relpath(base_path, Path(out).absolute())
+    shown = os.path.relpath(base_path) if base_path.is_relative_to(Path.cwd()) else str(base_path)
     header = (f"# {note}: trial {trial.number} of study '{study.study_name}', proxy validation accuracy "
               f"{trial.value:.2f} ({Budget(**study.user_attrs['budget']).describe()} per trial)\n"
-              f"# run: tools/train.py {study.user_attrs['base']} --protocol THIS_FILE   (or: tools/train.py "
-              f"THIS_FILE)\n")
+              f"# run: tools/train.py {shown} --protocol THIS_FILE   (or: tools/train.py THIS_FILE)\n")
     body = {"_base_": base, **trial.user_attrs.get("protocol", {})}
     return header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
 
@@ -255,7 +277,7 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
             continue
         log.info("fidelity: trial %d (%s) at %s", t.number, why, budget.describe())
         overrides = [*attrs["proxy"], *run_overrides(budget, run_dir, attrs.get("subset", 1.0), threads)]
-        todo.append((t.number, attrs["base"], t.user_attrs["protocol"], overrides, str(run_dir),
+        todo.append((t.number, str(study_base(study)), t.user_attrs["protocol"], overrides, str(run_dir),
                      budget.describe()))
     if jobs > 1 and len(todo) > 1:
         import concurrent.futures
