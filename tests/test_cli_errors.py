@@ -307,6 +307,10 @@ def test_overrides_may_follow_options_in_every_tool_that_takes_them(capsys):
     args = tune_parser().parse_with_overrides(["run", "space.yaml", "--out", "o", "data.workers=1", "--steps", "2",
                                                "train.seed=3"])
     assert args.overrides == ["data.workers=1", "train.seed=3"] and args.out == "o"
+    from strkit.cli.train import build_parser as train_parser
+
+    args = train_parser().parse_with_overrides([MODEL_CFG, "a.b=1", "--resume", "c.d=2", "--overwrite", "e.f=3"])
+    assert args.resume == "auto" and args.overrides == ["a.b=1", "c.d=2", "e.f=3"]  # --resume KEY=VALUE: an override
     for argv, expected in ((["run", search_cfg, "--print-config", "train.steps=3", "stray"],
                             "strkit-search: error: unrecognized arguments: stray"),
                            (["lut", search_cfg, "--bogus-option"], "unrecognized arguments: --bogus-option")):

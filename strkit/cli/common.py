@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -63,14 +64,26 @@ class Parser(argparse.ArgumentParser):
     def parse_with_overrides(self, argv: list[str] | None = None) -> argparse.Namespace:
         """``parse_args`` for a tool whose (sub)command takes ``key.sub=value`` overrides (``args.overrides``):
         overrides may also stand after options, e.g. ``CONFIG --protocol FILE train.steps=5`` or ``run SPACE
-        --out DIR data.workers=1`` (plain argparse takes the positional list only once). Overrides keep their
-        order; anything else left over is the usual one-line error."""
+        --out DIR data.workers=1`` (plain argparse takes the positional list only once), and an override right
+        after a bare ``--resume`` (``--resume train.steps=60000``) is an override, not a checkpoint path.
+        Overrides keep their command-line order; anything else left over is the usual one-line error."""
+        argv = list(sys.argv[1:] if argv is None else argv)
         args, extra = self.parse_known_args(argv)
-        if extra:
-            stray = [a for a in extra if a.startswith("-") or "=" not in a]
-            if stray or not hasattr(args, "overrides"):
-                self.error(f"unrecognized arguments: {' '.join(stray or extra)}")
-            args.overrides = [*(args.overrides or []), *extra]
+        stray = [a for a in extra if a.startswith("-") or "=" not in a]
+        if stray or (extra and not hasattr(args, "overrides")):
+            self.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        if not hasattr(args, "overrides"):
+            return args
+        taken = Counter([*(args.overrides or []), *extra])
+        resume = getattr(args, "resume", None)
+        if isinstance(resume, str) and "=" in resume and not Path(resume).exists():
+            taken[resume] += 1
+            args.resume = "auto"  # the value --resume takes without one
+        args.overrides = []
+        for arg in argv:  # argparse collects positionals run by run: put them back in command-line order
+            if taken[arg] > 0:
+                args.overrides.append(arg)
+                taken[arg] -= 1
         return args
 
 
