@@ -26,7 +26,7 @@ row() {  # name arch
   case " ${ROWS:-all} " in *" all "*|*" $name "*) ;; *) return ;; esac
   if [ ! -f "$out.done" ]; then
     local r=; [ -f "$out/last.pt" ] && r=--resume
-    /usr/bin/time -f "$name wall %e s, peak RSS %M KB" pinned python tools/train.py configs/train/default_v2.yaml \
+    /usr/bin/time -f "$name wall %e s, peak RSS %M KB" taskset -c "$CORE" python tools/train.py configs/train/default_v2.yaml \
       model.backbone.arch="$arch" train.max_minutes="${FULL_MINUTES:-120}" train.snapshot_every=0 train.val_every=1000 \
       train.out_dir="$out" $r && touch "$out.done"
   fi
