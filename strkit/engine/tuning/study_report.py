@@ -267,6 +267,7 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
     chosen += [(t, "random") for t in random.Random(seed).sample(rest, min(random_count, len(rest)))]
     attrs = study.user_attrs
     budget = Budget(**attrs["budget"]).scaled(factor)
+    base = str(study_base(study))  # once: a moved study's lookup logs what it found
     long: dict[int, float] = {}
     todo: list[tuple[int, str, dict[str, Any], list[str], str, str]] = []
     for t, why in chosen:
@@ -277,7 +278,7 @@ def fidelity_check(study: Any, out: str | Path, factor: float = 4.0, top: int = 
             continue
         log.info("fidelity: trial %d (%s) at %s", t.number, why, budget.describe())
         overrides = [*attrs["proxy"], *run_overrides(budget, run_dir, attrs.get("subset", 1.0), threads)]
-        todo.append((t.number, str(study_base(study)), t.user_attrs["protocol"], overrides, str(run_dir),
+        todo.append((t.number, base, t.user_attrs["protocol"], overrides, str(run_dir),
                      budget.describe()))
     if jobs > 1 and len(todo) > 1:
         import concurrent.futures
