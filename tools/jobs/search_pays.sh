@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # "Does the search pay at a real budget" (docs/benchmarks.md): the wide search's backbone against fixed
 # MobileNetV2 baselines of the same space, each trained with the default-model v2 campaign's recipe
-# (configs/train/default_v2.yaml: data, 94 classes, BiLSTM 192, AdamW one-cycle) for FULL_MINUTES (120) of
-# one core, the schedule fitted to that budget; then the benchmarks under the 36/62/94 protocols and the
-# measured batch-1 latency of each trained network (ONNX Runtime and PyTorch, one thread).
+# (configs/train/default_v2.yaml: data, 94 classes, BiLSTM 192, AdamW one-cycle) for STEPS (27,000) steps
+# of batch 32 on one core, about 2.2 one-core hours at the 110 images/s the campaign trains at; a step count,
+# not a wall-clock budget, so that every row gets the same training compute whatever else the machine runs;
+# then the benchmarks under the 36/62/94 protocols and the measured batch-1 latency of each trained network
+# (ONNX Runtime and PyTorch, one thread).
 #
 # The baselines (python tools/search.py fixed configs/search/mbv2_cpu_wide.yaml --op OP prints their costs):
 #   searched (configs/archs/mbv2_cpu_wide_t7ms.json): 1.093 M searched-part parameters, latency table 6.63 ms
@@ -12,8 +14,7 @@
 #
 #   STATE=/root/strkit-jobs/state CORE=0 nohup tools/jobs/search_pays.sh > search_pays.log 2>&1 &
 #
-# Resumable: rerun it and each row continues from its last.pt (the budget is summed over resumes). ROWS
-# (default all) picks rows by name; rows compared should run under the same load (one per core).
+# Resumable: rerun it and each row continues from its last.pt. ROWS (default all) picks rows by name.
 JOB=search_pays
 # shellcheck source=tools/jobs/common.sh
 source "$(dirname "$0")/common.sh"
@@ -27,7 +28,7 @@ row() {  # name arch
   if [ ! -f "$out.done" ]; then
     local r=; [ -f "$out/last.pt" ] && r=--resume
     /usr/bin/time -f "$name wall %e s, peak RSS %M KB" taskset -c "$CORE" python tools/train.py configs/train/default_v2.yaml \
-      model.backbone.arch="$arch" train.max_minutes="${FULL_MINUTES:-120}" train.snapshot_every=0 train.val_every=1000 \
+      model.backbone.arch="$arch" train.steps="${STEPS:-27000}" train.max_minutes=0 train.snapshot_every=0 train.val_every=1000 \
       train.out_dir="$out" $r && touch "$out.done"
   fi
   if [ -f "$out.done" ] && [ ! -f "$out/eval.done" ]; then
