@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # "Does the search pay at a real budget" (docs/benchmarks.md): the wide search's backbone against fixed
 # MobileNetV2 baselines of the same space, each trained with the default-model v2 campaign's recipe
-# (configs/train/default_v2.yaml: data, 94 classes, BiLSTM 192, AdamW one-cycle) for STEPS (27,000) steps
-# of batch 32 on one core, about 2.2 one-core hours at the 110 images/s the campaign trains at; a step count,
+# (configs/train/default_v2.yaml: data, 94 classes, BiLSTM 192, AdamW one-cycle) for STEPS (16,000) steps
+# of batch 32 on one core, about 2.2 one-core hours at the 66 images/s the campaign trains at (session 12); a step count,
 # not a wall-clock budget, so that every row gets the same training compute whatever else the machine runs;
 # then the benchmarks under the 36/62/94 protocols and the measured batch-1 latency of each trained network
 # (ONNX Runtime and PyTorch, one thread).
@@ -28,7 +28,7 @@ row() {  # name arch
   if [ ! -f "$out.done" ]; then
     local r=; [ -f "$out/last.pt" ] && r=--resume
     /usr/bin/time -f "$name wall %e s, peak RSS %M KB" taskset -c "$CORE" python tools/train.py configs/train/default_v2.yaml \
-      model.backbone.arch="$arch" train.steps="${STEPS:-27000}" train.max_minutes=0 train.snapshot_every=0 train.val_every=1000 \
+      model.backbone.arch="$arch" train.steps="${STEPS:-16000}" train.max_minutes=0 train.snapshot_every=0 train.val_every=1000 \
       train.out_dir="$out" $r && touch "$out.done"
   fi
   if [ -f "$out.done" ] && [ ! -f "$out/eval.done" ]; then
