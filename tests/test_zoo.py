@@ -77,11 +77,32 @@ def test_strkit_models_lists_models_configs_and_modules(capsys):
         assert ", ".join(names) in out
     assert main(["--json"]) == 0
     cat = json.loads(capsys.readouterr().out)
-    assert [m["name"] for m in cat["bundled"]] == ["default"] and cat["bundled"][0]["params_m"] > 0
+    assert [m["name"] for m in cat["bundled"]] == ["default", "fast"] and cat["bundled"][0]["params_m"] > 0
     assert set(cat["stages"]["decoder"]) == set(DECODERS.names())
     assert main(["nosuch"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown model 'nosuch'" in err and "bundled models: default" in err
+
+
+def test_the_bundle_holds_default_and_fast_within_30_mb(shared_benchmarks):
+    """The package ships two zoo models, ``default`` and ``fast`` (the small searched model every later default
+    stays available as), each with its fp32 ONNX export, 30 MB in all; ``fast`` reads real crops through
+    ONNX Runtime and PyTorch alike."""
+    models = zoo_models()
+    assert {"default", "fast"} <= set(models)
+    for name in ("default", "fast"):
+        assert models[name].onnx is not None, name
+    files = [p for m in models.values() for p in m.files]
+    assert sum(p.stat().st_size for p in files) <= 30e6, {p.name: p.stat().st_size for p in files}
+    lines = (shared_benchmarks / "IIIT5K_3000" / "labels.tsv").read_text(encoding="utf-8").splitlines()[:40]
+    paths = [str(shared_benchmarks / "IIIT5K_3000" / line.split("\t", 1)[0]) for line in lines]
+    labels = ["".join(c for c in line.split("\t", 1)[1].lower() if c.isalnum()) for line in lines]
+    fast_onnx = Recognizer.from_pretrained("fast", backend="onnx", threads=1)
+    fast_torch = Recognizer.from_pretrained("fast", backend="torch", threads=1)
+    onnx_texts = [r.text for r in fast_onnx.recognize(paths)]
+    torch_texts = [r.text for r in fast_torch.recognize(paths)]
+    assert onnx_texts == torch_texts
+    assert sum(t == g for t, g in zip(onnx_texts, labels, strict=True)) >= 0.5 * len(labels), onnx_texts
 
 
 def test_python_dash_m_strkit_models(tmp_path):
