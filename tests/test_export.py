@@ -276,7 +276,7 @@ def test_export_cli_end_to_end(checkpoint, word_folder, shared_benchmarks, tmp_p
                "--calibration", str(word_folder), "--calibration-count", "16",
                "--benchmark-root", str(shared_benchmarks), "--parity-set", "SVT_647", "--parity-count", "6",
                "--accuracy", "SVT_647", "--accuracy-count", "8", "--batch-size", "4",
-               "--bundle", str(tmp_path / "bundle")])
+               "--bundle", str(tmp_path / "bundle"), "--bundle-weights", "fp16"])
     text = capsys.readouterr().out
     assert rc == 0, text
     for name in ("model.onnx", "model.int8.onnx", "model.ts", "export_report.json"):
@@ -287,6 +287,9 @@ def test_export_cli_end_to_end(checkpoint, word_folder, shared_benchmarks, tmp_p
     bundled = Recognizer.from_pretrained(bundle=tmp_path / "bundle", threads=1)
     assert bundled.backend.name == "onnxruntime" and bundled.backend.path.name == "default.onnx"
     assert Recognizer.from_pretrained(bundle=tmp_path / "bundle", backend="torch").backend.name == "torch"
+    from strkit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "bundle" / "default.pt")["extra"]["bundle"]["weights"] == "fp16"
     with pytest.raises(FileNotFoundError, match="no int8 default model"):
         Recognizer.from_pretrained(bundle=tmp_path / "bundle", int8=True)
     report = json.loads((out / "export_report.json").read_text())
@@ -379,6 +382,38 @@ def test_bundle_under_another_zoo_name(tmp_path):
     with pytest.raises(SystemExit) as exc:  # refused before any work
         export_main([str(ckpt), "--bundle", str(bundle), "--bundle-name", "../x"])
     assert exc.value.code == 2
+
+
+def test_bundle_with_fp16_weights(tmp_path):
+    """weights='fp16' (--bundle-weights fp16): the bundle checkpoint stores half-precision floats (a smaller
+    file, recorded in extra.bundle.weights); it loads into the fp32 model, whose outputs stay within fp16
+    rounding of the original's; integer buffers are kept; an unknown dtype is refused."""
+    from strkit.checkpoint import load_checkpoint
+    from strkit.export import write_bundle
+
+    model, cfg = tiny("mbv2-ctc")
+    model.eval()
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, config=cfg.to_dict(), charset=model.charset.to_dict(), state_dict=model.state_dict())
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32)
+    full = write_bundle(ckpt, fp32, tmp_path / "full")["checkpoint"]
+    half = write_bundle(ckpt, fp32, tmp_path / "half", weights="fp16")["checkpoint"]
+    payload = load_checkpoint(half)
+    assert payload["extra"]["bundle"]["weights"] == "fp16"
+    assert load_checkpoint(full)["extra"]["bundle"]["weights"] == "fp32"
+    floats = [v for v in payload["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert any(not v.is_floating_point() for v in payload["state_dict"].values())  # num_batches_tracked
+    assert half.stat().st_size < 0.8 * full.stat().st_size
+    loaded = Recognizer.from_pretrained(bundle=tmp_path / "half", backend="torch", threads=1).model
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(2, cfg.data.channels, cfg.data.img_h, cfg.data.img_w)
+    with torch.no_grad():
+        ref, out = model(x).logits, loaded(x).logits
+    assert torch.allclose(out, ref, atol=5e-2, rtol=1e-2) and not torch.equal(out, ref)
+    with pytest.raises(ValueError, match="bundle weights 'int4'"):
+        write_bundle(ckpt, fp32, tmp_path / "bad", weights="int4")
 
 
 # ----------------------------------------------------------------------------------------------

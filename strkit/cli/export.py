@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle-name", default="default", metavar="NAME", type=_bundle_name,
                    help="the zoo name of the bundle's files (NAME.pt, NAME.onnx, NAME.int8.onnx; default: default, "
                         "the model from_pretrained() loads without a name)")
+    p.add_argument("--bundle-weights", choices=["fp32", "fp16"], default="fp32",
+                   help="dtype of the bundle checkpoint's weights (NAME.pt): fp16 halves the file, loading casts "
+                        "them back to fp32 (default fp32; the ONNX files are unchanged)")
     p.add_argument("--speed", action="store_true",
                    help="also time batch-1 latency and batch-64 throughput: PyTorch, ONNX fp32, int8")
     return p
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             written = write_bundle(args.checkpoint, report["files"]["onnx"], args.bundle,
                                    int8_path=report["files"]["int8"] if int8_ok else None,
                                    info={"int8_accuracy": report.get("int8_accuracy"), "parity": report["parity"]},
-                                   name=args.bundle_name)
+                                   name=args.bundle_name, weights=args.bundle_weights)
             report["bundle"] = {k: str(v) for k, v in written.items()}
             print(f"bundle in {args.bundle}: {', '.join(sorted(p.name for p in written.values()))}")
     except (ExportError, BenchmarkError, FileNotFoundError, ValueError) as exc:
