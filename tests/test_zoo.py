@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BENCHMARK
+from conftest import TINY_BENCHMARK, word_accuracy
 
 from strkit.api import Recognizer
 from strkit.checkpoint import CheckpointError
@@ -96,13 +96,13 @@ def test_the_bundle_holds_default_and_fast_within_30_mb(shared_benchmarks):
     assert sum(p.stat().st_size for p in files) <= 30e6, {p.name: p.stat().st_size for p in files}
     lines = (shared_benchmarks / "IIIT5K_3000" / "labels.tsv").read_text(encoding="utf-8").splitlines()[:40]
     paths = [str(shared_benchmarks / "IIIT5K_3000" / line.split("\t", 1)[0]) for line in lines]
-    labels = ["".join(c for c in line.split("\t", 1)[1].lower() if c.isalnum()) for line in lines]
+    labels = [line.split("\t", 1)[1] for line in lines]
     fast_onnx = Recognizer.from_pretrained("fast", backend="onnx", threads=1)
     fast_torch = Recognizer.from_pretrained("fast", backend="torch", threads=1)
     onnx_texts = [r.text for r in fast_onnx.recognize(paths)]
     torch_texts = [r.text for r in fast_torch.recognize(paths)]
     assert onnx_texts == torch_texts
-    assert sum(t == g for t, g in zip(onnx_texts, labels, strict=True)) >= 0.5 * len(labels), onnx_texts
+    assert word_accuracy(onnx_texts, labels) >= 0.5, onnx_texts
 
 
 def test_python_dash_m_strkit_models(tmp_path):
