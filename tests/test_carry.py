@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,40 @@ def test_cli_save_then_status(carry, tmp_path, capsys):
     assert carry.main(["status", str(tmp_path / "carry")]) == 0
     out = capsys.readouterr().out
     assert "campaign_v2/train: step 2000," in out and "search_pays/searched: step 16000 (finished)" in out
+
+
+RESTART = SCRIPT.with_name("restart.sh")
+
+
+def restart(tmp_path: Path, jobs: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STATE": str(tmp_path / "jobs" / "state"), "DRY_RUN": "1",
+           "JOBS": str(tmp_path / "jobs.txt")}
+    if jobs is not None:
+        (tmp_path / "jobs.txt").write_text(jobs)
+    return subprocess.run(["bash", str(RESTART)], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("git") is None, reason="no bash or git")
+def test_restart_renders_first_then_one_chain_per_core_in_order(tmp_path):
+    result = restart(tmp_path, "# a comment\nrender clean 40 7 synth_clean_40k  # trailing comment\n"
+                               "job 0 aaaaaaaaaaaa11 tools/jobs/campaign_v2.sh\n"
+                               "job 1 bbbbbbbbbbbb22 tools/jobs/search_pays.sh\n"
+                               "job 1 cccccccccccc33 ROWS=tps12k_s0 tools/jobs/lever_table.sh\n")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("would run:")]
+    state = tmp_path / "jobs" / "state"
+    assert lines[0] == "would render: clean 40 seed 7 -> synth_clean_40k"
+    assert lines[1] == f"core 0: cd '{tmp_path}/jobs/tree-aaaaaaaaaa' && env STATE='{state}' CORE=0 " \
+                       "tools/jobs/campaign_v2.sh; "
+    assert lines[2] == (f"core 1: cd '{tmp_path}/jobs/tree-bbbbbbbbbb' && env STATE='{state}' CORE=1 "
+                        f"tools/jobs/search_pays.sh; cd '{tmp_path}/jobs/tree-cccccccccc' && env STATE='{state}' "
+                        "CORE=1 ROWS=tps12k_s0 tools/jobs/lever_table.sh; ")
+    assert not state.exists()  # a dry run makes nothing
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+@pytest.mark.parametrize("jobs", [None, "render clean 40 7 synth_clean_40k\n"], ids=["no file", "no job"])
+def test_restart_without_jobs_is_one_line_and_exit_2(tmp_path, jobs):
+    result = restart(tmp_path, jobs)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("restart: ")

@@ -5,7 +5,7 @@
 # the jobs of a core one after the other, each from the git worktree of its own fixed commit.
 #
 #   STATE=/root/strkit-jobs/state tools/jobs/restart.sh        # from the main checkout; returns at once
-#   STATE=... DRY_RUN=1 tools/jobs/restart.sh                   # print what it would start
+#   STATE=... DRY_RUN=1 tools/jobs/restart.sh                   # print what it would do; do nothing
 #
 # carry/jobs.txt, one entry per line ('#' comments):
 #   render PRESET COUNT SEED NAME          an LMDB of data_lmdb/ (rendered from the first job's worktree)
@@ -17,11 +17,12 @@ STATE=${STATE:?set STATE to the folder outside the work tree that holds the jobs
 JOBS=${JOBS:-$REPO/carry/jobs.txt}
 ROOT=$(dirname "$STATE")
 [ -f "$JOBS" ] || { echo "restart: $JOBS not found (list the jobs there, see this script's header)" >&2; exit 2; }
-mkdir -p "$STATE/data_lmdb" "$STATE/runs"
+[ "${DRY_RUN:-0}" = 1 ] || mkdir -p "$STATE/data_lmdb" "$STATE/runs"
 run() { if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; else "$@"; fi; }
 
-worktree() {  # commit -> path of its worktree, made when missing
+worktree() {  # commit -> path of its worktree, made when missing (not in a dry run)
   local tree="$ROOT/tree-${1:0:10}"
+  if [ "${DRY_RUN:-0}" = 1 ]; then echo "$tree"; return; fi
   if ! git -C "$tree" rev-parse --git-dir >/dev/null 2>&1; then
     git -C "$REPO" worktree prune
     rm -rf "$tree"
@@ -36,7 +37,8 @@ if [ -d "$REPO/carry" ]; then
   run python "$REPO/tools/jobs/carry.py" restore "$REPO/carry" "$STATE/runs"
 fi
 if command -v dpkg-query >/dev/null && ! dpkg-query -W fonts-aenigma >/dev/null 2>&1; then
-  run "$REPO/tools/install_fonts.sh" >> "$STATE/restart.log" 2>&1 || {
+  run "$REPO/tools/install_fonts.sh" 2>&1 | if [ "${DRY_RUN:-0}" = 1 ]; then cat; else cat >> "$STATE/restart.log"; fi
+  [ "${PIPESTATUS[0]}" = 0 ] || {
     echo "restart: the recommended fonts did not install (see $STATE/restart.log); run sudo tools/install_fonts.sh" >&2
     exit 2; }
 fi
@@ -47,8 +49,9 @@ tree=$(worktree "$first_commit") || exit 2
 while read -r kind preset count seed name _; do
   [ "$kind" = render ] || continue
   [ -f "$STATE/data_lmdb/$name/data.mdb" ] && continue
+  if [ "${DRY_RUN:-0}" = 1 ]; then echo "would render: $preset $count seed $seed -> $name"; continue; fi
   r=; [ -d "$STATE/data_lmdb/$name.partial" ] && r=--resume
-  (cd "$tree" && OMP_NUM_THREADS=1 PYTHONPATH="$tree" run python tools/synth.py --preset "$preset" --count "$count" \
+  (cd "$tree" && OMP_NUM_THREADS=1 PYTHONPATH="$tree" python tools/synth.py --preset "$preset" --count "$count" \
      --workers 2 --seed "$seed" --out "data_lmdb/$name" --no-progress $r) >> "$STATE/restart.log" 2>&1 || {
     echo "restart: rendering $name failed (see $STATE/restart.log)" >&2; exit 2; }
 done < <(sed 's/#.*//' "$JOBS")
