@@ -76,6 +76,17 @@ def test_save_mirrors_a_snapshot_scored_since(carry, tmp_path):
     assert (tmp_path / "carry" / "campaign_v2" / "train" / "last.pt").read_bytes() == b"M" * 100
 
 
+def test_save_keeps_and_restore_skips_the_job_list(carry, tmp_path):
+    runs = make_runs(tmp_path / "runs")
+    (tmp_path / "carry").mkdir()
+    (tmp_path / "carry" / "jobs.txt").write_text("job 0 abc tools/jobs/campaign_v2.sh\n")
+    carry.save(runs, tmp_path / "carry")
+    carry.save(runs, tmp_path / "carry")
+    assert (tmp_path / "carry" / "jobs.txt").read_text().startswith("job 0")
+    carry.restore(tmp_path / "carry", tmp_path / "fresh")
+    assert not (tmp_path / "fresh" / "jobs.txt").exists() and not (tmp_path / "fresh" / "MANIFEST.json").exists()
+
+
 def test_restore_fills_a_new_machine_and_never_overwrites(carry, tmp_path):
     runs = make_runs(tmp_path / "runs")
     carry.save(runs, tmp_path / "carry")

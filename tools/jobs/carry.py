@@ -18,7 +18,8 @@ snapshots that the learning-curve cache (``curve.json``, tools/plot_curve.py) ha
 snapshot is a point of the curve already, so only its scores travel. Temporaries of an interrupted write
 are never carried. ``save`` mirrors: a file it carried before and no longer selects (a snapshot scored
 since) leaves ``carry/``. ``restore`` never replaces a file that exists under ``STATE/runs``: on a machine
-that kept its state, the local files are the newer ones.
+that kept its state, the local files are the newer ones. The carry folder's own files (``MANIFEST.json``,
+``jobs.txt``: the jobs tools/jobs/restart.sh starts) are neither mirrored nor restored.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ CHECKPOINTS = ("last.pt", "best.pt")
 #: Larger files than this are left behind with a warning (a carried file is committed to the repository).
 MAX_FILE_MB = 120.0
 MANIFEST = "MANIFEST.json"
+#: Files of the carry folder itself (its top level) that are not run files: never removed, never restored.
+OWN_FILES = (MANIFEST, "jobs.txt")
 CURVE_CACHE = "curve.json"
 
 
@@ -113,7 +116,7 @@ def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | No
         tmp.replace(dst)
     for path in sorted(carry.rglob("*"), reverse=True):
         rel = path.relative_to(carry)
-        if path.is_file() and rel.name != MANIFEST and rel not in keep:
+        if path.is_file() and rel.as_posix() not in OWN_FILES and rel not in keep:
             path.unlink()
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
@@ -133,7 +136,7 @@ def restore(carry: Path, runs: Path) -> list[Path]:
     copied = []
     for path in sorted(carry.rglob("*")):
         rel = path.relative_to(carry)
-        if not path.is_file() or rel.name == MANIFEST or (runs / rel).exists():
+        if not path.is_file() or rel.as_posix() in OWN_FILES or (runs / rel).exists():
             continue
         (runs / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, runs / rel)
