@@ -127,7 +127,8 @@ def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | No
             size = sum(p.stat().st_size for p in (carry / run).rglob("*") if p.is_file())
             manifest[run.as_posix()] = {"step": last_step(runs / run), "mb": round(size / 2**20, 1),
                                         "finished": finished(runs / run)}
-    (carry / MANIFEST).write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+    manifest = dict(sorted(manifest.items()))
+    (carry / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
