@@ -150,3 +150,19 @@ def test_restart_without_jobs_is_one_line_and_exit_2(tmp_path, jobs):
     result = restart(tmp_path, jobs)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("restart: ")
+
+
+def test_the_committed_job_list_names_real_scripts_and_commits():
+    """A typo in carry/jobs.txt would only show when the next session restarts its jobs, and cost it."""
+    repo = SCRIPT.parents[2]
+    lines = [line.split("#")[0].split() for line in (repo / "carry" / "jobs.txt").read_text().splitlines()]
+    jobs = [words for words in lines if words and words[0] == "job"]
+    renders = [words for words in lines if words and words[0] == "render"]
+    assert jobs and all(len(words) == 5 and words[3].isdigit() for words in renders)
+    for _, core, commit, *rest in jobs:
+        assert core.isdigit() and (repo / rest[-1]).is_file() and rest[-1].startswith("tools/jobs/")
+        assert all("=" in word for word in rest[:-1])
+        if shutil.which("git") and (repo / ".git").exists():
+            found = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}:{rest[-1]}"],
+                                   capture_output=True)
+            assert found.returncode == 0, f"carry/jobs.txt: {rest[-1]} of commit {commit} is not in this repository"
