@@ -166,3 +166,12 @@ def test_the_committed_job_list_names_real_scripts_and_commits():
             found = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{commit}:{rest[-1]}"],
                                    capture_output=True)
             assert found.returncode == 0, f"carry/jobs.txt: {rest[-1]} of commit {commit} is not in this repository"
+
+
+def test_manifest_gives_the_step_a_resume_continues_from(carry, tmp_path):
+    import torch
+
+    runs = make_runs(tmp_path / "runs")
+    torch.save({"step": 1500, "state_dict": {}}, runs / "campaign_v2" / "train" / "last.pt")
+    manifest = carry.save(runs, tmp_path / "carry")
+    assert manifest["campaign_v2/train"]["step"] == 1500  # metrics.csv logged up to 2000: past last.pt

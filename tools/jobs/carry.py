@@ -101,9 +101,25 @@ def last_step(run_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
+def resume_step(run_dir: Path) -> int | None:
+    """The step a resume of ``run_dir`` continues from (its ``last.pt``), else the last logged step."""
+    path = run_dir / "last.pt"
+    if path.is_file():
+        import torch  # only here: the rest of the tool copies files
+
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception:  # noqa: BLE001 - not a checkpoint torch reads: report the logged step instead
+            payload = None
+        if isinstance(payload, dict) and "step" in payload:
+            return int(payload["step"])
+    return last_step(run_dir)
+
+
 def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | None]]:
     """Mirror the selected files of ``runs`` into ``carry`` (copy what changed, drop what is no longer
-    selected) and write ``carry/MANIFEST.json`` (per run folder: last logged step, MB carried, finished)."""
+    selected) and write ``carry/MANIFEST.json`` (per run folder: the step a
+    resume continues from, MB carried, finished)."""
     carry.mkdir(parents=True, exist_ok=True)
     keep = set(selected(runs))
     for rel in keep:
@@ -125,7 +141,7 @@ def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | No
         if rel.name == "metrics.csv":
             run = rel.parent
             size = sum(p.stat().st_size for p in (carry / run).rglob("*") if p.is_file())
-            manifest[run.as_posix()] = {"step": last_step(runs / run), "mb": round(size / 2**20, 1),
+            manifest[run.as_posix()] = {"step": resume_step(runs / run), "mb": round(size / 2**20, 1),
                                         "finished": finished(runs / run)}
     manifest = dict(sorted(manifest.items()))
     (carry / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
