@@ -175,3 +175,40 @@ def test_manifest_gives_the_step_a_resume_continues_from(carry, tmp_path):
     torch.save({"step": 1500, "state_dict": {}}, runs / "campaign_v2" / "train" / "last.pt")
     manifest = carry.save(runs, tmp_path / "carry")
     assert manifest["campaign_v2/train"]["step"] == 1500  # metrics.csv logged up to 2000: past last.pt
+
+
+def test_last_pt_travels_in_16_bits_and_comes_back_in_float32(carry, tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 8)).pow(2).mean().backward()
+    optimizer.step()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    payload = {"step": 1500, "state_dict": weights,
+               "train_state": {"optimizer": optimizer.state_dict(), "ema": {"w": weights["0.weight"] * 0.5}}}
+    runs = make_runs(tmp_path / "runs")
+    torch.save(payload, runs / "campaign_v2" / "train" / "last.pt")
+    carry.save(runs, tmp_path / "carry")
+
+    carried_payload = torch.load(tmp_path / "carry" / "campaign_v2" / "train" / "last.pt", weights_only=False)
+    assert carried_payload["state_dict"]["0.weight"].dtype == torch.float16
+    adam = carried_payload["train_state"]["optimizer"]["state"][0]
+    assert adam["exp_avg_sq"].dtype == torch.bfloat16 and adam["step"].dtype == torch.float32  # scalar kept
+    assert carried_payload["state_dict"]["1.num_batches_tracked"].dtype == torch.int64
+    huge, _ = carry.narrow({"running_var": torch.full((3,), 1e6)})
+    assert huge["running_var"].dtype == torch.bfloat16 and torch.isfinite(huge["running_var"].float()).all()
+
+    carry.restore(tmp_path / "carry", tmp_path / "fresh")
+    back = torch.load(tmp_path / "fresh" / "campaign_v2" / "train" / "last.pt", weights_only=False)
+    assert carry.NARROWED not in back and back["step"] == 1500
+    for key, value in weights.items():
+        assert back["state_dict"][key].dtype == value.dtype
+        torch.testing.assert_close(back["state_dict"][key], value, rtol=1e-3, atol=1e-4)
+    original = optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(back["train_state"]["optimizer"]["state"][0]["exp_avg_sq"], original["exp_avg_sq"],
+                               rtol=1e-2, atol=0)
+    assert back["train_state"]["optimizer"]["state"][0]["step"] == original["step"]
+    torch.testing.assert_close(back["train_state"]["ema"]["w"], payload["train_state"]["ema"]["w"],
+                               rtol=1e-3, atol=1e-4)

@@ -11,8 +11,10 @@ record for record the same, from their seeds.
     python tools/jobs/carry.py restore carry /root/strkit-jobs/state/runs   # first thing on a new machine
     python tools/jobs/carry.py status carry                                 # what is carried: run, step, MB
 
-What is carried, per run folder: ``last.pt`` (the full state of an exact resume; not once the job marked the
-run finished with ``NAME.done`` beside it), ``best.pt``, the small
+What is carried, per run folder: ``last.pt`` (the full state of a resume, its float tensors in 16 bits:
+22 MB instead of 44 for the campaign, so that no carried file passes 25 MB; ``restore`` widens them back to
+float32, so the resume is exact but for that one rounding; not once the job marked the run finished with
+``NAME.done`` beside it), ``best.pt`` (as it is), the small
 files (``metrics.csv``, ``curve.json``, configs, reports, ``*.done`` markers, evaluation tables) and the
 snapshots that the learning-curve cache (``curve.json``, tools/plot_curve.py) has not scored yet: a scored
 snapshot is a point of the curve already, so only its scores travel. Temporaries of an interrupted write
@@ -32,12 +34,21 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import torch
+
+from strkit.atomic import atomic_path, write_text_atomic
 
 #: Checkpoints that travel whole; every other ``*.pt`` is a snapshot (carried until scored) or not carried.
 CHECKPOINTS = ("last.pt", "best.pt")
 #: Larger files than this are left behind with a warning (a carried file is committed to the repository).
 MAX_FILE_MB = 120.0
 MANIFEST = "MANIFEST.json"
+#: The key of a carried ``last.pt`` that lists the tensors :func:`narrow` stored in 16 bits.
+NARROWED = "carry_narrowed"
+#: Tensors whose magnitude reaches this are narrowed to bfloat16 rather than float16 (max 65,504).
+HALF_MAX = 32768.0
 #: Files of the carry folder itself (its top level) that are not run files: never removed, never restored.
 OWN_FILES = (MANIFEST, "jobs.txt")
 CURVE_CACHE = "curve.json"
@@ -101,19 +112,54 @@ def last_step(run_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
-def resume_step(run_dir: Path) -> int | None:
-    """The step a resume of ``run_dir`` continues from (its ``last.pt``), else the last logged step."""
-    path = run_dir / "last.pt"
-    if path.is_file():
-        import torch  # only here: the rest of the tool copies files
+def narrow(obj: Any, path: tuple[Any, ...] = ()) -> tuple[Any, list[tuple[Any, ...]]]:
+    """``obj`` (a checkpoint payload) with its float32 tensors of more than one element stored in 16 bits:
+    the optimiser's state (``train_state/optimizer``: Adam's moments, whose squares are far below float16's
+    range) and any tensor beyond :data:`HALF_MAX` in bfloat16, the other weights and their average in float16;
+    scalars (Adam's step counts) keep float32.
+    Returns the new object and the paths it narrowed, for :func:`widen`."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dtype != torch.float32 or obj.numel() <= 1:
+            return obj, []
+        in_half = path[:2] != ("train_state", "optimizer") and bool(obj.abs().max() < HALF_MAX)
+        low = torch.float16 if in_half else torch.bfloat16
+        return obj.to(low), [path]
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else None
+    if items is None:
+        return obj, []
+    out: Any = {} if isinstance(obj, dict) else [None] * len(obj)
+    paths: list[tuple[Any, ...]] = []
+    for key, value in items:
+        out[key], inner = narrow(value, (*path, key))
+        paths += inner
+    return out, paths
 
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except Exception:  # noqa: BLE001 - not a checkpoint torch reads: report the logged step instead
-            payload = None
-        if isinstance(payload, dict) and "step" in payload:
-            return int(payload["step"])
-    return last_step(run_dir)
+
+def widen(payload: dict[str, Any]) -> dict[str, Any]:
+    """Undo :func:`narrow` on a carried ``last.pt`` (the paths it lists go back to float32), in place."""
+    for path in payload.pop(NARROWED, []):
+        parent = payload
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = parent[path[-1]].float()
+    return payload
+
+
+def carry_checkpoint(src: Path, dst: Path) -> int | None:
+    """Write ``src`` (a ``last.pt``) to ``dst`` narrowed (:func:`narrow`); returns its step. A file torch
+    cannot read is copied as it is (None)."""
+    try:
+        payload = torch.load(src, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - not a checkpoint torch reads: carry its bytes
+        shutil.copy2(src, dst)
+        return None
+    if not isinstance(payload, dict):
+        shutil.copy2(src, dst)
+        return None
+    slim, paths = narrow(payload)
+    slim[NARROWED] = paths
+    torch.save(slim, dst)
+    return int(payload["step"]) if "step" in payload else None
 
 
 def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | None]]:
@@ -122,14 +168,17 @@ def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | No
     resume continues from, MB carried, finished)."""
     carry.mkdir(parents=True, exist_ok=True)
     keep = set(selected(runs))
+    steps: dict[Path, int | None] = {}  # the step of each run's last.pt
     for rel in keep:
         src, dst = runs / rel, carry / rel
-        if dst.is_file() and filecmp.cmp(src, dst, shallow=False):
+        if rel.name != "last.pt" and dst.is_file() and filecmp.cmp(src, dst, shallow=False):
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".carrytmp")
-        shutil.copy2(src, tmp)
-        tmp.replace(dst)
+        with atomic_path(dst) as tmp:
+            if rel.name == "last.pt":
+                steps[rel.parent] = carry_checkpoint(src, tmp)
+            else:
+                shutil.copy2(src, tmp)
     for path in sorted(carry.rglob("*"), reverse=True):
         rel = path.relative_to(carry)
         if path.is_file() and rel.as_posix() not in OWN_FILES and rel not in keep:
@@ -141,10 +190,11 @@ def save(runs: Path, carry: Path) -> dict[str, dict[str, float | int | bool | No
         if rel.name == "metrics.csv":
             run = rel.parent
             size = sum(p.stat().st_size for p in (carry / run).rglob("*") if p.is_file())
-            manifest[run.as_posix()] = {"step": resume_step(runs / run), "mb": round(size / 2**20, 1),
+            step = steps.get(run) or last_step(runs / run)
+            manifest[run.as_posix()] = {"step": step, "mb": round(size / 2**20, 1),
                                         "finished": finished(runs / run)}
     manifest = dict(sorted(manifest.items()))
-    (carry / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    write_text_atomic(carry / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -156,9 +206,24 @@ def restore(carry: Path, runs: Path) -> list[Path]:
         if not path.is_file() or rel.as_posix() in OWN_FILES or (runs / rel).exists():
             continue
         (runs / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, runs / rel)
+        with atomic_path(runs / rel) as tmp:
+            restore_file(path, tmp)
         copied.append(rel)
     return copied
+
+
+def restore_file(path: Path, dst: Path) -> None:
+    """Write the carried file ``path`` to ``dst``: a narrowed ``last.pt`` widened back, anything else copied."""
+    payload = None
+    if path.name == "last.pt":
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - carried as bytes (carry_checkpoint): restore the bytes
+            payload = None
+    if isinstance(payload, dict) and NARROWED in payload:
+        torch.save(widen(payload), dst)
+    else:
+        shutil.copy2(path, dst)
 
 
 def main(argv: list[str] | None = None) -> int:

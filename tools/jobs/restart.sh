@@ -20,16 +20,14 @@ ROOT=$(dirname "$STATE")
 [ "${DRY_RUN:-0}" = 1 ] || mkdir -p "$STATE/data_lmdb" "$STATE/runs"
 run() { if [ "${DRY_RUN:-0}" = 1 ]; then echo "would run: $*"; else "$@"; fi; }
 
-worktree() {  # commit -> path of its worktree, made when missing (not in a dry run)
-  local tree="$ROOT/tree-${1:0:10}"
+worktree() {  # commit -> path of its worktree, made when missing or left dangling by a newly laid work tree
+  local tree="$ROOT/tree-${1:0:10}"  # (not in a dry run); the job's common.sh links data_lmdb, runs and shared
   if [ "${DRY_RUN:-0}" = 1 ]; then echo "$tree"; return; fi
   if ! git -C "$tree" rev-parse --git-dir >/dev/null 2>&1; then
     git -C "$REPO" worktree prune
     rm -rf "$tree"
     git -C "$REPO" worktree add -q --detach "$tree" "$1" >&2 || exit 2
   fi
-  ln -sfn "$STATE/data_lmdb" "$tree/data_lmdb"; ln -sfn "$STATE/runs" "$tree/runs"
-  [ -e "$ROOT/shared" ] || ln -sfn "$(cd "$REPO/.." && pwd)/shared" "$ROOT/shared"
   echo "$tree"
 }
 
@@ -52,7 +50,7 @@ while read -r kind preset count seed name _; do
   if [ "${DRY_RUN:-0}" = 1 ]; then echo "would render: $preset $count seed $seed -> $name"; continue; fi
   r=; [ -d "$STATE/data_lmdb/$name.partial" ] && r=--resume
   (cd "$tree" && OMP_NUM_THREADS=1 PYTHONPATH="$tree" python tools/synth.py --preset "$preset" --count "$count" \
-     --workers 2 --seed "$seed" --out "data_lmdb/$name" --no-progress $r) >> "$STATE/restart.log" 2>&1 || {
+     --workers 2 --seed "$seed" --out "$STATE/data_lmdb/$name" --no-progress $r) >> "$STATE/restart.log" 2>&1 || {
     echo "restart: rendering $name failed (see $STATE/restart.log)" >&2; exit 2; }
 done < <(sed 's/#.*//' "$JOBS")
 
