@@ -92,10 +92,12 @@ raise SystemExit(main(sys.argv[3:]))
 """
 
 
-def _run_paused_in_subprocess(pause_at: int, marker: Path, args: list[str]) -> subprocess.Popen:
+def _run_paused_in_subprocess(pause_at: int, marker: Path, args: list[str],
+                              new_group: bool = False) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-c", _PAUSING_TRAIN, str(pause_at), str(marker), *args], cwd=REPO,
-                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=new_group)
 
 
 def _wait_for_pause(proc: subprocess.Popen, marker: Path) -> None:
@@ -176,10 +178,31 @@ def test_sigterm_saves_the_step_and_exits_143_then_resume_is_exact(word_folder, 
         assert torch.equal(v, res_state[k]), f"{k} differs after the stop and resume"
 
 
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves_the_step(word_folder, tmp_path):
+    """``timeout``, batch schedulers and Ctrl-C signal the whole process group, loader workers included: the
+    workers ignore it, the main process finishes its step, saves last.pt at it and exits 128 + 15 (a worker
+    that died first used to make the step fail before anything was saved)."""
+    pause_at, out, marker = 7, tmp_path / "run", tmp_path / "paused"
+    args = [*tiny_overrides(word_folder, out), "train.steps=1000", "data.workers=2"]
+    proc = _run_paused_in_subprocess(pause_at, marker, [str(small_model_config()), *args], new_group=True)
+    try:
+        _wait_for_pause(proc, marker)
+        os.killpg(proc.pid, signal.SIGTERM)  # the main process and both workers
+        time.sleep(0.5)
+        text = proc.communicate(timeout=300)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "stopped by SIGTERM at step 8" in text
+    assert load_checkpoint(out / "last.pt")["step"] == 8
+
+
 def test_resume_with_workers_and_augmentation_matches_uninterrupted_run(word_folder, tmp_path, monkeypatch):
-    """Resume is exact with 2 loader workers and random augmentation on (the shipped data configs' setting):
+    """Resume is exact with loader workers and random augmentation on (the shipped data configs' setting):
     a run resumed from the checkpoint it wrote at step 4 ends with the same weights at step 8 as the run
-    that went straight through (each sample's augmentation is seeded from (seed, rank, step, position))."""
+    that went straight through (each sample's augmentation is seeded from (seed, rank, step, position)),
+    also when the resumed piece has another number of workers (1 instead of 2)."""
     import shutil
 
     from strkit.engine.trainer import Trainer
@@ -196,8 +219,8 @@ def test_resume_with_workers_and_augmentation_matches_uninterrupted_run(word_fol
 
     monkeypatch.setattr(Trainer, "save", save_and_keep_step4)
 
-    def trainer(out: Path, resume: Path | None = None) -> Trainer:
-        over = [*tiny_overrides(word_folder, out), f"train.steps={total}", "data.workers=2",
+    def trainer(out: Path, resume: Path | None = None, workers: int = 2) -> Trainer:
+        over = [*tiny_overrides(word_folder, out), f"train.steps={total}", f"data.workers={workers}",
                 "data.augment=strong", "train.save_every=2", "train.val_every=1000", "data.val_fraction=0",
                 "model.backbone.width_mult=0.25", "model.sequence.hidden_size=16"]
         t = Trainer(load_config(small_model_config(), over), resume=resume)
@@ -206,7 +229,8 @@ def test_resume_with_workers_and_augmentation_matches_uninterrupted_run(word_fol
 
     ref = trainer(tmp_path / "ref")
     ref.fit()
-    resumed = trainer(tmp_path / "resumed", resume=keep)
+    # the resumed piece runs on "another machine": one loader worker instead of two (data.workers may change)
+    resumed = trainer(tmp_path / "resumed", resume=keep, workers=1)
     assert resumed.step == cut
     resumed.fit()
     ref_state, res_state = ref.model.state_dict(), resumed.model.state_dict()

@@ -109,6 +109,12 @@ def test_resume_refuses_a_different_model_or_a_best_checkpoint(word_folder, tmp_
     with pytest.raises(ValueError, match="'model' config differs"):
         Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.2", "model.max_length=10"),
                 resume=out / "last.pt")
+    with pytest.raises(ValueError, match="'data' config differs"):
+        Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.3", "train.val_every=3"),
+                resume=out / "last.pt")
+    # data.workers does not change what the run computes: a piece may set it for its machine
+    assert Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.2", "train.val_every=3", "data.workers=3"),
+                   resume=out / "last.pt").step > 0
     with pytest.raises(ValueError, match="no training state"):
         Trainer(_tiny_cfg(word_folder, out, "data.val_fraction=0.2", "train.val_every=3"),
                 resume=out / "best.pt")

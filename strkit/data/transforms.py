@@ -42,6 +42,7 @@ worker that draws it nor on where a run was resumed.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -423,7 +424,13 @@ class TransformedDataset(Dataset):
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: one OpenCV thread per worker, and augmentation reseeded from the
-    worker's torch seed (``base_seed + worker_id``, which the loader's generator makes deterministic)."""
+    worker's torch seed (``base_seed + worker_id``, which the loader's generator makes deterministic).
+
+    A worker ignores SIGTERM and SIGINT: a signal sent to the whole process group (``timeout``, a batch
+    scheduler, Ctrl-C) reaches the main process too, which finishes its step, saves, and shuts its workers
+    down; a worker that died of it first would make the main process fail before it could save."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     info = torch.utils.data.get_worker_info()
     if info is None:

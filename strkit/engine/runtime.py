@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import os
 import random
@@ -306,6 +307,12 @@ class ResumeError(ValueError):
     """A checkpoint cannot continue this run (another config, no training state, another kind of run)."""
 
 
+# Settings that may change between the pieces of one run because they do not change what the run computes:
+# the loader's sampler and augmentation are functions of (seed, step, position) alone, so ``data.workers``
+# can follow the machine a piece runs on (one worker on a 2-core laptop, fourteen on a 16-core server).
+RESUME_FREE: dict[str, tuple[str, ...]] = {"data": ("workers",)}
+
+
 def check_resume(payload: Mapping[str, Any], cfg: Config, path: str | Path, sections: Sequence[str],
                  state_key: str = "", kind: str = "training") -> None:
     """Refuse a checkpoint that cannot continue the run of ``cfg``.
@@ -314,7 +321,8 @@ def check_resume(payload: Mapping[str, Any], cfg: Config, path: str | Path, sect
         payload: the loaded checkpoint.
         cfg: this run's config.
         path: the checkpoint's path (for the message).
-        sections: config sections that must be equal (e.g. ``("model", "data")``).
+        sections: config sections that must be equal (e.g. ``("model", "data")``), except for the fields of
+            :data:`RESUME_FREE` (``data.workers``), which a piece may set for its machine.
         state_key: an ``extra`` entry the run needs (e.g. ``search_state``); ``""`` = none.
         kind: what kind of run wrote such checkpoints (for the message).
 
@@ -323,7 +331,10 @@ def check_resume(payload: Mapping[str, Any], cfg: Config, path: str | Path, sect
     """
     saved = from_dict(payload["config"])
     for section in sections:
-        if getattr(saved, section) != getattr(cfg, section):
+        mine = getattr(cfg, section)
+        theirs = dataclasses.replace(getattr(saved, section),
+                                     **{k: getattr(mine, k) for k in RESUME_FREE.get(section, ())})
+        if theirs != mine:
             raise ResumeError(f"cannot resume from {path}: its '{section}' config differs from this run's. "
                               "Resume with the saved config (it is in the run folder as config.yaml).")
     if payload.get("train_state") is None:
