@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                   if retype_snapshot(path, narrow=bool(args.narrow_snapshots)) else f"left as it is: {path}")
         return 0
     if args.run is None or args.out is None:
-        p.error("name the run folder and the pack folder")
+        print("device_pack: name the run folder and the pack folder (or --narrow-snapshots DIR)", file=sys.stderr)
+        return 2
     if not (args.run / "last.pt").is_file():
         print(f"device_pack: {args.run}/last.pt not found; name the campaign's run folder", file=sys.stderr)
         return 2
