@@ -87,3 +87,51 @@ def test_the_piece_refuses_without_its_pack(tmp_path):
                           text=True, cwd=REPO, env={"OUT": str(tmp_path / "out"), "PACK": str(tmp_path / "none"),
                                                     "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "device_pack.py" in done.stderr and done.stderr.count("\n") == 1
+
+
+def _run_folder(root: Path, step: int) -> Path:
+    run = root / "campaign_v2" / "train"
+    (run / "snapshots").mkdir(parents=True)
+    (run / "metrics.csv").write_text("".join(f"{s},loss,1.0\n" for s in range(100, step + 1, 100)))
+    torch.save({"step": step, "model": {"w": torch.randn(16, 8)}, "train_state": {"optimizer": {}}},
+               run / "last.pt")
+    return run
+
+
+def test_take_back_puts_the_piece_in_place_and_keeps_the_local_run(tmp_path):
+    import carry
+
+    there = _run_folder(tmp_path / "there", 300)
+    torch.save({"model": {"w": torch.randn(16, 8)}}, there / "snapshots" / "step_0000200.pt")
+    back = tmp_path / "back"
+    carry.save(tmp_path / "there", back)
+    device_pack.main(["--narrow-snapshots", str(back)])
+    blob = tmp_path / "piece.tar"
+    with tarfile.open(blob, "w") as tar:
+        tar.add(back, arcname=".")
+    data, parts = blob.read_bytes(), tmp_path / "files"
+    parts.mkdir()
+    for i in range(0, len(data), 4096):  # parts, as split(1) cuts them
+        (parts / f"piece.tar.part-{i // 4096:03d}").write_bytes(data[i:i + 4096])
+    runs = tmp_path / "runs"
+    _run_folder(runs, 200)
+    assert device_pack.main(["--take-back", str(parts), str(runs)]) == 0
+    run = runs / "campaign_v2" / "train"
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 300
+    assert torch.load(run / "last.pt", weights_only=False)["model"]["w"].dtype == torch.float32  # widened
+    snap = torch.load(run / "snapshots" / "step_0000200.pt", weights_only=False)
+    assert snap["model"]["w"].dtype == torch.float32 and "carry_narrowed" not in snap
+    aside = runs / "campaign_v2" / "train.before_piece"
+    assert torch.load(aside / "last.pt", weights_only=False)["step"] == 200  # the local run is kept
+    carry.save(runs, tmp_path / "carried")  # ... on this machine only
+    assert not [p for p in (tmp_path / "carried").rglob("*") if "before_piece" in str(p)]
+    assert (tmp_path / "carried" / "campaign_v2" / "train" / "last.pt").is_file()
+    # a local run further on than the piece is not replaced
+    assert device_pack.main(["--take-back", str(parts), str(runs)]) == 2
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 300
+
+
+def test_take_back_without_parts_says_where_to_look(tmp_path, capsys):
+    assert device_pack.main(["--take-back", str(tmp_path), str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "piece.tar.part-" in err

@@ -52,6 +52,8 @@ HALF_MAX = 32768.0
 #: Files of the carry folder itself (its top level) that are not run files: never removed, never restored.
 OWN_FILES = (MANIFEST, "jobs.txt")
 CURVE_CACHE = "curve.json"
+#: Run folders with this in their name stay on the machine (a run moved aside by device_pack.py --take-back).
+LOCAL_ONLY = ".before_piece"
 
 
 def scored_snapshots(run_dir: Path) -> set[str]:
@@ -83,7 +85,8 @@ def selected(runs: Path) -> Iterator[Path]:
     for path in sorted(runs.rglob("*")):
         if not path.is_file() or path.is_symlink() or is_temporary(path):
             continue
-        if any(part.endswith(".partial") or part.startswith(".") for part in path.relative_to(runs).parts):
+        if any(part.endswith(".partial") or part.startswith(".") or LOCAL_ONLY in part
+               for part in path.relative_to(runs).parts):
             continue
         if path.name == "last.pt" and finished(path.parent):
             continue

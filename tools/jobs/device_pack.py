@@ -18,7 +18,12 @@ seeds, so the fonts, the word list and the real training splits have to travel i
 
     python tools/jobs/device_pack.py STATE_RUNS/campaign_v2 .devpack --config configs/train/default_v2.yaml
 
-``tools/jobs/device_piece.sh`` unpacks it on the machine, renders, trains and packs the result back.
+``tools/jobs/device_piece.sh`` unpacks it on the machine, renders, trains and packs the result back, and
+``--take-back`` puts that result in place here (the local campaign stopped first): the parts joined, the
+snapshots widened, the local run folder moved aside (``NAME.before_piece``; never deleted) and the piece's run
+restored in its place, refused when the local run is further on than the piece:
+
+    python tools/jobs/device_pack.py --take-back FOLDER_OF_PARTS STATE/runs
 """
 
 from __future__ import annotations
@@ -135,6 +140,51 @@ def retype_snapshot(path: Path, narrow: bool) -> bool:
     return True
 
 
+class PackError(RuntimeError):
+    """A pack or a piece that cannot be used (one line for the user)."""
+
+
+def take_back(parts_dir: Path, runs: Path, force: bool = False) -> list[str]:
+    """Put a piece's result (``piece.tar.part-*`` under ``parts_dir``) in place under ``runs``: each run it
+    holds replaces the local one, which moves aside to ``NAME.before_piece[N]``. Returns what it did.
+
+    Raises:
+        PackError: no parts, or a local run further on than the piece's (unless ``force``).
+    """
+    parts = sorted(parts_dir.glob("piece.tar.part-*"))
+    if not parts:
+        raise PackError(f"no piece.tar.part-* under {parts_dir}: give the folder the device run's files are in")
+    tmp = runs.parent / ".piece_back"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        data = b"".join(p.read_bytes() for p in parts)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            tar.extractall(tmp, filter="data")
+        for path in sorted(tmp.rglob("snapshots/*.pt")):
+            retype_snapshot(path, narrow=False)
+        done = []
+        for metrics in sorted(tmp.rglob("metrics.csv")):
+            rel = metrics.parent.relative_to(tmp)
+            theirs, mine = carry.last_step(metrics.parent), carry.last_step(runs / rel)
+            if mine is not None and (theirs or 0) <= mine and not force:
+                raise PackError(f"the local run {runs / rel} is at step {mine}, the piece at {theirs}: nothing to "
+                                "take back (--force takes it anyway)")
+            if (runs / rel).exists():
+                aside, n = runs / rel.parent / f"{rel.name}.before_piece", 1
+                while aside.exists():
+                    n += 1
+                    aside = runs / rel.parent / f"{rel.name}.before_piece{n}"
+                (runs / rel).rename(aside)
+                done.append(f"{runs / rel} (step {mine}) moved to {aside}")
+            done.append(f"{rel}: step {theirs} from the piece")
+        carry.restore(tmp, runs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, nargs="?", help="the campaign's run folder (STATE/runs/campaign_v2/train)")
@@ -147,7 +197,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="store the snapshots under DIR in 16 bits (carry.py's narrowing) and exit: the way back")
     p.add_argument("--widen-snapshots", type=Path, metavar="DIR",
                    help="undo --narrow-snapshots under DIR and exit")
+    p.add_argument("--take-back", nargs=2, type=Path, metavar=("PARTS", "RUNS"),
+                   help="put a piece's result (PARTS/piece.tar.part-*) in place under RUNS and exit")
+    p.add_argument("--force", action="store_true", help="with --take-back: also when the local run is further on")
     args = p.parse_args(argv)
+    if args.take_back:
+        try:
+            for line in take_back(*args.take_back, force=args.force):
+                print(line)
+        except PackError as exc:
+            print(f"device_pack: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.narrow_snapshots or args.widen_snapshots:
         for path in sorted((args.narrow_snapshots or args.widen_snapshots).rglob("snapshots/*.pt")):
             print(f"{'narrowed' if args.narrow_snapshots else 'widened'}: {path}"

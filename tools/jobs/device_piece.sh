@@ -14,7 +14,8 @@
 # whole command ends within LIMIT seconds, and writes the run back under OUT as `tools/jobs/carry.py save`
 # carries it, in a tar split into parts of 15 MiB (the device tool returns files of at most 16 MiB, 64 in all):
 #
-#   cat OUT/piece.tar.part-* | tar xf - -C /tmp/piece && python tools/jobs/device_piece_restore.py ...
+#   pkill -f "out_dir=$STATE/runs/campaign_v2/train"     # here: stop the local campaign first, then
+#   python tools/jobs/device_pack.py --take-back FILES_AT $STATE/runs && STATE=$STATE tools/jobs/restart.sh
 #
 # QUICK=1: a rehearsal on this machine's CPU (200 words per LMDB, 40 seconds of training, no wheels).
 set -uo pipefail
