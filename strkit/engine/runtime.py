@@ -331,9 +331,9 @@ def check_resume(payload: Mapping[str, Any], cfg: Config, path: str | Path, sect
     """
     saved = from_dict(payload["config"])
     for section in sections:
-        mine = getattr(cfg, section)
-        theirs = dataclasses.replace(getattr(saved, section),
-                                     **{k: getattr(mine, k) for k in RESUME_FREE.get(section, ())})
+        mine, theirs = getattr(cfg, section), getattr(saved, section)
+        if RESUME_FREE.get(section):
+            theirs = dataclasses.replace(theirs, **{k: getattr(mine, k) for k in RESUME_FREE[section]})
         if theirs != mine:
             raise ResumeError(f"cannot resume from {path}: its '{section}' config differs from this run's. "
                               "Resume with the saved config (it is in the run folder as config.yaml).")
