@@ -148,3 +148,44 @@ def test_cli_preview_bench_list_and_lmdb(lexicon: Path, tmp_path: Path,
     assert "already exists" in capsys.readouterr().err
     assert main(["--preset", "nonexistent", "--preview", str(png), *args]) == 2
     assert main(["--out", str(out_dir), *args]) == 2  # --count missing
+
+
+def test_sigterm_to_the_process_group_stops_with_a_resumable_partial(lexicon: Path, tmp_path: Path) -> None:
+    """``timeout`` or a scheduler signals the whole group, pool workers included: the tool commits what it
+    rendered, says how to continue on one line and exits 128 + 15; ``--resume`` then finishes the same
+    records as a run that was never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    out, count = tmp_path / "db", 2400
+    args = ["--preset", "mjsynth", "--count", str(count), "--seed", "4", *MPL_ARGS, "--lexicon", str(lexicon)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # STRKIT_CACHE_DIR: this module's private cache
+    proc = subprocess.Popen([sys.executable, str(repo / "tools" / "synth.py"), *args, "--workers", "2",
+                             "--out", str(out)], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300  # a hang guard: the test waits for the first commit of 1,000 records
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"synth ended before the first commit: {proc.communicate()}")
+            if (out.parent / "db.partial" / "data.mdb").is_file():
+                written = records(out.parent / "db.partial").get(b"num-samples", b"0")
+                if int(written) >= 1000:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail("no commit of 1,000 records within 300 s")
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "--resume" in err and err.strip().count("\n") == 0
+    assert main([*args, "--workers", "1", "--out", str(out), "--resume"]) == 0
+    assert main([*args, "--workers", "1", "--out", str(tmp_path / "ref")]) == 0
+    assert records(out) == records(tmp_path / "ref")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -48,6 +49,11 @@ def render_records(renderer: Renderer, start: int, stop: int, seed: int, geometr
 
 
 def _init_worker(renderer: Renderer, set_threads: bool) -> None:
+    # The parent decides how to stop: Ctrl-C in a terminal (SIGINT to the whole group) is left to it, and
+    # SIGTERM keeps its default action here (the parent's own handler, inherited through fork, is not the
+    # worker's: Pool.terminate() stops workers with SIGTERM).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if set_threads:  # spawned workers; forked ones inherit the parent's setting (calling it after a fork
         cv2.setNumThreads(1)  # of a process that imported torch can deadlock)
     _WORKER["renderer"] = renderer
