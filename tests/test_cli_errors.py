@@ -317,3 +317,19 @@ def test_overrides_may_follow_options_in_every_tool_that_takes_them(capsys):
         with pytest.raises(SystemExit) as info:  # argparse's error
             search_main(argv)
         one_error(capsys, int(info.value.code), expected)
+
+
+def test_sigterm_interrupts_a_long_write_like_ctrl_c(capsys):
+    import os
+    import signal
+
+    from strkit.cli.common import Terminated, interrupted, sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated), sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before the next bytecode
+    assert signal.getsignal(signal.SIGTERM) is before  # put back
+    assert interrupted(Terminated(), "kept in OUT.partial; --resume continues") == 143
+    assert interrupted(KeyboardInterrupt(), "kept") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["stopped by SIGTERM: kept in OUT.partial; --resume continues", "", "interrupted: kept"]

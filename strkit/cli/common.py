@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -85,6 +88,37 @@ class Parser(argparse.ArgumentParser):
                 args.overrides.append(arg)
                 taken[arg] -= 1
         return args
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an interruption (:func:`sigterm_interrupts`): the tool stops as on Ctrl-C."""
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Inside the block SIGTERM (``kill``, ``timeout``, a batch scheduler) raises :class:`Terminated`, a
+    ``KeyboardInterrupt``, so that a long write stops as on Ctrl-C and keeps what it committed. Handlers can
+    only be set in the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted(exc: KeyboardInterrupt, kept: str) -> int:
+    """Say on one line how the tool stopped and what was ``kept``; the exit status the signal means
+    (143 for SIGTERM, 130 for Ctrl-C)."""
+    term = isinstance(exc, Terminated)
+    print(f"\n{'stopped by SIGTERM' if term else 'interrupted'}: {one_line(kept)}", file=sys.stderr)
+    return 128 + (signal.SIGTERM if term else signal.SIGINT)
 
 
 def is_user_error(exc: BaseException) -> bool:

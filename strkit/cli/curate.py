@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from strkit.charset import PROTOCOLS, Charset
-from strkit.cli.common import Parser, positive_int, user_errors
+from strkit.cli.common import Parser, interrupted, positive_int, sigterm_interrupts, user_errors
 from strkit.data.lmdb.reader import lmdb_num_samples
 from strkit.engine import curation
 from strkit.inference.teachers import TEACHERS, build_teacher
@@ -106,10 +106,15 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "filter":
         total = lmdb_num_samples(args.src)
         total = min(total, args.limit) if args.limit else total
-        with tqdm(total=total, unit="img", desc="filter", disable=True if args.quiet else None) as bar:
-            report = curation.filter_lmdb(args.src, args.out, teacher, charset, args.protocol,
-                                          args.min_confidence, args.batch_size, args.overwrite, args.resume,
-                                          args.limit, progress=bar.update)
+        try:
+            with sigterm_interrupts(), tqdm(total=total, unit="img", desc="filter",
+                                            disable=True if args.quiet else None) as bar:
+                report = curation.filter_lmdb(args.src, args.out, teacher, charset, args.protocol,
+                                              args.min_confidence, args.batch_size, args.overwrite, args.resume,
+                                              args.limit, progress=bar.update)
+        except KeyboardInterrupt as exc:
+            return interrupted(exc, f"the records filtered so far are in {args.out}.partial; the same command "
+                                    "with --resume continues")
         print(report.summary())
         return 0
     if args.command == "audit":

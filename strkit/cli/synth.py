@@ -18,15 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from strkit.cli.common import Parser, fail, non_negative_int, positive_int, setup_logging, user_errors
+from strkit.cli.common import (
+    Parser,
+    fail,
+    interrupted,
+    non_negative_int,
+    positive_int,
+    setup_logging,
+    sigterm_interrupts,
+    user_errors,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,14 +196,6 @@ def _fit_palette(args: argparse.Namespace) -> int:
     return 0
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM while an LMDB is written: stopped like Ctrl-C (the records so far committed, resumable)."""
-
-
-def _terminated(_signum: int, _frame: Any) -> None:
-    raise Terminated
-
-
 @user_errors
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -251,22 +249,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from strkit.data.synth.generate import generate_lmdb
 
-    in_main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
-    previous = signal.signal(signal.SIGTERM, _terminated) if in_main else None  # `kill`, `timeout`: as Ctrl-C
     try:
-        res = generate_lmdb(renderer, args.out, args.count, seed=args.seed, start_index=args.start_index,
-                            workers=max(1, args.workers), resume=args.resume, overwrite=args.overwrite,
-                            geometry=args.geometry, progress=not args.no_progress)
+        with sigterm_interrupts():
+            res = generate_lmdb(renderer, args.out, args.count, seed=args.seed, start_index=args.start_index,
+                                workers=max(1, args.workers), resume=args.resume, overwrite=args.overwrite,
+                                geometry=args.geometry, progress=not args.no_progress)
     except (FileExistsError, ValueError) as exc:
         return fail(str(exc))
     except KeyboardInterrupt as exc:
-        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-        print(f"\n{how}: the samples written so far are in {args.out}.partial; the same command with --resume "
-              "continues", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        return interrupted(exc, f"the samples written so far are in {args.out}.partial; the same command with "
+                                "--resume continues")
     print(f"wrote {res.written} samples to {res.path} ({res.resumed_from} resumed) in {res.seconds:.1f} s "
           f"({res.images_per_second:.0f} img/s, {args.workers} workers); "
           f"{res.bytes_on_disk / 2**20:.1f} MiB on disk")
