@@ -39,6 +39,7 @@ import tarfile
 from pathlib import Path
 
 import cv2
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -103,7 +104,8 @@ def pack_fonts(out: Path, work: Path) -> int:
 
 
 def pack_real(sources: list[tuple[str, Path]], out: Path, img_h: int, img_w: int, channels: int) -> int:
-    """Each real split (name, folder) as PNGs of the transform's resize, same names and label files."""
+    """Each real split ``(name, folder)`` into the tar ``out``: its images as the transform's resize
+    (``img_h × img_w``, ``channels``) in lossless WebP under their own names, and its label files."""
     transform = ImageTransform(img_h, img_w, channels)
     with tarfile.open(out, "w:xz") as tar:  # xz: the 512-byte tar blocks of 6,700 small files
         for name, root in sources:
@@ -126,8 +128,6 @@ def pack_real(sources: list[tuple[str, Path]], out: Path, img_h: int, img_w: int
 def retype_snapshot(path: Path, narrow: bool) -> bool:
     """Narrow a weights-only snapshot to 16 bits (:func:`carry.narrow`) or widen it back; False when it is
     already so."""
-    import torch
-
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(payload, dict) or (carry.NARROWED in payload) == narrow:
         return False
