@@ -93,7 +93,8 @@ done
 if ! done_ curve && [ "${QUICK:-0}" != 1 ]; then
   step "learning curve"
   python tools/plot_curve.py "$(dirname "$CKPT")" --benchmarks $PEER_SETS --threads 1 \
-    --out docs/default_v2_curve.png --reference "PP-OCRv4 total=84.3" "bundled model total=68.9"
+    --out docs/default_v2_curve.png --reference "PP-OCRv4 total=84.3" "bundled model total=68.9" \
+    --title "default model v2 campaign (94_full; benchmarks: 36 protocol)"
   mark curve
 fi
 step "done: $OUT (export reports, eval_default/, speed.json, compare_*.json); now the model card and README"
