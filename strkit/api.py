@@ -16,8 +16,9 @@ Reading options (:class:`strkit.inference.options.InferenceOptions`; given to th
 ``confidence`` (``product`` (default), ``mean``, ``min``, ``geomean`` of the character probabilities),
 ``rotate`` (tall crops also read at ±90°, on by default) and ``rotate_ratio``, ``max_width`` (keep the
 aspect ratio of long words up to this width instead of squashing them) and ``lexicon`` (CTC models: read
-the most probable word of a list). A checkpoint or export calibrated with ``tools/eval.py
---fit-temperature`` decodes ``logits / T`` (calibrated confidences, same readings).
+the most probable word of a list; ``lexicon_any_case``, on by default, also matches its other cases).
+A checkpoint or export calibrated with ``tools/eval.py --fit-temperature`` decodes ``logits / T``
+(calibrated confidences, same readings).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Recognizer:
             of the full training width. Faster on short words; the model then sees less right padding than
             in training, which can change a few readings, so it is off by default. Needs a backend that
             accepts other widths.
-        confidence, rotate, rotate_ratio, max_width, lexicon: reading options, see
+        confidence, rotate, rotate_ratio, max_width, lexicon, lexicon_any_case: reading options, see
             :class:`strkit.inference.options.InferenceOptions` (each can also be given per
             :meth:`recognize` call).
     """
@@ -121,7 +122,7 @@ class Recognizer:
         self.trim_padding = bool(trim_padding)
         self.transform = self.backend.input_spec.transform()
         self.options = self._check_options(InferenceOptions.build(None, **options))
-        self._lexicon_decoder: tuple[tuple[str, ...], DecodeFn] | None = None
+        self._lexicon_decoder: tuple[tuple[tuple[str, ...], bool], DecodeFn] | None = None
 
     def _check_options(self, options: InferenceOptions) -> InferenceOptions:
         """``options`` if this backend can honour them (``max_width`` needs any input width)."""
@@ -278,15 +279,15 @@ class Recognizer:
         """(view indices, B×C×H×W batch) batches (see :func:`strkit.inference.images.batches`)."""
         return batches(prepared, self.backend.input_spec, batch_size, trim_padding=self.trim_padding, wide=wide)
 
-    def _decode_fn(self, lexicon: tuple[str, ...] | None) -> DecodeFn | None:
+    def _decode_fn(self, lexicon: tuple[str, ...] | None, any_case: bool = True) -> DecodeFn | None:
         """The lexicon-constrained decoding of ``lexicon`` (cached for the last lexicon), or ``None``."""
         if lexicon is None:
             return None
-        if self._lexicon_decoder is None or self._lexicon_decoder[0] != lexicon:
+        if self._lexicon_decoder is None or self._lexicon_decoder[0] != (lexicon, any_case):
             meta = getattr(self.backend, "metadata", None)
             if meta is None:
                 raise ValueError(f"a lexicon needs a backend that describes its decoder; {self.backend.name} does not")
-            self._lexicon_decoder = (lexicon, build_lexicon_decode_fn(meta, lexicon))
+            self._lexicon_decoder = ((lexicon, any_case), build_lexicon_decode_fn(meta, lexicon, any_case))
         return self._lexicon_decoder[1]
 
     def recognize(self, images: ImageInput | Sequence[ImageInput], batch_size: int = 32,
@@ -298,10 +299,10 @@ class Recognizer:
                 decoding) gets an ``error`` result instead of being decoded; ``None``: no limit of strkit's
                 own (PIL's decompression-bomb limit still applies). See :mod:`strkit.data.image_limits`.
             options: reading options for this call (``confidence``, ``rotate``, ``rotate_ratio``, ``max_width``,
-                ``lexicon``; ``None`` keeps the recogniser's own), see the class docstring.
+                ``lexicon``, ``lexicon_any_case``; ``None`` keeps the recogniser's own), see the class docstring.
         """
         opts = self._check_options(InferenceOptions.build(self.options, **options)) if options else self.options
-        decode = self._decode_fn(opts.lexicon)
+        decode = self._decode_fn(opts.lexicon, opts.lexicon_any_case)
         if isinstance(images, str | Path | np.ndarray) or hasattr(images, "mode"):
             images = [images]
         items = list(images)

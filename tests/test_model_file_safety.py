@@ -73,7 +73,10 @@ def test_an_inline_lexicon_still_decodes(default_metadata, tmp_path):
     meta = copy.deepcopy(default_metadata)
     meta["decoder"] = {"name": "ctc", "lexicon": ["hello"]}
     rec = Recognizer.from_onnx(with_metadata(tmp_path, meta), threads=1)
-    assert rec.recognize(np.full((32, 100), 255, np.uint8))[0].text == "hello"  # the only word
+    assert rec.recognize(np.full((32, 100), 255, np.uint8))[0].text.lower() == "hello"  # the only word, any case
+    meta["decoder"]["lexicon_any_case"] = False  # the model's own decoder option, a boolean
+    exact = Recognizer.from_onnx(with_metadata(tmp_path, meta, "exact.onnx"), threads=1)
+    assert exact.recognize(np.full((32, 100), 255, np.uint8))[0].text == "hello"  # as written
 
 
 BAD_FIELDS = [  # (where in the metadata, value, field named in the error)

@@ -287,6 +287,43 @@ def test_ctc_beam_and_lexicon_decoding(tmp_path):
         ctc_decoder(lexicon=str(tmp_path / "missing.txt"))
 
 
+def _spelling(codec: CTCCodec, text: str, frames: int = 12) -> torch.Tensor:
+    """1×T×K logits that spell ``text`` with a blank after every character (T = ``frames``)."""
+    ids = codec.encode([text])["targets"].tolist()
+    logits = torch.full((1, frames, codec.num_classes), -4.0)
+    path = [c for i in ids for c in (i, codec.blank)]
+    for t in range(frames):
+        logits[0, t, path[t] if t < len(path) else codec.blank] = 4.0
+    return logits
+
+
+def test_ctc_lexicon_matches_any_case_unless_told_otherwise():
+    from strkit.models.decoders.ctc import case_forms
+
+    mixed = Charset.preset("94_full")
+    assert case_forms("coffee", mixed) == ["coffee", "Coffee", "COFFEE"]
+    assert case_forms("iPhone", mixed) == ["iPhone", "iphone", "Iphone", "IPHONE"]
+    assert case_forms("COFFEE", CHARSET) == ["coffee"]  # a one-case charset folds the forms into one
+    codec = CTCCodec(mixed)
+    logits = _spelling(codec, "COFFEE")
+    build = {"input_size": 16, "num_classes": codec.num_classes, "max_length": 8, "blank": codec.blank}
+    any_case = DECODERS.build({"name": "ctc", "lexicon": ["tea", "coffee"]}, **build)
+    pred = any_case.decode(logits, codec)[0]
+    assert pred.text == "COFFEE" and pred.confidence > 0.5  # the form read, with its own probability
+    exact = DECODERS.build({"name": "ctc", "lexicon": ["tea", "coffee"], "lexicon_any_case": False}, **build)
+    read = exact.decode(logits, codec)[0]  # only the words as written: both poor matches of "COFFEE"
+    assert read.text in {"tea", "coffee"} and read.confidence < 1e-3
+    # the candidate prefilter ignores case: "COFFEE" is the closest word of a long lower-case list
+    many = [f"x{i}yz" for i in range(300)] + ["toffee", "coffee"]
+    pre = DECODERS.build({"name": "ctc", "lexicon": many, "lexicon_candidates": 2}, **build)
+    assert pre.decode(logits, codec)[0].text == "COFFEE"
+    # a one-case model is unchanged: the words are folded to its charset
+    low = CTCCodec(CHARSET)
+    dec = DECODERS.build({"name": "ctc", "lexicon": ["Tea", "COFFEE"]}, input_size=16, num_classes=low.num_classes,
+                         max_length=8, blank=low.blank)
+    assert dec.decode(_spelling(low, "coffee"), low)[0].text == "coffee"
+
+
 def test_attention_decoder_teacher_forcing_and_greedy():
     dec, codec = attention_decoder()
     feats = torch.randn(2, 12, 16)

@@ -9,7 +9,7 @@ to CHECKPOINT.onnx (announced on stderr).
 Reading options: --confidence (how character probabilities make the word confidence), --no-rotate (tall
 crops are otherwise also read at +-90 degrees, the more confident reading kept), --max-width (keep the
 aspect ratio of long words up to this width instead of squashing them), --lexicon FILE (CTC models: read
-the most probable word of the list).
+the most probable word of the list, in any of its cases unless --lexicon-exact-case).
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the model's width (needs a model that accepts any width)")
     p.add_argument("--lexicon", default=None, metavar="FILE",
                    help="CTC models: read the most probable word of FILE (UTF-8, one word per line)")
+    p.add_argument("--lexicon-exact-case", dest="lexicon_any_case", action="store_false",
+                   help="match the --lexicon words only as written (default: also in lower case, Capitalised "
+                        "and UPPER CASE, printing the form read)")
     add_max_pixels(p)
     add_model_overrides(p, "; runs with PyTorch")
     add_progress_flag(p)
@@ -103,6 +106,7 @@ def _load(args: argparse.Namespace) -> Any:
         from strkit.models.decoders.ctc import read_lexicon
 
         options["lexicon"] = read_lexicon(args.lexicon)
+        options["lexicon_any_case"] = args.lexicon_any_case
     name = args.checkpoint
     if not Path(name).exists() and (name in zoo_models() or not looks_like_path(name)):
         if args.overrides:

@@ -22,9 +22,10 @@ def scale_logits(logits: Tensor, temperature: float) -> Tensor:
     return logits if temperature == 1.0 else logits.float() / float(temperature)
 
 
-def build_lexicon_decode_fn(meta: ExportMetadata, words: Sequence[str]) -> DecodeFn:
+def build_lexicon_decode_fn(meta: ExportMetadata, words: Sequence[str], any_case: bool = True) -> DecodeFn:
     """``B×L×K logits -> B predictions`` constrained to ``words``: the word of highest CTC probability, by
-    the ``ctc`` decoder's own lexicon decoding (its other options, e.g. ``lexicon_candidates``, kept).
+    the ``ctc`` decoder's own lexicon decoding (its other options, e.g. ``lexicon_candidates``, kept);
+    ``any_case``: a word also matches in lower case, Capitalised and UPPER CASE (``lexicon_any_case``).
 
     Raises:
         ValueError: the model is not a CTC model.
@@ -32,13 +33,13 @@ def build_lexicon_decode_fn(meta: ExportMetadata, words: Sequence[str]) -> Decod
     if meta.codec_kind != "ctc":
         raise ValueError(f"a lexicon constrains CTC models only; this model's decoder is "
                          f"'{meta.decoder.get('name', meta.codec_kind)}' ({meta.codec_kind})")
-    decoder = {**meta.decoder, "name": "ctc", "lexicon": list(words)}
+    decoder = {**meta.decoder, "name": "ctc", "lexicon": list(words), "lexicon_any_case": bool(any_case)}
     decoder = {k: v for k, v in decoder.items() if k in LEXICON_DECODER_KEYS}
     return build_decode_fn(replace(meta, decoder=decoder), strict=True)
 
 
 #: Options of the ``ctc`` decoder that a lexicon-constrained decoding keeps from the model's decoder.
-LEXICON_DECODER_KEYS = ("name", "beam_width", "lexicon", "lexicon_candidates")
+LEXICON_DECODER_KEYS = ("name", "beam_width", "lexicon", "lexicon_candidates", "lexicon_any_case")
 
 
 def build_decode_fn(meta: ExportMetadata, strict: bool = False) -> DecodeFn:

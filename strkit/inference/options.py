@@ -12,7 +12,9 @@
   ``max_width`` pixels wide, instead of being squashed into the training width (see
   :func:`wide_width`); for backends that accept any input width.
 - **Lexicon** (``lexicon``): for CTC models, the reading is the lexicon word of highest CTC probability
-  (the ``ctc`` decoder's lexicon decoding, :class:`strkit.models.decoders.ctc.CTCDecoder`).
+  (the ``ctc`` decoder's lexicon decoding, :class:`strkit.models.decoders.ctc.CTCDecoder`); with
+  ``lexicon_any_case`` (the default) a word also matches in lower case, Capitalised and UPPER CASE, and the
+  form read is returned, so a lower-case word list serves a case-sensitive model.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class InferenceOptions:
         max_width: ``None``: the model's input width (today's resize); else keep the aspect ratio up to this
             width in pixels (>= the model's width; needs a backend that accepts any width).
         lexicon: ``None``, or words: the reading is the lexicon word of highest CTC probability (CTC models).
+        lexicon_any_case: a lexicon word also matches in lower case, Capitalised and UPPER CASE (the form
+            read is returned); ``False``: only as written.
     """
 
     confidence: str = DEFAULT_CONFIDENCE
@@ -102,6 +106,7 @@ class InferenceOptions:
     rotate_ratio: float = DEFAULT_ROTATE_RATIO
     max_width: int | None = None
     lexicon: tuple[str, ...] | None = None
+    lexicon_any_case: bool = True
 
     def __post_init__(self) -> None:
         if self.confidence not in CONFIDENCE_MODES:
@@ -120,6 +125,8 @@ class InferenceOptions:
             if not words:
                 raise ValueError("lexicon is empty: give at least one word, or None for no constraint")
             object.__setattr__(self, "lexicon", words)
+        if not isinstance(self.lexicon_any_case, bool):
+            raise ValueError(f"lexicon_any_case must be True or False, got {self.lexicon_any_case!r}")
 
     @classmethod
     def build(cls, base: InferenceOptions | None = None, **changes: object) -> InferenceOptions:

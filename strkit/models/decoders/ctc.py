@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ from strkit.greedy_decoding import Prediction
 from strkit.models.decoders import ctc_search
 from strkit.models.decoders.smoothing import check_label_smoothing, uniform_kl
 from strkit.models.registry import DECODERS
+
+if TYPE_CHECKING:
+    from strkit.charset import Charset
 
 
 def read_lexicon(path: str | Path) -> list[str]:
@@ -46,6 +49,13 @@ def ctc_loss(logits: Tensor, targets: dict[str, Tensor], blank: int = 0, label_s
         return loss
 
 
+def case_forms(word: str, charset: Charset) -> list[str]:
+    """The forms a lexicon word matches in: as written, lower case, Capitalised and UPPER CASE, each
+    normalised to ``charset`` (so a one-case charset folds them into one); distinct, in that order."""
+    forms = (word, word.lower(), word[:1].upper() + word[1:].lower(), word.upper())
+    return list(dict.fromkeys(f for f in (charset.normalize(x)[0] for x in forms) if f))
+
+
 @DECODERS.register("ctc")
 class CTCDecoder(nn.Module):
     """Linear(D -> K) on every time step, trained with CTC (class ``blank`` = 0).
@@ -58,8 +68,11 @@ class CTCDecoder(nn.Module):
         beam_width: 1 = greedy best path; > 1 = prefix beam search with this many beams.
         lexicon: a word list (path of a file with one word per line, or a list of words); when set,
             decoding returns the lexicon word with the highest CTC probability.
-        lexicon_candidates: for lexicons larger than this, only the words closest (edit distance) to
-            the greedy output are scored; 0 = score every word.
+        lexicon_candidates: for lexicons larger than this, only the words closest (edit distance, case
+            ignored) to the greedy output are scored; 0 = score every word.
+        lexicon_any_case: a lexicon word also matches in lower case, Capitalised and UPPER CASE, and the
+            form read is returned ("coffee" in the lexicon reads a "COFFEE" sign as "COFFEE"); ``False``:
+            only as written. Changes nothing for a charset of one case.
         label_smoothing: ε of :func:`ctc_loss` (training only; 0 = plain CTC).
 
     Shapes: ``forward(features: B×T×D, targets=None) -> logits B×T×K``.
@@ -70,7 +83,8 @@ class CTCDecoder(nn.Module):
 
     def __init__(self, input_size: int, num_classes: int, max_length: int, blank: int = 0,
                  beam_width: int = 1, lexicon: str | Sequence[str] | None = None,
-                 lexicon_candidates: int = 200, label_smoothing: float = 0.0) -> None:
+                 lexicon_candidates: int = 200, lexicon_any_case: bool = True,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = check_label_smoothing("ctc", label_smoothing)
         if beam_width < 1:
@@ -79,9 +93,10 @@ class CTCDecoder(nn.Module):
         self.num_classes, self.max_length, self.blank = num_classes, max_length, blank
         self.beam_width = int(beam_width)
         self.lexicon_candidates = int(lexicon_candidates)
+        self.lexicon_any_case = bool(lexicon_any_case)
         words = read_lexicon(lexicon) if isinstance(lexicon, str | Path) else list(lexicon or [])
         self.lexicon: list[str] = words
-        self._lexicon_cache: tuple[Any, list[str], list[tuple[int, ...]]] | None = None
+        self._lexicon_cache: tuple[Any, list[str], list[list[tuple[int, ...]]]] | None = None
 
     def forward(self, features: Tensor, targets: dict[str, Tensor] | None = None) -> Tensor:
         return self.fc(features)
@@ -120,17 +135,22 @@ class CTCDecoder(nn.Module):
                       for c, fr in zip(ids, frames, strict=True)]
         return Prediction(codec.decode_ids(ids), math.prod(char_probs), char_probs)
 
-    def _encoded_lexicon(self, codec: CTCCodec) -> tuple[list[str], list[tuple[int, ...]]]:
-        """Lexicon words normalised to the codec's charset (empty and duplicate words dropped) and
-        their class ids; cached per codec."""
+    def _encoded_lexicon(self, codec: CTCCodec) -> tuple[list[str], list[list[tuple[int, ...]]]]:
+        """Lexicon words normalised to the codec's charset (empty and duplicate words dropped) and, per
+        word, the class ids of each form it matches in (:func:`case_forms`, or the word alone); cached per
+        codec."""
         if self._lexicon_cache is None or self._lexicon_cache[0] is not codec:
             words = list(dict.fromkeys(w for w in (codec.charset.normalize(x)[0] for x in self.lexicon) if w))
-            enc = codec.encode(words)
+            forms = [case_forms(w, codec.charset) if self.lexicon_any_case else [w] for w in words]
+            enc = codec.encode([f for fs in forms for f in fs])
             flat, lengths = enc["targets"].tolist(), enc["target_lengths"].tolist()
-            ids, start = [], 0
-            for n in lengths:
-                ids.append(tuple(flat[start:start + n]))
-                start += n
+            ids: list[list[tuple[int, ...]]] = []
+            start, k = 0, 0
+            for fs in forms:
+                ids.append([])
+                for _ in fs:
+                    ids[-1].append(tuple(flat[start:start + lengths[k]]))
+                    start, k = start + lengths[k], k + 1
             self._lexicon_cache = (codec, words, ids)
         return self._lexicon_cache[1], self._lexicon_cache[2]
 
@@ -142,8 +162,9 @@ class CTCDecoder(nn.Module):
             from rapidfuzz.distance import Levenshtein
 
             greedy = codec.decode_ids(ctc_search.greedy_search(log_probs, self.blank)[0])
-            hits = process.extract(greedy, words, scorer=Levenshtein.distance, limit=self.lexicon_candidates)
+            hits = process.extract(greedy, words, scorer=Levenshtein.distance, limit=self.lexicon_candidates,
+                                   processor=str.casefold)
             candidates = [h[2] for h in hits]
-        cand = list(candidates)
-        best, _ = ctc_search.lexicon_search(log_probs, [ids[i] for i in cand], self.blank)
-        return ids[cand[best]] if best >= 0 else None
+        forms = [f for i in candidates for f in ids[i]]
+        best, _ = ctc_search.lexicon_search(log_probs, forms, self.blank)
+        return forms[best] if best >= 0 else None
