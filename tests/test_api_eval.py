@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from strkit.api import Recognizer, load_image
+from strkit.charset import protocol_filter
 from strkit.checkpoint import CheckpointError, save_checkpoint
 from strkit.config import load_config
 from strkit.models.recognizer import build_model
@@ -247,7 +248,8 @@ def test_readme_one_line_with_the_bundled_model_on_rendered_words(synth_words, t
         printed: list[tuple] = []
         exec(compile(snippet, "README.md", "exec"), {"print": lambda *a, out=printed: out.append(a)})
         assert len(printed) == 1 and isinstance(printed[0][0], str)
-        read.append(printed[0][0] == label)
+        # the words are rendered in varied case with lower-case labels: compared under the 36 protocol
+        read.append(protocol_filter(printed[0][0], "36") == label)
     assert sum(read) >= 20, f"the bundled model read {sum(read)} of {len(read)} rendered words"
 
 
@@ -267,10 +269,13 @@ def test_readme_one_line_with_the_bundled_model(shared_benchmarks, tmp_path, mon
         printed: list[tuple] = []
         exec(compile(snippet, "README.md", "exec"), {"print": lambda *a, out=printed: out.append(a)})
         assert len(printed) == 1 and isinstance(printed[0][0], str)
-        read.append(printed[0][0] == "".join(c for c in label.lower() if c.isalnum()))
-    assert sum(read) / len(read) >= 0.5, f"the bundled model read {sum(read)} of {len(read)} IIIT5K crops"
+        read.append(protocol_filter(printed[0][0], "36") == protocol_filter(label, "36"))
+    # default model v2 reads 78.2 % of all of IIIT5K_3000 under the 36 protocol (docs/model_card.md) and 47 of
+    # these first 60 (the first model, `fast`: 44); the floor sits 5 crops below, so a broken bundle fails here
+    assert sum(read) >= 42, f"the bundled model read {sum(read)} of {len(read)} IIIT5K crops"
     rec = Recognizer.from_pretrained(backend="torch", threads=1)
     assert rec.backend.name == "torch" and rec.model.pipeline.startswith("none-searched-")
+    assert rec.model.charset.name == "94_full"  # default model v2: case-sensitive, with punctuation
 
 
 def test_evaluation_accepts_any_inference_backend(bundled_checkpoint, tiny_benchmarks):

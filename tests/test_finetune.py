@@ -75,9 +75,11 @@ def test_finetune_config_takes_the_bundled_model_and_ships_with_the_package():
     assert packaged_config("/nowhere/configs/train/finetune.yaml") == shipped
     cfg = adopt_init_config(load_config(shipped, []))
     default = load_checkpoint(get_zoo_model("default").checkpoint)["config"]
-    assert cfg.model.backbone == default["model"]["backbone"] and cfg.model.charset == "36_lowercase"
+    # the bundled default model (v2) reads the 94-character set; "" in the config takes the init model's
+    assert cfg.model.backbone == default["model"]["backbone"] and cfg.model.charset == default["model"]["charset"]
+    assert cfg.model.charset == "94_full"
     assert (cfg.data.img_h, cfg.data.img_w, cfg.data.channels) == (32, 128, 1)
-    assert adopt_init_config(load_config(shipped, ["model.charset=94_full"])).model.charset == "94_full"
+    assert adopt_init_config(load_config(shipped, ["model.charset=36_lowercase"])).model.charset == "36_lowercase"
 
 
 def test_replay_takes_its_share_of_every_batch():
@@ -110,7 +112,7 @@ def test_finetune_from_the_bundled_model_end_to_end(word_folder, tmp_path, capsy
         keys = {r["key"] for r in csv.DictReader(fh)}
     assert {"val_accuracy", "val_replay_accuracy"} <= keys
     saved = load_checkpoint(out / "best.pt")
-    assert saved["config"]["model"]["charset"] == "36_lowercase" and saved["config"]["train"]["init_config"]
+    assert saved["config"]["model"]["charset"] == "94_full" and saved["config"]["train"]["init_config"]
 
 
 def test_empty_charset_needs_init_config(word_folder, tmp_path):
@@ -125,4 +127,4 @@ def test_finetune_config_from_the_command_line(word_folder, capsys):
 
     rc = main(["finetune", f"data.train=[{{path: {word_folder}, kind: folder}}]", "--print-config"])
     out = capsys.readouterr().out
-    assert rc == 0 and "charset: 36_lowercase" in out and "name: searched" in out
+    assert rc == 0 and "charset: 94_full" in out and "name: searched" in out

@@ -195,8 +195,14 @@ def test_lexicon_fixes_misreads(torch_rec, synth_words):
     wrong = [i for i, (p, g) in enumerate(zip(plain, labels, strict=True)) if p != g]
     assert wrong, "the bundled model reads every rendered word: no misread to fix"
     lexicon = sorted(set(labels))
-    constrained = [protocol_filter(r.text) for r in torch_rec.recognize(synth_words.images, lexicon=lexicon)]
-    assert all(t in lexicon for t in constrained)
+    read = [r.text for r in torch_rec.recognize(synth_words.images, lexicon=lexicon)]
+    assert any(t not in lexicon for t in read)  # the case-sensitive model returns the case it read ...
+    constrained = [protocol_filter(t) for t in read]
+    assert all(t in lexicon for t in constrained)  # ... of a lexicon word
+    exact = [r.text for r in torch_rec.recognize(synth_words.images[:16], lexicon=lexicon, lexicon_any_case=False)]
+    assert all(t in lexicon for t in exact)  # only the words as written
+    with pytest.raises(ValueError, match="lexicon_any_case must be True or False"):
+        torch_rec.recognize(synth_words.images[0], lexicon=lexicon, lexicon_any_case="yes")
     fixed = [i for i in wrong if constrained[i] == labels[i]]
     assert fixed, f"no misread fixed: {[(plain[i], labels[i], constrained[i]) for i in wrong]}"
     assert sum(c == g for c, g in zip(constrained, labels, strict=True)) > sum(
@@ -250,7 +256,9 @@ def test_recognize_tool_reading_options(torch_rec, synth_words, tmp_path, capsys
     words = tmp_path / "words.txt"
     words.write_text(f"{LONG_WORDS[0]}\n{label}\nzebra\n")
     lex = read("--no-rotate", "--lexicon", str(words))
-    assert all(r["text"] in {LONG_WORDS[0], label, "zebra"} for r in lex)
+    assert all(r["text"].lower() in {LONG_WORDS[0], label, "zebra"} for r in lex)  # a word, in some case
+    exact = read("--no-rotate", "--lexicon", str(words), "--lexicon-exact-case")
+    assert all(r["text"] in {LONG_WORDS[0], label, "zebra"} for r in exact)  # a word as written
     with pytest.raises(SystemExit) as exit_:
         main(["default", str(long), "--max-width", "0"])
     assert exit_.value.code == 2 and "--max-width" in capsys.readouterr().err

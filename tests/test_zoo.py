@@ -68,7 +68,11 @@ def test_strkit_models_lists_models_configs_and_modules(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "default: none-searched-bilstm-ctc" in out and "default.onnx" in out and "M params" in out
-    assert "IIIT5K_3000 76.70%" in out  # the accuracy recorded in the bundled checkpoint
+    # the accuracy recorded in each bundled checkpoint, with the protocol it was scored under: `fast` (the first
+    # default model) reads 36 characters, `default` (model v2) is case-sensitive with punctuation, scored under 94
+    assert "word accuracy (36 protocol): IIIT5K_3000 76.70%" in out
+    assert "default: none-searched-bilstm-ctc" in out and "charset 94_full" in out
+    assert "word accuracy (94 protocol): IIIT5K_3000 " in out
     for path in sorted((REPO / "configs" / "models").glob("*.yaml")):
         assert f"  {path.stem}: " in out
     for registry in (RECTIFIERS, BACKBONES, SEQUENCES, DECODERS):

@@ -100,7 +100,9 @@ def to_text(cat: dict[str, Any]) -> str:
             lines.append(f"    validation accuracy: {m['metrics']['val_accuracy']:.2f}% "
                          f"({int(m['metrics'].get('val_count', 0))} held-out training crops)")
         if m["benchmarks"]:
-            lines.append("    word accuracy: " + ", ".join(f"{b} {a:.2f}%" for b, a in m["benchmarks"].items()))
+            protocol = f" ({m['benchmark_protocol']} protocol)" if m.get("benchmark_protocol") else ""
+            lines.append(f"    word accuracy{protocol}: "
+                         + ", ".join(f"{b} {a:.2f}%" for b, a in m["benchmarks"].items()))
     if "configs" not in cat:
         return "\n".join(lines)
     lines += ["", "Model configs (tools/train.py CONFIG):"]

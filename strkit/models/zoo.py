@@ -141,7 +141,15 @@ def describe(model: ZooModel) -> dict[str, Any]:
         "temperature": net.temperature,
         "metrics": metrics,
         "benchmarks": recorded_benchmarks(payload),
+        "benchmark_protocol": recorded_protocol(payload),
     }
+
+
+def recorded_protocol(payload: dict[str, Any]) -> str | None:
+    """The scoring protocol (``"36"``, ``"62"``, ``"94"``) of the benchmark accuracies a checkpoint records
+    (see :func:`recorded_benchmarks`); ``None`` when none, or when the bundle did not say."""
+    protocol = (((payload.get("extra") or {}).get("bundle") or {}).get("int8_accuracy") or {}).get("protocol")
+    return str(protocol) if protocol is not None else None
 
 
 def recorded_benchmarks(payload: dict[str, Any]) -> dict[str, float]:

@@ -92,7 +92,7 @@ done
 # 7. the learning curve: held-out validation and the benchmarks at every snapshot, against CPU-hours.
 if ! done_ curve && [ "${QUICK:-0}" != 1 ]; then
   step "learning curve"
-  python tools/plot_curve.py "$(dirname "$CKPT")" --benchmarks $PEER_SETS --threads 1 \
+  python tools/plot_curve.py "$STATE/runs/campaign_v2/train" --benchmarks $PEER_SETS --threads 1 \
     --out docs/default_v2_curve.png --reference "PP-OCRv4 total=84.3" "bundled model total=68.9" \
     --title "default model v2 campaign (94_full; benchmarks: 36 protocol)"
   mark curve
