@@ -61,15 +61,16 @@ def test_class_map_keeps_case_for_a_cased_student():
     assert cm.fold_text("Ａa") == "Aa"
 
 
-@pytest.mark.parametrize("name", ["default.pt", "default.onnx"])
-def test_strkit_teacher_reads_rendered_words(name):
+@pytest.mark.parametrize(("name", "classes"), [("fast.pt", 37), ("fast.onnx", 37), ("default.pt", 95),
+                                              ("default.onnx", 95)])
+def test_strkit_teacher_reads_rendered_words(name, classes):
     teacher = build_teacher("strkit", path=Path(str(resources.files("strkit") / "assets")) / name)
     rng = np.random.default_rng(0)
     out = teacher.predict([render_word(w, rng) for w in WORDS])
-    assert out.texts == WORDS  # the bundled model reads these clean crops; a broken path would not
-    assert teacher.classes[0] == "" and len(teacher.classes) == 37
+    assert out.texts == WORDS  # the bundled models read these clean crops; a broken path would not
+    assert teacher.classes[0] == "" and len(teacher.classes) == classes  # blank + 36 or 94 characters
     for p, text, conf in zip(out.probs, out.texts, out.char_confidences, strict=True):
-        assert p.ndim == 2 and p.shape[1] == 37
+        assert p.ndim == 2 and p.shape[1] == classes
         np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-4)
         assert len(conf) == len(text) and (conf > 0.5).all()
 
