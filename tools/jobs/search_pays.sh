@@ -14,7 +14,9 @@
 #
 #   STATE=/root/strkit-jobs/state CORE=0 nohup tools/jobs/search_pays.sh > search_pays.log 2>&1 &
 #
-# Resumable: rerun it and each row continues from its last.pt. ROWS (default all) picks rows by name.
+# Resumable: rerun it and each row continues from its last.pt. ROWS (default all) picks rows by name,
+# separated by commas (ROWS=searched_s1,fixed_k3_e3_s1: the second seed of the searched and k3_e3 rows, which
+# run only when named).
 JOB=search_pays
 # shellcheck source=tools/jobs/common.sh
 source "$(dirname "$0")/common.sh"
@@ -22,14 +24,14 @@ synth clean 40000 7 synth_clean_40k
 synth mjsynth 119000 1 synth_mj_119k
 synth realistic 400000 3 synth_realistic_400k
 SETS="IIIT5K_3000 SVT_647 IC13_857 IC13_1015 IC15_2077"
-row() {  # name arch
-  local name=$1 arch=$2 out=runs/search_pays/$1
-  case " ${ROWS:-all} " in *" all "*|*" $name "*) ;; *) return ;; esac
+row() {  # name arch [seed: a row of another seed than 0 runs only when ROWS names it]
+  local name=$1 arch=$2 seed=${3:-0} out=runs/search_pays/$1 rows=",${ROWS:-all},"
+  case "${rows// /,}" in *",$name,"*) ;; *",all,"*) [ "$seed" = 0 ] || return ;; *) return ;; esac
   if [ ! -f "$out.done" ]; then
     local r=; [ -f "$out/last.pt" ] && r=--resume
     /usr/bin/time -f "$name wall %e s, peak RSS %M KB" taskset -c "$CORE" python tools/train.py configs/train/default_v2.yaml \
       model.backbone.arch="$arch" train.steps="${STEPS:-16000}" train.max_minutes=0 train.snapshot_every=0 train.val_every=1000 \
-      train.out_dir="$out" $r && touch "$out.done"
+      train.seed="$seed" train.out_dir="$out" $r && touch "$out.done"
   fi
   if [ -f "$out.done" ] && [ ! -f "$out/eval.done" ]; then
     pinned python tools/eval.py "$out/best.pt" --benchmarks $SETS --protocol 36 62 94 --threads 1 --no-speed \
@@ -43,3 +45,5 @@ row() {  # name arch
 row searched configs/archs/mbv2_cpu_wide_t7ms.json
 row fixed_k5_e3 configs/archs/mbv2_cpu_wide_fixed_k5_e3.json
 row fixed_k3_e3 configs/archs/mbv2_cpu_wide_fixed_k3_e3.json
+row searched_s1 configs/archs/mbv2_cpu_wide_t7ms.json 1
+row fixed_k3_e3_s1 configs/archs/mbv2_cpu_wide_fixed_k3_e3.json 1
