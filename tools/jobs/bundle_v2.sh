@@ -93,7 +93,7 @@ done
 if ! done_ curve && [ "${QUICK:-0}" != 1 ]; then
   step "learning curve"
   python tools/plot_curve.py "$STATE/runs/campaign_v2/train" --benchmarks $PEER_SETS --threads 1 \
-    --out docs/default_v2_curve.png --reference "PP-OCRv4 total=84.3" "bundled model total=68.9" \
+    --out docs/default_v2_curve.png --reference "PP-OCRv4 total=84.3" "first default model (fast) total=68.9" \
     --title "default model v2 campaign (94_full; benchmarks: 36 protocol)"
   mark curve
 fi
