@@ -156,3 +156,23 @@ def test_bad_inputs_raise():
         prefix_beam_search(np.zeros((2, 3)), beam_width=0)
     with pytest.raises(ValueError, match="blank"):
         ctc_log_likelihood(np.zeros((2, 3)), [0, 1])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12),
+       st.sampled_from(["36_lowercase", "62_mixed", "94_full"]))
+def test_case_forms_are_the_case_variants_of_one_word(word, preset):
+    """A lexicon word's forms (``lexicon_any_case``): distinct, the word as the charset keeps it first, every
+    form spelled in that charset and equal to the word but for case."""
+    from strkit.charset import Charset
+    from strkit.models.decoders.ctc import case_forms
+
+    charset = Charset.preset(preset)
+    forms = case_forms(word, charset)
+    kept = charset.normalize(word)[0]
+    assert len(forms) == len(set(forms)) <= 4
+    assert forms[:1] == ([kept] if kept else [])
+    for form in forms:
+        assert charset.normalize(form)[0] == form and form.lower() == kept.lower()
+    if preset == "36_lowercase":
+        assert len(forms) <= 1  # one case: nothing to vary
