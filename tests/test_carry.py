@@ -41,6 +41,10 @@ def make_runs(root: Path) -> Path:
     (row / "metrics.csv").write_text("step,key,value\n16000,val_accuracy,40.0\n")
     (row / "eval" / "results.csv").write_text("x")
     (root / "search_pays" / "searched.done").touch()
+    bundle = root / "campaign_v2" / "bundle_50k"
+    (bundle / "export_default").mkdir(parents=True)
+    (bundle / "export_default" / "model.onnx").write_bytes(b"O" * 100)  # exports are not carried ...
+    (bundle / "speed.json").write_text("{}")  # ... their measurements are
     return root
 
 
@@ -56,7 +60,7 @@ def test_save_selects_what_resumes_and_reports(carry, tmp_path):
         "campaign_v2/train/last.pt", "campaign_v2/train/best.pt", "campaign_v2/train/metrics.csv",
         "campaign_v2/train/curve.json", "campaign_v2/train/snapshots/step_20000.pt",  # not scored yet
         "search_pays/searched/best.pt", "search_pays/searched/metrics.csv",  # finished: no last.pt
-        "search_pays/searched/eval/results.csv", "search_pays/searched.done",
+        "search_pays/searched/eval/results.csv", "search_pays/searched.done", "campaign_v2/bundle_50k/speed.json",
     }
     assert manifest["campaign_v2/train"]["step"] == 2000 and not manifest["campaign_v2/train"]["finished"]
     assert manifest["search_pays/searched"]["finished"]

@@ -90,6 +90,8 @@ def selected(runs: Path) -> Iterator[Path]:
             continue
         if path.name == "last.pt" and finished(path.parent):
             continue
+        if path.suffix == ".onnx":  # an export: remade from its checkpoint (the bundled ones live in the package)
+            continue
         if path.suffix == ".pt" and path.name not in CHECKPOINTS:
             if path.parent.name != "snapshots" or path.name in scored_snapshots(path.parent.parent):
                 continue
