@@ -145,17 +145,23 @@ def describe(model: ZooModel) -> dict[str, Any]:
     }
 
 
+def bundle_info(payload: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`strkit.export.bundle.write_bundle` recorded in a checkpoint (``extra.bundle``: source,
+    ``weights`` dtype, ``int8_accuracy``, parity); empty for a checkpoint that is not a bundle's."""
+    return (payload.get("extra") or {}).get("bundle") or {}
+
+
 def recorded_protocol(payload: dict[str, Any]) -> str | None:
     """The scoring protocol (``"36"``, ``"62"``, ``"94"``) of the benchmark accuracies a checkpoint records
     (see :func:`recorded_benchmarks`); ``None`` when none, or when the bundle did not say."""
-    protocol = (((payload.get("extra") or {}).get("bundle") or {}).get("int8_accuracy") or {}).get("protocol")
+    protocol = (bundle_info(payload).get("int8_accuracy") or {}).get("protocol")
     return str(protocol) if protocol is not None else None
 
 
 def recorded_benchmarks(payload: dict[str, Any]) -> dict[str, float]:
     """Benchmark word accuracies recorded in a checkpoint (``extra.bundle.int8_accuracy``: the fp32 accuracy
     measured by ``tools/export.py --int8 --bundle``), by benchmark; empty when none were recorded."""
-    rows = (((payload.get("extra") or {}).get("bundle") or {}).get("int8_accuracy") or {}).get("rows") or []
+    rows = (bundle_info(payload).get("int8_accuracy") or {}).get("rows") or []
     out: dict[str, float] = {}
     for row in rows:
         if isinstance(row, dict) and isinstance(row.get("fp32"), int | float) and row.get("benchmark"):

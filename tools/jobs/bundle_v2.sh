@@ -41,8 +41,8 @@ step() { echo "== bundle_v2 $(date -u +%H:%M:%S) $*"; }
 #    fp32 .pt, model card); its int8 file is kept only if it still stays within 0.5 point on every whole set.
 #    Once bundled so (its .pt then holds fp16 weights), the files are kept as they are: exporting again from
 #    the fp16 weights would change the ONNX file that `fast` users read with.
-fast_bundled() { python -c "import sys, torch; p = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
-sys.exit(0 if ((p.get('extra') or {}).get('bundle') or {}).get('weights') == 'fp16' else 1)" "$ASSETS/fast.pt"; }
+fast_bundled() { python -c "import sys; from strkit.checkpoint import load_checkpoint; from strkit.models.zoo import bundle_info
+sys.exit(0 if bundle_info(load_checkpoint(sys.argv[1])).get('weights') == 'fp16' else 1)" "$ASSETS/fast.pt"; }
 if ! done_ fast && fast_bundled; then
   step "fast: already bundled with fp16 weights; its files are kept"
   rm -rf "$OUT/bundle_fast" && mkdir -p "$OUT/bundle_fast" && cp "$ASSETS"/fast.* "$OUT/bundle_fast/"
